@@ -1,0 +1,2 @@
+//! `supervise`: a process supervisor for Linux.
+pub mod spec;

@@ -1,0 +1,269 @@
+//! The spec file: validated, typed form of `supervise.toml` (SPEC.md §1).
+//!
+//! `load` reads and validates a file; every problem becomes a [`Diagnostic`]
+//! with file, line, column and hint, and all of them are returned at once.
+//! The types here are what the rest of the program sees: durations are
+//! `Duration`s, signals are `Signal`s, paths are absolute, services are in
+//! start order. Templates (`{service}`, `{replica}`, `{port}`) stay
+//! unexpanded here and are expanded per replica by [`Service::replica`].
+
+mod diagnostic;
+mod plan;
+mod template;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diagnostic::{Diagnostic, Diagnostics};
+pub use plan::render_plan;
+pub use template::expand;
+
+use nix::sys::signal::Signal;
+
+/// A whole, valid spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// The spec file as given (for messages).
+    pub path: PathBuf,
+    /// Absolute directory of the spec file; relative paths in the spec are resolved from here.
+    pub dir: PathBuf,
+    pub supervisor: SupervisorSettings,
+    /// Services in start order: every service comes after all its dependencies
+    /// (ties broken by name, so the order is stable).
+    pub services: Vec<Service>,
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorSettings {
+    /// Absolute path (relative ones are resolved against the spec's directory). Default `.supervise`.
+    pub state_dir: PathBuf,
+    /// Default 30s.
+    pub shutdown_timeout: Duration,
+    /// Bytes. Default 10 MiB.
+    pub log_max_size: u64,
+    /// Default 5.
+    pub log_keep: u32,
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// argv template, non-empty; a string `command` is split with shell-words rules.
+    pub command: Vec<String>,
+    /// Default 1; 0 = defined, not started.
+    pub replicas: u32,
+    /// Working directory template; `None` = the spec's directory.
+    pub cwd: Option<String>,
+    /// Environment additions (templates), `env_file` entries first, then `env`
+    /// (so `env` wins), in file/key order, without duplicate keys.
+    pub env: Vec<(String, String)>,
+    /// Base port: replica i gets `port + i`.
+    pub port: Option<u16>,
+    /// Resolved numeric ids (names resolved at validation time).
+    pub user: Option<UserSpec>,
+    pub group: Option<GroupSpec>,
+    /// Default SIGTERM.
+    pub stop_signal: Signal,
+    /// Default 10s.
+    pub stop_timeout: Duration,
+    pub health: Option<Health>,
+    pub restart: RestartPolicy,
+    /// In the order written.
+    pub depends_on: Vec<Dependency>,
+    pub failover: Option<Failover>,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserSpec {
+    pub name: String,
+    pub uid: u32,
+    /// The user's primary group.
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    pub name: String,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Started,
+    Healthy,
+    Completed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: Condition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    /// Default Always.
+    pub policy: Policy,
+    /// Exit codes that count as success. Default `[0]`.
+    pub exit_codes: Vec<i32>,
+    /// Default 100ms.
+    pub delay: Duration,
+    /// Default 30s. Always >= delay.
+    pub max_delay: Duration,
+    /// Default 30s.
+    pub reset_after: Duration,
+    /// Restarts allowed within `window`; 0 = never give up. Default 10.
+    pub limit: u32,
+    /// Default 60s.
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            policy: Policy::Always,
+            exit_codes: vec![0],
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            reset_after: Duration::from_secs(30),
+            limit: 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// argv template.
+    Exec(Vec<String>),
+    /// URL template.
+    Http(String),
+    /// `HOST:PORT` template.
+    Tcp(String),
+    Notify,
+    /// A valid regular expression (checked with the `regex` crate).
+    Log(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthAction {
+    Restart,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub probe: Probe,
+    /// Default 2s.
+    pub interval: Duration,
+    /// Default 1s.
+    pub timeout: Duration,
+    /// Default 3, at least 1.
+    pub retries: u32,
+    /// Default 0s.
+    pub start_period: Duration,
+    /// Default Restart.
+    pub action: HealthAction,
+    /// Only allowed with `notify = true`.
+    pub watchdog: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Promote {
+    /// argv template; may use `{pid}`.
+    Command(Vec<String>),
+    Signal(Signal),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failover {
+    /// `None` = no hook: the role is only announced through `SUPERVISE_ROLE` and events.
+    pub promote: Option<Promote>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlertTarget {
+    Command(Vec<String>),
+    Webhook(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// Event names from SPEC.md §3 (`spawned`, `exited`, `restarted`, `unhealthy`,
+    /// `healthy`, `promoted`, `failed`, `scaled`, `reloaded`); non-empty.
+    pub events: Vec<String>,
+    pub target: AlertTarget,
+}
+
+/// One replica of a service with its templates expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaPlan {
+    pub argv: Vec<String>,
+    /// Everything added to the inherited environment: the service's `env`
+    /// plus `SUPERVISE_SERVICE`, `SUPERVISE_REPLICA`, `PORT` (when `port` is set).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub port: Option<u16>,
+}
+
+impl Service {
+    pub fn port_of(&self, index: u32) -> Option<u16> {
+        // Validation guarantees port + replicas - 1 fits in u16.
+        self.port.map(|p| p + index as u16)
+    }
+
+    /// The concrete argv, environment and directory of replica `index`.
+    pub fn replica(&self, spec_dir: &Path, index: u32) -> ReplicaPlan {
+        let port = self.port_of(index);
+        let vars = template::Vars {
+            service: &self.name,
+            replica: index,
+            port,
+            pid: None,
+        };
+        let argv = self.command.iter().map(|a| expand(a, &vars)).collect();
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), expand(v, &vars)))
+            .collect();
+        env.push(("SUPERVISE_SERVICE".into(), self.name.clone()));
+        env.push(("SUPERVISE_REPLICA".into(), index.to_string()));
+        if let Some(p) = port {
+            env.push(("PORT".into(), p.to_string()));
+        }
+        let cwd = match &self.cwd {
+            Some(c) => spec_dir.join(expand(c, &vars)),
+            None => spec_dir.to_path_buf(),
+        };
+        ReplicaPlan {
+            argv,
+            env,
+            cwd,
+            port,
+        }
+    }
+}
+
+impl Spec {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Read and validate a spec file. `state_dir_override` (from `--state-dir`)
+/// replaces `[supervisor] state_dir`.
+pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
+    validate::load(path)
+}
