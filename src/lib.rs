@@ -1,2 +1,16 @@
 //! `supervise`: a process supervisor for Linux.
+//!
+//! Layout:
+//! - [`spec`]: the spec file, parsed and validated into typed form;
+//! - [`supervisor`]: the event loop that owns all state and reconciles it;
+//! - [`shim`]: the per-replica process that holds a replica's pipes, log,
+//!   exit status and process tree, so they survive the supervisor;
+//! - [`state_dir`]: the files a supervisor keeps (lock, logs, exit records);
+//! - [`cli`], [`commands`], [`exit`]: the command line.
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod shim;
 pub mod spec;
+pub mod state_dir;
+pub mod supervisor;

@@ -1,3 +1,45 @@
-fn main() {
-    println!("supervise: under construction");
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use supervise::cli::{Cli, Command};
+use supervise::exit;
+
+fn main() -> ExitCode {
+    // The shim is this binary in a hidden mode; it must not pay for clap or tokio.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
+        return code(supervise::shim::main());
+    }
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    code(match &cli.command {
+        Command::Check { spec } => supervise::commands::check(&cli, spec.as_ref()),
+        Command::Up(args) => supervise::commands::up(&cli, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "supervise",
+                &mut std::io::stdout(),
+            );
+            exit::OK
+        }
+    })
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SUPERVISE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

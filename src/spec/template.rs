@@ -92,10 +92,7 @@ mod tests {
 
     #[test]
     fn expands_every_placeholder() {
-        assert_eq!(
-            expand("{service}-{replica}:{port}", &vars()),
-            "api-2:8002"
-        );
+        assert_eq!(expand("{service}-{replica}:{port}", &vars()), "api-2:8002");
     }
 
     #[test]

@@ -1,0 +1,574 @@
+//! The supervisor: one event loop that owns all state and reconciles the
+//! replicas it wants against the replicas it observes.
+//!
+//! Facts come in as events (a shim reported its replica's pid, a shim was
+//! reaped, a signal arrived, a timer fired); after each one, `reconcile`
+//! looks at the whole state and acts: spawn what should run and may, stop
+//! what should not run, and say when it next needs to look (a backoff or
+//! shutdown deadline). There is no polling tick and no shared mutex: tasks
+//! only do I/O and send messages to the loop.
+
+mod display;
+mod launch;
+mod replica;
+pub mod restart;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status};
+use crate::spec::{Condition, Service, Spec};
+use crate::state_dir::{LockError, StateDir};
+use display::Display;
+use replica::{Phase, Replica, ReplicaId};
+use restart::{Decision, Outcome};
+
+/// How `supervise up` was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Stop everything once this service's replicas have all exited, and
+    /// exit with its exit code.
+    pub exit_with: Option<String>,
+    /// Show replica output on stdout.
+    pub show_output: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Exit code of a forced shutdown (a second Ctrl-C), as a shell reports SIGINT.
+const FORCED_EXIT: i32 = 130;
+
+/// Runs the supervisor until it is shut down; returns the process exit code.
+pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
+    let dir = StateDir::new(spec.supervisor.state_dir.clone());
+    let _lock = dir.lock()?;
+    let setup = |what: &str, e: std::io::Error| RunError::Setup(format!("cannot {what}: {e}"));
+    // Signal streams exist before the first spawn, so no SIGCHLD is missed.
+    let mut sigchld = signal(SignalKind::child()).map_err(|e| setup("watch SIGCHLD", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| setup("watch SIGINT", e))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| setup("watch SIGTERM", e))?;
+    // Orphaned descendants of a shim that was killed come to us instead of
+    // init, so they are reaped here (and as PID 1 in a container, all are).
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let width = spec
+        .services
+        .iter()
+        .map(|s| s.name.len() + 1 + s.replicas.max(1).saturating_sub(1).to_string().len())
+        .chain(["supervise".len()])
+        .max()
+        .unwrap_or_default();
+    let display = Display::new(width, options.quiet, options.show_output)
+        .map_err(|e| setup("set up the output pipe", e))?;
+    let mut sup = Supervisor::new(spec, dir, options, display, tx);
+    sup.announce();
+
+    loop {
+        let wake = sup.reconcile(Instant::now());
+        if sup.finished() {
+            break;
+        }
+        let timer = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigchld.recv() => sup.reap(),
+            _ = sigint.recv() => sup.on_stop_signal("SIGINT"),
+            _ = sigterm.recv() => sup.on_stop_signal("SIGTERM"),
+            Some(report) = rx.recv() => sup.on_report(report),
+            _ = timer => {}
+        }
+    }
+    let code = sup.exit_code();
+    sup.display.event(&format!("exiting with code {code}"));
+    sup.display.finish().await;
+    Ok(code)
+}
+
+/// What a shim's status pipe said, tagged with the incarnation it is about.
+struct Report {
+    id: ReplicaId,
+    generation: u64,
+    status: Option<Status>,
+}
+
+struct Shutdown {
+    deadline: Instant,
+    forced: bool,
+    exit_code: i32,
+}
+
+struct Supervisor {
+    spec: Spec,
+    dir: StateDir,
+    options: Options,
+    display: Display,
+    replicas: BTreeMap<ReplicaId, Replica>,
+    /// Live shims, by pid: the reaper's way back to a replica.
+    shims: HashMap<Pid, ReplicaId>,
+    shutdown: Option<Shutdown>,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+/// Can a service start, given the state of what it depends on?
+enum Readiness {
+    Ready,
+    Waiting,
+    Blocked(String),
+}
+
+impl Supervisor {
+    fn new(
+        spec: Spec,
+        dir: StateDir,
+        options: Options,
+        display: Display,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> Supervisor {
+        let replicas = spec
+            .services
+            .iter()
+            .flat_map(|s| {
+                (0..s.replicas).map(|index| ReplicaId {
+                    service: s.name.clone(),
+                    index,
+                })
+            })
+            .map(|id| (id.clone(), Replica::new(id)))
+            .collect();
+        Supervisor {
+            spec,
+            dir,
+            options,
+            display,
+            replicas,
+            shims: HashMap::new(),
+            shutdown: None,
+            reports,
+        }
+    }
+
+    fn announce(&self) {
+        self.display.event(&format!(
+            "supervising {} services, {} replicas (pid {}, state dir {})",
+            self.spec.services.len(),
+            self.replicas.len(),
+            std::process::id(),
+            self.dir.root().display()
+        ));
+    }
+
+    fn replicas_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Replica> + 'a {
+        self.replicas
+            .values()
+            .filter(move |r| r.id.service == service)
+    }
+
+    /// The level-triggered heart: act on the difference between what should
+    /// be and what is. Returns when it next needs to run without an event.
+    fn reconcile(&mut self, now: Instant) -> Option<Instant> {
+        if self.shutdown.is_some() {
+            return self.reconcile_shutdown(now);
+        }
+        let mut wake: Option<Instant> = None;
+        for position in 0..self.spec.services.len() {
+            let service = &self.spec.services[position];
+            let name = service.name.clone();
+            let readiness = self.readiness(service);
+            let ids: Vec<ReplicaId> = self.replicas_of(&name).map(|r| r.id.clone()).collect();
+            for id in ids {
+                let phase = self.replicas[&id].phase.clone();
+                match (phase, &readiness) {
+                    (Phase::Pending, Readiness::Ready) => self.spawn(&id, position, now),
+                    (Phase::Pending, Readiness::Blocked(reason)) => {
+                        self.display.event(&format!("{id} failed: {reason}"));
+                        self.set_phase(&id, Phase::Failed);
+                    }
+                    (Phase::Backoff { until }, _) if until <= now => {
+                        let replica = self.replica_mut(&id);
+                        replica.restarts += 1;
+                        self.spawn(&id, position, now)
+                    }
+                    (Phase::Backoff { until }, _) => {
+                        wake = Some(wake.map_or(until, |w| w.min(until)))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        wake
+    }
+
+    fn readiness(&self, service: &Service) -> Readiness {
+        for dep in &service.depends_on {
+            for r in self.replicas_of(&dep.service) {
+                match (&r.phase, dep.condition) {
+                    (Phase::Failed, _) => {
+                        return Readiness::Blocked(format!("dependency {} failed", r.id));
+                    }
+                    (Phase::Exited, Condition::Completed) => {}
+                    // `healthy` means running until health checks exist.
+                    (Phase::Running { .. }, Condition::Started | Condition::Healthy) => {}
+                    _ => return Readiness::Waiting,
+                }
+            }
+        }
+        Readiness::Ready
+    }
+
+    fn reconcile_shutdown(&mut self, now: Instant) -> Option<Instant> {
+        // Replicas without processes have nothing to stop.
+        for replica in self.replicas.values_mut() {
+            if matches!(replica.phase, Phase::Pending | Phase::Backoff { .. }) {
+                replica.phase = Phase::Stopped;
+            }
+        }
+        // Reverse dependency order: a service stops once nothing that
+        // depends on it has processes left.
+        for position in (0..self.spec.services.len()).rev() {
+            let service = &self.spec.services[position];
+            let dependants_down = self
+                .spec
+                .services
+                .iter()
+                .filter(|s| s.depends_on.iter().any(|d| d.service == service.name))
+                .all(|s| self.replicas_of(&s.name).all(|r| r.phase.shim().is_none()));
+            if !dependants_down {
+                continue;
+            }
+            let to_stop: Vec<(ReplicaId, Pid, String)> = self
+                .replicas_of(&service.name)
+                .filter_map(|r| match r.phase {
+                    Phase::Starting { shim, .. } => Some((r.id.clone(), shim, String::new())),
+                    Phase::Running { shim, pid, .. } => {
+                        Some((r.id.clone(), shim, format!(" (pid {pid})")))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (id, shim, pid) in to_stop {
+                self.display.event(&format!("stopping {id}{pid}"));
+                // The shim sends the stop signal to the whole tree and
+                // escalates to SIGKILL after stop_timeout.
+                let _ = kill(shim, Signal::SIGTERM);
+                self.set_phase(&id, Phase::Stopping { shim });
+            }
+        }
+        let shutdown = self.shutdown.as_ref()?;
+        if shutdown.forced {
+            return None;
+        }
+        if now >= shutdown.deadline {
+            self.display.event(&format!(
+                "shutdown_timeout ({}) reached; killing what is left",
+                humantime::format_duration(self.spec.supervisor.shutdown_timeout)
+            ));
+            self.force();
+            return None;
+        }
+        Some(shutdown.deadline)
+    }
+
+    fn finished(&self) -> bool {
+        self.shutdown.is_some() && self.shims.is_empty()
+    }
+
+    fn exit_code(&self) -> i32 {
+        self.shutdown.as_ref().map_or(0, |s| s.exit_code)
+    }
+
+    fn begin_shutdown(&mut self, why: &str, exit_code: i32) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        self.display.event(&format!("{why}; stopping all replicas"));
+        self.shutdown = Some(Shutdown {
+            deadline: Instant::now() + self.spec.supervisor.shutdown_timeout,
+            forced: false,
+            exit_code,
+        });
+    }
+
+    fn on_stop_signal(&mut self, name: &str) {
+        if self.shutdown.is_none() {
+            self.begin_shutdown(&format!("received {name}"), 0);
+        } else {
+            self.display
+                .event(&format!("received {name} again; killing all replicas now"));
+            self.force();
+        }
+    }
+
+    /// Every shim kills its tree with SIGKILL at once.
+    fn force(&mut self) {
+        for &shim in self.shims.keys() {
+            let _ = kill(shim, Signal::SIGUSR1);
+        }
+        if let Some(s) = self.shutdown.as_mut() {
+            s.forced = true;
+            s.exit_code = FORCED_EXIT;
+        }
+    }
+
+    fn replica_mut(&mut self, id: &ReplicaId) -> &mut Replica {
+        self.replicas
+            .get_mut(id)
+            .expect("replica ids come from the map")
+    }
+
+    fn set_phase(&mut self, id: &ReplicaId, phase: Phase) {
+        self.replica_mut(id).phase = phase;
+    }
+
+    fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
+        let service = &self.spec.services[position];
+        let plan = service.replica(&self.spec.dir, id.index);
+        let name = id.to_string();
+        let replica = self
+            .replicas
+            .get_mut(id)
+            .expect("replica ids come from the map");
+        replica.generation += 1;
+        let generation = replica.generation;
+        let restarts = replica.restarts;
+        let config = ShimConfig {
+            replica: name.clone(),
+            generation,
+            argv: plan.argv,
+            env: plan.env,
+            cwd: plan.cwd,
+            uid: service.user.as_ref().map(|u| u.uid),
+            gid: service
+                .group
+                .as_ref()
+                .map(|g| g.gid)
+                .or(service.user.as_ref().map(|u| u.gid)),
+            stop_signal: service.stop_signal as i32,
+            stop_timeout_ms: service.stop_timeout.as_millis() as u64,
+            log: LogConfig {
+                path: self.dir.log_file(&name),
+                max_size: self.spec.supervisor.log_max_size,
+                keep: self.spec.supervisor.log_keep,
+            },
+            exit_record: self.dir.exit_record(&name),
+            tee_prefix: self.display.prefix(&name, position),
+        };
+        let _ = std::fs::remove_file(&config.exit_record);
+        match launch::spawn_shim(&config, self.display.tee_fd()) {
+            Ok((shim, status_pipe)) => {
+                self.shims.insert(shim, id.clone());
+                self.set_phase(id, Phase::Starting { shim, since: now });
+                if restarts > 0 {
+                    self.display
+                        .event(&format!("restarting {id} (restart {restarts})"));
+                }
+                self.watch_status(id.clone(), generation, status_pipe);
+            }
+            Err(e) => {
+                // Could not even fork the shim (EAGAIN, ENOMEM): the same as a
+                // command that did not start, so the restart policy decides.
+                self.display
+                    .event(&format!("{id} could not be started: {e}"));
+                self.on_exit(id, Outcome::SpawnFailed, now);
+            }
+        }
+    }
+
+    /// Reads the shim's one status line in a task and hands it to the loop.
+    fn watch_status(&self, id: ReplicaId, generation: u64, pipe: OwnedFd) {
+        let reports = self.reports.clone();
+        tokio::spawn(async move {
+            let mut status = None;
+            if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+                let mut line = String::new();
+                if tokio::io::BufReader::new(rx)
+                    .read_line(&mut line)
+                    .await
+                    .is_ok()
+                {
+                    status = serde_json::from_str(&line).ok();
+                }
+            }
+            let _ = reports.send(Report {
+                id,
+                generation,
+                status,
+            });
+        });
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let Some(replica) = self.replicas.get_mut(&report.id) else {
+            return;
+        };
+        if replica.generation != report.generation {
+            return;
+        }
+        match (report.status, &replica.phase) {
+            (Some(Status::Started { pid }), Phase::Starting { shim, since }) => {
+                let (shim, since) = (*shim, *since);
+                replica.phase = Phase::Running { shim, pid, since };
+                self.display
+                    .event(&format!("spawned {} (pid {pid})", report.id));
+            }
+            (Some(Status::SpawnFailed { error }), _) => {
+                self.display
+                    .event(&format!("{} could not be started: {error}", report.id));
+            }
+            // The shim's exit is what settles the replica; it is reaped separately.
+            _ => {}
+        }
+    }
+
+    /// Reaps every child that has exited: shims (whose replica then exited)
+    /// and orphans that were re-parented to us.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    if let Some(id) = self.shims.remove(&pid) {
+                        self.on_shim_exit(&id, status);
+                    } else {
+                        tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan");
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_shim_exit(&mut self, id: &ReplicaId, shim_status: WaitStatus) {
+        let path = self.dir.exit_record(&id.to_string());
+        let record = ExitRecord::read(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        let generation = self.replicas[id].generation;
+        let outcome = match record {
+            Some(r) if r.generation == generation => match (r.spawn_error, r.code, r.signal) {
+                (Some(_), _, _) => Outcome::SpawnFailed,
+                (None, Some(code), _) => Outcome::Code(code),
+                (None, None, Some(sig)) => Outcome::Signal(sig),
+                (None, None, None) => Outcome::Unknown,
+            },
+            _ => {
+                self.display.event(&format!(
+                    "the shim of {id} ended without saying how its replica ended ({shim_status:?})"
+                ));
+                Outcome::Unknown
+            }
+        };
+        self.on_exit(id, outcome, Instant::now());
+    }
+
+    /// A replica's processes are all gone: apply its restart policy.
+    fn on_exit(&mut self, id: &ReplicaId, outcome: Outcome, now: Instant) {
+        let position = self
+            .spec
+            .services
+            .iter()
+            .position(|s| s.name == id.service)
+            .expect("replicas belong to services of the spec");
+        let policy = self.spec.services[position].restart.clone();
+        let how = describe(&outcome);
+        let replica = self.replica_mut(id);
+        replica.last_exit = Some(outcome.clone());
+        let since = match replica.phase {
+            Phase::Stopping { .. } => {
+                replica.phase = Phase::Stopped;
+                self.display.event(&format!("stopped {id} ({how})"));
+                return;
+            }
+            Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
+            _ => now,
+        };
+        let uptime = now.saturating_duration_since(since);
+        let jitter = fastrand::f64() * 2.0 - 1.0;
+        let next_restart = replica.restarts + 1;
+        let (phase, message) = match replica
+            .history
+            .on_exit(&policy, &outcome, uptime, now, jitter)
+        {
+            Decision::Restart { delay } => (
+                Phase::Backoff { until: now + delay },
+                format!(
+                    "{id} {how}; restart {next_restart} in {}",
+                    humantime::format_duration(round_ms(delay))
+                ),
+            ),
+            Decision::Done => (Phase::Exited, format!("{id} {how}; done")),
+            Decision::GiveUp { reason } => {
+                (Phase::Failed, format!("{id} {how}; failed ({reason})"))
+            }
+        };
+        replica.phase = phase;
+        self.display.event(&message);
+        self.check_exit_with(&id.service);
+    }
+
+    /// `--exit-with SVC`: once all of SVC's replicas are settled, shut down
+    /// with SVC's exit code (the first failure's, else 0).
+    fn check_exit_with(&mut self, service: &str) {
+        if self.options.exit_with.as_deref() != Some(service) {
+            return;
+        }
+        if !self.replicas_of(service).all(|r| r.phase.is_settled()) {
+            return;
+        }
+        let policy = &self
+            .spec
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .expect("checked at start")
+            .restart;
+        let code = self
+            .replicas_of(service)
+            .filter_map(|r| r.last_exit.as_ref())
+            .find(|o| !o.is_success(policy))
+            .map_or(0, Outcome::shell_code);
+        self.begin_shutdown(
+            &format!("{service} has finished with exit code {code}"),
+            code,
+        );
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Code(c) => format!("exited with code {c}"),
+        Outcome::Signal(s) => match Signal::try_from(*s) {
+            Ok(sig) => format!("was killed by {}", sig.as_str()),
+            Err(_) => format!("was killed by signal {s}"),
+        },
+        Outcome::SpawnFailed => "could not start".into(),
+        Outcome::Unknown => "ended (exit status unknown)".into(),
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

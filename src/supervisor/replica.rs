@@ -1,0 +1,92 @@
+//! One replica's observed state, as the event loop sees it.
+
+use std::fmt;
+use std::time::Instant;
+
+use nix::unistd::Pid;
+
+use super::restart::{History, Outcome};
+
+/// `service.N`, e.g. `api.1`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReplicaId {
+    pub service: String,
+    pub index: u32,
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.service, self.index)
+    }
+}
+
+/// SPEC.md §2 states, each with what only it knows.
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// Waiting for its dependencies.
+    Pending,
+    /// The shim is spawned; the command's own pid is not known yet.
+    Starting {
+        shim: Pid,
+        since: Instant,
+    },
+    Running {
+        shim: Pid,
+        pid: u32,
+        since: Instant,
+    },
+    /// Asked to stop; the shim is taking the tree down.
+    Stopping {
+        shim: Pid,
+    },
+    /// Waiting to be restarted.
+    Backoff {
+        until: Instant,
+    },
+    Stopped,
+    /// Finished as a success under its restart policy.
+    Exited,
+    /// Not restarted again until asked to.
+    Failed,
+}
+
+impl Phase {
+    /// The shim of a replica that has processes, if it has any.
+    pub fn shim(&self) -> Option<Pid> {
+        match self {
+            Phase::Starting { shim, .. }
+            | Phase::Running { shim, .. }
+            | Phase::Stopping { shim } => Some(*shim),
+            _ => None,
+        }
+    }
+
+    /// Nothing more will happen to it without a request.
+    pub fn is_settled(&self) -> bool {
+        matches!(self, Phase::Stopped | Phase::Exited | Phase::Failed)
+    }
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    pub id: ReplicaId,
+    pub phase: Phase,
+    /// Counts incarnations; stale reports from an earlier one are ignored.
+    pub generation: u64,
+    pub restarts: u32,
+    pub history: History,
+    pub last_exit: Option<Outcome>,
+}
+
+impl Replica {
+    pub fn new(id: ReplicaId) -> Replica {
+        Replica {
+            id,
+            phase: Phase::Pending,
+            generation: 0,
+            restarts: 0,
+            history: History::default(),
+            last_exit: None,
+        }
+    }
+}
