@@ -1787,8 +1787,9 @@ fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
     }
 }
 
-/// Drops `.` components so `./.supervise` shows as `.supervise` under the spec's directory.
-fn normalize(path: &Path) -> PathBuf {
+/// Drops `.` components, so `./.supervise` and `cwd = "."` read naturally in
+/// messages and plans. `..` stays: it may cross a symlink.
+pub(super) fn normalize(path: &Path) -> PathBuf {
     path.components()
         .filter(|c| !matches!(c, Component::CurDir))
         .collect()
