@@ -18,13 +18,25 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Component, Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Group, Uid, User};
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
+
+mod env_file;
+mod graph;
+mod text;
+mod values;
+
+use env_file::{is_env_name, parse_env_file, set_env};
+use graph::{find_cycles, topological_order};
+use text::{clip, closest, list, quote};
+use values::{
+    is_host_port, is_service_name, is_shell_operator, parse_signal, parse_size, regex_reason,
+    signal_name,
+};
 
 use super::diagnostic::{Diagnostic, Diagnostics};
 use super::template::{self, Piece};
@@ -1683,55 +1695,6 @@ fn dependency_graph(drafts: &[Draft]) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// Every distinct cycle (by its set of nodes) as a path that returns to its
-/// start, e.g. `[a, b, a]`. Iterative, so a long chain cannot overflow the stack.
-fn find_cycles(graph: &[Vec<usize>]) -> Vec<Vec<usize>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    let mut mark = vec![Mark::New; graph.len()];
-    let mut seen = BTreeSet::new();
-    let mut cycles = Vec::new();
-    for root in 0..graph.len() {
-        if mark[root] != Mark::New {
-            continue;
-        }
-        mark[root] = Mark::Active;
-        // (node, index of its next edge to follow)
-        let mut stack = vec![(root, 0)];
-        while let Some((node, next)) = stack.last_mut() {
-            let node = *node;
-            let Some(&to) = graph.get(node).and_then(|edges| edges.get(*next)) else {
-                mark[node] = Mark::Done;
-                stack.pop();
-                continue;
-            };
-            *next += 1;
-            match mark.get(to).copied() {
-                Some(Mark::New) => {
-                    mark[to] = Mark::Active;
-                    stack.push((to, 0));
-                }
-                Some(Mark::Active) => {
-                    let start = stack.iter().position(|&(n, _)| n == to).unwrap_or(0);
-                    let mut cycle: Vec<usize> = stack[start..].iter().map(|&(n, _)| n).collect();
-                    let mut members = cycle.clone();
-                    members.sort_unstable();
-                    if seen.insert(members) {
-                        cycle.push(to);
-                        cycles.push(cycle);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    cycles
-}
-
 /// Services in start order: dependencies first, ties broken by name.
 fn start_order(drafts: Vec<Draft>) -> Vec<Service> {
     let graph = dependency_graph(&drafts);
@@ -1743,47 +1706,10 @@ fn start_order(drafts: Vec<Draft>) -> Vec<Service> {
         .collect()
 }
 
-/// Kahn's algorithm over `graph` (node -> nodes it needs first); among the
-/// nodes ready at once the lowest index goes first. Nodes left on a cycle
-/// (which validation rejects) come last rather than being lost.
-fn topological_order(graph: &[Vec<usize>]) -> Vec<usize> {
-    let mut waiting_on: Vec<usize> = graph.iter().map(Vec::len).collect();
-    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); graph.len()];
-    for (node, needs) in graph.iter().enumerate() {
-        for &n in needs {
-            if let Some(d) = dependants.get_mut(n) {
-                d.push(node);
-            }
-        }
-    }
-    let mut ready: BTreeSet<usize> = (0..graph.len()).filter(|&n| waiting_on[n] == 0).collect();
-    let mut order = Vec::with_capacity(graph.len());
-    while let Some(node) = ready.pop_first() {
-        order.push(node);
-        for &d in &dependants[node] {
-            waiting_on[d] -= 1;
-            if waiting_on[d] == 0 {
-                ready.insert(d);
-            }
-        }
-    }
-    let placed: BTreeSet<usize> = order.iter().copied().collect();
-    order.extend((0..graph.len()).filter(|n| !placed.contains(n)));
-    order
-}
-
 /// Overwrites `slot` with a value that was read successfully.
 fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(value) = value {
         *slot = value;
-    }
-}
-
-/// Sets `key`, keeping the position of an earlier entry so the order stays as first written.
-fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
-    match env.iter_mut().find(|(k, _)| *k == key) {
-        Some(entry) => entry.1 = value,
-        None => env.push((key, value)),
     }
 }
 
@@ -1801,270 +1727,4 @@ fn ports(first: u32, end: u32) -> String {
     } else {
         format!("ports {first}-{}", end - 1)
     }
-}
-
-fn is_service_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.len() <= MAX_NAME_LEN
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Words a shell would treat as operators; in a string `command` they would
-/// silently become plain arguments.
-fn is_shell_operator(word: &str) -> bool {
-    (!word.is_empty() && word.chars().all(|c| "|&;<>".contains(c))) || word == "2>&1"
-}
-
-/// `HOST:PORT` where PORT is a number or `{port}`; HOST may be a bracketed IPv6 address.
-fn is_host_port(target: &str) -> bool {
-    let Some((host, port)) = target.rsplit_once(':') else {
-        return false;
-    };
-    let port_ok = port == "{port}" || port.parse::<u16>().is_ok_and(|p| p > 0);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    port_ok && !host.is_empty() && !host.contains(char::is_whitespace)
-}
-
-fn signal_name(text: &str) -> String {
-    let upper = text.trim().to_ascii_uppercase();
-    if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    }
-}
-
-/// "SIGTERM", "TERM", "sigterm" and "term" all name SIGTERM.
-fn parse_signal(text: &str) -> Option<Signal> {
-    Signal::from_str(&signal_name(text)).ok()
-}
-
-/// Parses a size in bytes. A number alone is bytes; units may follow after an
-/// optional space and are case-insensitive: `B`; `K`/`KiB`, `M`/`MiB`,
-/// `G`/`GiB`, `T`/`TiB` are powers of 1024 (single letters as systemd and
-/// `ls -h` read them); `KB`, `MB`, `GB`, `TB` are powers of 1000, as the SI
-/// prefixes say. Only whole numbers: "1.5GiB" is "1536MiB".
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    if number.is_empty() {
-        return Err(if text.starts_with('-') {
-            "sizes cannot be negative".into()
-        } else {
-            "expected a number".into()
-        });
-    }
-    let unit = unit.trim_start();
-    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ if unit.starts_with(['.', ',']) => return Err("only whole numbers are allowed".into()),
-        _ => return Err(format!("unknown unit {}", quote(unit))),
-    };
-    number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| "it is too large".into())
-}
-
-/// The one-line reason from a regex error, whose text spans several lines.
-fn regex_reason(e: &regex::Error) -> String {
-    let text = e.to_string();
-    let reason = text
-        .lines()
-        .find_map(|l| l.strip_prefix("error: "))
-        .or_else(|| text.lines().rev().find(|l| !l.trim().is_empty()))
-        .unwrap_or("unknown error");
-    reason.trim().to_string()
-}
-
-/// The candidate nearest to `word`, when close enough to be a typo of it.
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    // Long garbage never resembles a key, and comparing it would only cost time.
-    if word.len() > 64 {
-        return None;
-    }
-    candidates
-        .map(|c| (edit_distance(word, c), c))
-        .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Edit distance over characters where swapping two neighbours counts as one
-/// edit (optimal string alignment), since "bd" for "db" is a typical typo.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut before: Vec<usize> = vec![0; b.len() + 1];
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut current = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            current[j] = (previous[j] + 1)
-                .min(current[j - 1] + 1)
-                .min(previous[j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                current[j] = current[j].min(before[j - 2] + 1);
-            }
-        }
-        before = std::mem::replace(&mut previous, current);
-    }
-    previous[b.len()]
-}
-
-/// A user's value for a message: in double quotes, escaped, and cut short so
-/// that even a huge or multi-line value keeps the message on one line.
-fn quote(text: &str) -> String {
-    format!("\"{}\"", clip(text))
-}
-
-/// At most 40 characters of `text`, with quotes, backslashes and control characters escaped.
-fn clip(text: &str) -> String {
-    const MAX: usize = 40;
-    let mut out = String::new();
-    for c in text.chars().take(MAX) {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if c.is_control() => out.extend(c.escape_debug()),
-            c => out.push(c),
-        }
-    }
-    if text.chars().nth(MAX).is_some() {
-        out.push('…');
-    }
-    out
-}
-
-/// Names for a hint, quoted and comma-separated, cut after a dozen.
-fn list(names: &[&str]) -> String {
-    let mut shown: Vec<String> = names.iter().take(12).map(|n| quote(n)).collect();
-    if names.len() > 12 {
-        shown.push("…".into());
-    }
-    shown.join(", ")
-}
-
-/// A problem in an env file, located in that file.
-struct EnvFileError {
-    span: Span,
-    message: String,
-    hint: &'static str,
-}
-
-/// Parses an env file: `KEY=VALUE` lines, blank lines, `#` comments, an
-/// optional `export ` prefix, and values optionally in single quotes (taken
-/// literally) or double quotes (where `\"`, `\\`, `\n` and `\t` are escapes).
-/// An unquoted value ends at ` #`. Later lines override earlier ones.
-fn parse_env_file(text: &str) -> (Vec<(String, String)>, Vec<EnvFileError>) {
-    const LINE_HINT: &str = "write one KEY=VALUE per line; `#` starts a comment";
-    let mut vars = Vec::new();
-    let mut errors = Vec::new();
-    let mut offset = 0;
-    for raw_line in text.split_inclusive('\n') {
-        let line_start = offset;
-        offset += raw_line.len();
-        let line = raw_line.trim_end_matches(['\n', '\r']);
-        let body = line.trim_start();
-        if body.is_empty() || body.starts_with('#') {
-            continue;
-        }
-        let body = body
-            .strip_prefix("export")
-            .filter(|rest| rest.starts_with([' ', '\t']))
-            .map_or(body, str::trim_start);
-        // Every slice below is a suffix of `line`, so its offset follows from the lengths.
-        let at = |s: &str| line_start + line.len() - s.len();
-        let Some((key, value)) = body.split_once('=') else {
-            errors.push(EnvFileError {
-                span: at(body)..at(body) + body.len(),
-                message: "expected KEY=VALUE".into(),
-                hint: LINE_HINT,
-            });
-            continue;
-        };
-        let key = key.trim_end();
-        if !is_env_name(key) {
-            errors.push(EnvFileError {
-                span: at(body)..at(body) + key.len().max(1),
-                message: format!("invalid variable name {}", quote(key)),
-                hint: "use letters, digits and `_`, not starting with a digit",
-            });
-            continue;
-        }
-        let value = value.trim();
-        match parse_env_value(value) {
-            Ok(v) => set_env(&mut vars, key.to_string(), v),
-            Err((rel, message)) => errors.push(EnvFileError {
-                span: at(value) + rel..at(value) + value.len().max(rel + 1),
-                message,
-                hint: "close the quote on the same line; only \\\", \\\\, \\n and \\t are escapes inside double quotes",
-            }),
-        }
-    }
-    (vars, errors)
-}
-
-/// The value after `=`, trimmed; `Err` has the byte offset of the problem in it.
-fn parse_env_value(raw: &str) -> Result<String, (usize, String)> {
-    let Some(quote_char) = raw.chars().next().filter(|c| *c == '"' || *c == '\'') else {
-        let end = raw.find(" #").or_else(|| raw.find("\t#"));
-        return Ok(end.map_or(raw, |e| &raw[..e]).trim_end().to_string());
-    };
-    let mut value = String::new();
-    let mut chars = raw.char_indices().skip(1);
-    let mut closed_at = None;
-    while let Some((i, c)) = chars.next() {
-        if c == quote_char {
-            closed_at = Some(i + 1);
-            break;
-        }
-        if c == '\\' && quote_char == '"' {
-            match chars.next() {
-                Some((_, 'n')) => value.push('\n'),
-                Some((_, 't')) => value.push('\t'),
-                Some((_, e @ ('"' | '\\'))) => value.push(e),
-                Some((_, other)) => {
-                    value.push('\\');
-                    value.push(other);
-                }
-                None => value.push('\\'),
-            }
-            continue;
-        }
-        value.push(c);
-    }
-    let Some(end) = closed_at else {
-        return Err((0, format!("unterminated {quote_char} quote")));
-    };
-    let rest = raw[end..].trim_start();
-    if !rest.is_empty() && !rest.starts_with('#') {
-        return Err((end, "unexpected text after the closing quote".into()));
-    }
-    Ok(value)
 }
