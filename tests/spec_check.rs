@@ -104,7 +104,7 @@ invalid! {
     unbalanced_brace: 4, "unbalanced `{` in `cwd`";
     // environment and accounts
     bad_env_name: 4, "invalid environment variable name \"API-KEY\"";
-    env_not_string: 6, "expected a string for `PORT_OFFSET`";
+    env_not_string: 6, "expected a string for `env.PORT_OFFSET`";
     missing_env_file: 4, "env file \"does-not-exist.env\" not found";
     bad_env_file_line: 3, "expected KEY=VALUE";
     unknown_user: 4, "unknown user \"no-such-user-for-supervise\"";

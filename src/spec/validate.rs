@@ -995,7 +995,8 @@ impl<'s> Checker<'s> {
                     "use letters, digits and `_`, not starting with a digit",
                 );
             }
-            if let Some(value) = self.templated_string(key, value, Placeholders::Replica) {
+            let name = format!("env.{}", clip(key));
+            if let Some(value) = self.templated_string(&name, value, Placeholders::Replica) {
                 set_env(&mut env, key.to_string(), value);
             }
         }
@@ -1726,5 +1727,249 @@ fn ports(first: u32, end: u32) -> String {
         format!("port {first}")
     } else {
         format!("ports {first}-{}", end - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(src: &str) -> Result<Spec, Diagnostics> {
+        Checker::new(Path::new("spec.toml"), PathBuf::from("/srv"), src).check()
+    }
+
+    fn spec(src: &str) -> Spec {
+        check(src).unwrap_or_else(|d| panic!("rejected:\n{d}"))
+    }
+
+    /// (line, message) of every problem.
+    fn problems(src: &str) -> Vec<(usize, String)> {
+        match check(src) {
+            Ok(_) => panic!("accepted:\n{src}"),
+            Err(all) => all
+                .0
+                .into_iter()
+                .map(|d| (d.location.map_or(0, |(l, _)| l), d.message))
+                .collect(),
+        }
+    }
+
+    fn one_problem(src: &str) -> (usize, String) {
+        let mut all = problems(src);
+        assert_eq!(all.len(), 1, "{all:?}");
+        all.remove(0)
+    }
+
+    #[test]
+    fn every_problem_in_one_service_is_reported() {
+        let found = problems(
+            "[services.api]\n\
+             command = \"\"\n\
+             stop_signal = \"SIGNOPE\"\n\
+             stop_timeout = \"1 fortnight\"\n\
+             colour = \"blue\"\n",
+        );
+        let lines: Vec<usize> = found.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [2, 3, 4, 5], "{found:?}");
+    }
+
+    #[test]
+    fn syntax_errors_come_alone_one_per_line() {
+        let found = problems("a = [1,\nb = = 2\n[services.x]\nreplicas = \"x\"\n");
+        assert!(
+            found.iter().all(|(_, m)| m.starts_with("invalid TOML")),
+            "{found:?}"
+        );
+        let mut lines: Vec<usize> = found.iter().map(|(l, _)| *l).collect();
+        lines.dedup();
+        assert_eq!(lines.len(), found.len(), "{found:?}");
+    }
+
+    #[test]
+    fn a_table_defined_twice_is_named() {
+        let (line, message) = one_problem("[services.a]\ncommand = [\"a\"]\n[services.a]\n");
+        assert_eq!(line, 3);
+        assert_eq!(message, "table \"[services.a]\" is defined twice");
+    }
+
+    #[test]
+    fn order_as_written_is_kept_for_env_and_depends_on() {
+        let s = spec(
+            "[services.z]\ncommand = [\"z\"]\n\
+             [services.a]\ncommand = [\"a\"]\n\
+             [services.m]\ncommand = [\"m\"]\n\
+             depends_on = [\"z\", \"a\"]\n\
+             env.ZED = \"1\"\nenv.ALPHA = \"2\"\n",
+        );
+        let m = s.service("m").unwrap();
+        let deps: Vec<&str> = m.depends_on.iter().map(|d| d.service.as_str()).collect();
+        assert_eq!(deps, ["z", "a"]);
+        let keys: Vec<&str> = m.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["ZED", "ALPHA"]);
+        let order: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, ["a", "z", "m"]);
+    }
+
+    #[test]
+    fn string_commands_split_like_a_shell() {
+        let s = spec(
+            "[services.a]\ncommand = \"./run --msg 'hello {service}' \\\"x y\\\" {{literal}}\"\n",
+        );
+        assert_eq!(
+            s.services[0].command,
+            ["./run", "--msg", "hello {service}", "x y", "{{literal}}"]
+        );
+        let plan = s.services[0].replica(&s.dir, 0);
+        assert_eq!(plan.argv[4], "{literal}");
+    }
+
+    #[test]
+    fn a_long_delay_raises_the_default_backoff_cap() {
+        let s = spec("[services.a]\ncommand = [\"a\"]\nrestart = { delay = \"1m\" }\n");
+        assert_eq!(s.services[0].restart.max_delay, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn signals_per_key() {
+        let s = spec(
+            "[services.a]\ncommand = [\"a\"]\nstop_signal = \"kill\"\nreplicas = 2\n\
+             failover = { mode = \"active-standby\", promote_signal = \"usr1\" }\n",
+        );
+        assert_eq!(s.services[0].stop_signal, Signal::SIGKILL);
+        let promote = s.services[0]
+            .failover
+            .as_ref()
+            .and_then(|f| f.promote.clone());
+        assert_eq!(promote, Some(Promote::Signal(Signal::SIGUSR1)));
+        let (_, message) = one_problem(
+            "[services.a]\ncommand = [\"a\"]\n\
+             failover = { mode = \"active-standby\", promote_signal = \"SIGKILL\" }\n",
+        );
+        assert_eq!(message, "SIGKILL cannot be used as `promote_signal`");
+    }
+
+    #[test]
+    fn a_two_service_cycle_is_reported_once() {
+        let found = problems(
+            "[services.a]\ncommand = [\"a\"]\ndepends_on = [\"b\"]\n\
+             [services.b]\ncommand = [\"b\"]\ndepends_on = [\"a\"]\n",
+        );
+        assert_eq!(found, [(6, "dependency cycle: a -> b -> a".to_string())]);
+    }
+
+    #[test]
+    fn completed_is_fine_for_jobs_that_end() {
+        spec(
+            "[services.job]\ncommand = [\"j\"]\nrestart = { policy = \"on-failure\" }\n\
+             [services.app]\ncommand = [\"a\"]\ndepends_on = { job = \"completed\" }\n",
+        );
+    }
+
+    #[test]
+    fn a_service_without_replicas_still_owns_its_port() {
+        let (line, message) = one_problem(
+            "[services.a]\ncommand = [\"a\"]\nport = 9000\nreplicas = 0\n\
+             [services.b]\ncommand = [\"b\"]\nport = 9000\n",
+        );
+        assert_eq!(line, 7);
+        assert!(message.contains("clashes with service \"a\""), "{message}");
+    }
+
+    #[test]
+    fn placeholders_per_place() {
+        spec(
+            "[services.a]\ncommand = [\"a\", \"{port}\"]\nport = 80\ncwd = \"{service}/{replica}\"\n\
+             health = { http = \"http://127.0.0.1:{port}/{service}\" }\n\
+             failover = { mode = \"active-standby\", promote = \"./p {pid} {replica}\" }\n",
+        );
+        let (_, message) = one_problem(
+            "[services.a]\ncommand = [\"a\"]\n\
+             [[alerts]]\nevents = [\"failed\"]\ncommand = [\"./n\", \"{pid}\"]\n",
+        );
+        assert_eq!(message, "`{pid}` is not available in `command`");
+        // {port} in a health check counts as a use of `port`.
+        let (line, message) = one_problem(
+            "[services.a]\ncommand = [\"a\"]\n[services.a.health]\ntcp = \"localhost:{port}\"\n",
+        );
+        assert_eq!(line, 4);
+        assert!(message.contains("has no `port`"), "{message}");
+    }
+
+    #[test]
+    fn notify_with_watchdog() {
+        let s = spec(
+            "[services.a]\ncommand = [\"a\"]\n\
+             health = { notify = true, watchdog = \"10s\", action = \"none\" }\n",
+        );
+        let h = s.services[0].health.as_ref().unwrap();
+        assert_eq!(h.probe, Probe::Notify);
+        assert_eq!(h.watchdog, Some(Duration::from_secs(10)));
+        assert_eq!(h.action, HealthAction::None);
+    }
+
+    #[test]
+    fn supervisor_settings() {
+        let s = spec(
+            "[supervisor]\nstate_dir = \"./var/state\"\nlog_max_size = 4096\nlog_keep = 0\n\
+             shutdown_timeout = \"2m\"\n[services.a]\ncommand = [\"a\"]\n",
+        );
+        assert_eq!(s.supervisor.state_dir, Path::new("/srv/var/state"));
+        assert_eq!(s.supervisor.log_max_size, 4096);
+        assert_eq!(s.supervisor.log_keep, 0);
+        assert_eq!(s.supervisor.shutdown_timeout, Duration::from_secs(120));
+        let s = spec("[supervisor]\nstate_dir = \"/run/x\"\n[services.a]\ncommand = [\"a\"]\n");
+        assert_eq!(s.supervisor.state_dir, Path::new("/run/x"));
+    }
+
+    #[test]
+    fn accounts_by_name_or_number() {
+        let s = spec("[services.a]\ncommand = [\"a\"]\nuser = 0\ngroup = \"0\"\n");
+        assert_eq!(
+            s.services[0].user.as_ref().map(|u| u.name.as_str()),
+            Some("root")
+        );
+        assert_eq!(s.services[0].group.as_ref().map(|g| g.gid), Some(0));
+        // A uid without a passwd entry needs `group` for its primary group.
+        let (_, message) = one_problem("[services.a]\ncommand = [\"a\"]\nuser = 3999999\n");
+        assert!(
+            message.contains("no entry in the user database"),
+            "{message}"
+        );
+        let s = spec("[services.a]\ncommand = [\"a\"]\nuser = 3999999\ngroup = 3999998\n");
+        let user = s.services[0].user.as_ref().unwrap();
+        assert_eq!((user.uid, user.gid), (3999999, 3999998));
+    }
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones_when_nothing_is_close() {
+        let all = check("[services.a]\ncommand = [\"a\"]\nwhatever = 1\n").unwrap_err();
+        assert!(
+            all.0[0]
+                .hint
+                .starts_with("valid keys here: command, replicas"),
+            "{}",
+            all.0[0].hint
+        );
+    }
+
+    #[test]
+    fn wrong_shapes_are_type_errors_not_panics() {
+        for src in [
+            "services = 1",
+            "services = []",
+            "[services]\na = 1",
+            "alerts = [1]\n[services.a]\ncommand = [\"a\"]",
+            "supervisor = \"x\"\n[services.a]\ncommand = [\"a\"]",
+            "[services.a]\ncommand = [1, true]",
+            "[services.a]\ncommand = [\"a\"]\nenv = [\"A=1\"]",
+            "[services.a]\ncommand = [\"a\"]\ndepends_on = \"b\"",
+            "[services.a]\ncommand = [\"a\"]\nhealth = true",
+            "[services.a]\ncommand = [\"a\"]\nrestart = { exit_codes = 0 }",
+            "[services.a]\ncommand = [\"a\"]\nreplicas = 1979-05-27",
+            "[services.a]\ncommand = [\"a\"]\nport = 99999999999999999999",
+        ] {
+            let all = check(src).expect_err(src);
+            assert!(!all.is_empty());
+        }
     }
 }
