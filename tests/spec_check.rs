@@ -191,7 +191,7 @@ fn three_independent_errors_are_all_reported() {
             .1
             .contains("`replicas` must be between 0 and 10000, got -2")
     );
-    assert!(all.to_string().ends_with("3 errors found"));
+    assert!(all.to_string().ends_with("\n\n3 errors found\n"));
 }
 
 #[test]

@@ -139,16 +139,19 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
+/// A whole report: the diagnostics separated by blank lines, then a count
+/// when there are several. Unlike one [`Diagnostic`] it ends with a newline,
+/// like [`render_plan`](super::render_plan), so it can be printed as is.
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, diagnostic) in self.0.iter().enumerate() {
             if i > 0 {
-                f.write_str("\n\n")?;
+                f.write_str("\n")?;
             }
-            write!(f, "{diagnostic}")?;
+            writeln!(f, "{diagnostic}")?;
         }
         if self.0.len() > 1 {
-            write!(f, "\n\n{} errors found", self.0.len())?;
+            writeln!(f, "\n{} errors found", self.0.len())?;
         }
         Ok(())
     }
@@ -252,6 +255,11 @@ mod tests {
     fn several_diagnostics_end_with_a_count() {
         let d = Diagnostic::new(Path::new("s"), "m", "h");
         let all = Diagnostics(vec![d.clone(), d]);
-        assert!(all.to_string().ends_with("\n\n2 errors found"));
+        assert_eq!(
+            all.to_string(),
+            "error: s: m\n   hint: h\n\nerror: s: m\n   hint: h\n\n2 errors found\n"
+        );
+        let one = Diagnostics(vec![Diagnostic::new(Path::new("s"), "m", "h")]);
+        assert_eq!(one.to_string(), "error: s: m\n   hint: h\n");
     }
 }

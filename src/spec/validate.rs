@@ -104,7 +104,7 @@ const HEALTH_KEYS: &[&str] = &[
 const FAILOVER_KEYS: &[&str] = &["mode", "promote", "promote_signal"];
 const ALERT_KEYS: &[&str] = &["events", "command", "webhook"];
 /// The event names of SPEC.md §3.
-pub(crate) const EVENTS: &[&str] = &[
+const EVENTS: &[&str] = &[
     "spawned",
     "exited",
     "restarted",
