@@ -235,7 +235,8 @@ struct Checker<'s> {
     src: &'s str,
     /// Each problem with the offset in the spec it belongs to, for file order.
     found: Vec<(usize, Diagnostic)>,
-    /// `{port}` placeholders seen since the last `take`: a service checks them against its `port`.
+    /// `{port}` placeholders seen in the service being read, checked against its
+    /// `port` once all its keys are read (`port` may come after its uses).
     port_uses: Vec<Span>,
 }
 
@@ -310,14 +311,13 @@ impl<'s> Checker<'s> {
 
     fn duplicate_key_message(&self, span: &Span) -> String {
         let key = self.src.get(span.clone()).unwrap_or_default();
-        let line_start = self.src[..span.start.min(self.src.len())]
-            .rfind('\n')
-            .map_or(0, |i| i + 1);
+        let before = self.src.get(..span.start).unwrap_or_default();
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = self.src[line_start..].lines().next().unwrap_or_default();
         if line.trim_start().starts_with('[') {
             format!("table {} is defined twice", quote(line.trim()))
         } else {
-            format!("duplicate key `{key}`")
+            format!("duplicate key `{}`", clip(key))
         }
     }
 
