@@ -833,7 +833,8 @@ impl<'s> Checker<'s> {
         if services.entries.is_empty() {
             self.error(key.span(), "the spec defines no services", HINT);
         }
-        let names: Vec<&str> = services
+        // A set, since every dependency of every service is looked up in it.
+        let names: BTreeSet<&str> = services
             .entries
             .iter()
             .map(|(k, _)| k.get_ref().as_ref())
@@ -845,7 +846,7 @@ impl<'s> Checker<'s> {
             .collect()
     }
 
-    fn service(&mut self, key: &Key, v: &Value, names: &[&str]) -> Option<Draft> {
+    fn service(&mut self, key: &Key, v: &Value, names: &BTreeSet<&str>) -> Option<Draft> {
         let name = key.get_ref().as_ref();
         self.service_name(name, key.span());
         let label = format!("[services.{}]", clip(name));
@@ -1398,7 +1399,7 @@ impl<'s> Checker<'s> {
         &mut self,
         service: &Table,
         me: &str,
-        names: &[&str],
+        names: &BTreeSet<&str>,
     ) -> (Vec<Dependency>, Vec<Span>) {
         const CONDITIONS: &[(&str, Condition)] = &[
             ("started", Condition::Started),
@@ -1447,7 +1448,10 @@ impl<'s> Checker<'s> {
             } else if !names.contains(&name) {
                 let hint = match closest(name, names.iter().copied()) {
                     Some(close) => format!("did you mean \"{close}\"?"),
-                    None => format!("defined services: {}", list(names)),
+                    None => format!(
+                        "defined services: {}",
+                        list(&names.iter().copied().collect::<Vec<_>>())
+                    ),
                 };
                 self.error(
                     name_at,
