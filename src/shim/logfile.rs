@@ -177,9 +177,8 @@ impl<'t> LogWriter<'t> {
         line.push(b'\n');
         // The pipe is non-blocking: a display that cannot keep up loses display
         // lines, never log lines. A supervisor that is gone (EPIPE) ends the tee.
-        match nix::unistd::write(tee.fd.as_fd(), &line) {
-            Err(nix::errno::Errno::EPIPE) => self.tee = None,
-            _ => {}
+        if let Err(nix::errno::Errno::EPIPE) = nix::unistd::write(tee.fd.as_fd(), &line) {
+            self.tee = None;
         }
     }
 }

@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -90,6 +90,8 @@ fn run(config: ShimConfig) -> i32 {
     let tee = config.tee_prefix.clone().and_then(|prefix| {
         // SAFETY: the supervisor passes the display pipe as fd 3 when it sets a tee prefix.
         let fd = unsafe { BorrowedFd::borrow_raw(TEE_FD) };
+        // dup2 cleared close-on-exec; the display pipe is the shim's, not the replica's.
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).ok()?;
         fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).ok()?;
         Some((fd, prefix))
     });
@@ -178,12 +180,12 @@ fn run(config: ShimConfig) -> i32 {
                     main_status = Some(status);
                     // What the main process leaves behind is part of the replica
                     // and goes with it (systemd's KillMode=control-group).
-                    if let Phase::Running = phase {
-                        if tree::signal_all(me, stop_signal) > 0 {
-                            phase = Phase::Stopping {
-                                deadline: Instant::now() + stop_timeout,
-                            };
-                        }
+                    if let Phase::Running = phase
+                        && tree::signal_all(me, stop_signal) > 0
+                    {
+                        phase = Phase::Stopping {
+                            deadline: Instant::now() + stop_timeout,
+                        };
                     }
                 }
                 Ok(_) => {}
@@ -205,10 +207,10 @@ fn run(config: ShimConfig) -> i32 {
             }
         }
 
-        if let Phase::Stopping { deadline } = phase {
-            if Instant::now() >= deadline {
-                phase = Phase::Killing;
-            }
+        if let Phase::Stopping { deadline } = phase
+            && Instant::now() >= deadline
+        {
+            phase = Phase::Killing;
         }
         if let Phase::Killing = phase {
             tree::signal_all(me, Signal::SIGKILL);

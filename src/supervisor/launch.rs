@@ -25,10 +25,10 @@ pub fn spawn_shim(config: &ShimConfig, tee: Option<BorrowedFd>) -> std::io::Resu
             // Its own session: Ctrl-C and terminal hangups aimed at the
             // supervisor must not reach the replicas.
             nix::unistd::setsid()?;
-            if let Some(fd) = tee {
-                if nix::libc::dup2(fd, TEE_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(fd) = tee
+                && nix::libc::dup2(fd, TEE_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -467,6 +467,20 @@ impl Supervisor {
         let record = ExitRecord::read(&path).ok();
         let _ = std::fs::remove_file(&path);
         let generation = self.replicas[id].generation;
+        // A replica that ended before its shim's start report was read is
+        // announced now, so that every incarnation has its `spawned` event
+        // (the late report is then ignored: the phase is no longer Starting).
+        if let Some(ExitRecord {
+            generation: g,
+            pid: Some(pid),
+            spawn_error: None,
+            ..
+        }) = &record
+            && *g == generation
+            && matches!(self.replicas[id].phase, Phase::Starting { .. })
+        {
+            self.display.event(&format!("spawned {id} (pid {pid})"));
+        }
         let outcome = match record {
             Some(r) if r.generation == generation => match (r.spawn_error, r.code, r.signal) {
                 (Some(_), _, _) => Outcome::SpawnFailed,

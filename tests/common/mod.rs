@@ -1,0 +1,650 @@
+//! Harness for the end-to-end tests: runs the real `supervise` binary on a
+//! spec in a temporary directory, collects its stdout and stderr line by line
+//! (with the time each line arrived) and lets a test wait, with a deadline,
+//! for a line it expects.
+//!
+//! Every supervisor gets a unique marker in its environment
+//! (`SUPERVISE_TEST_MARKER=<random>`), which its shims, replicas and their
+//! descendants inherit. That is how a test asks "is anything of mine still
+//! alive?" ([`marked_processes`]) and how the drop guard finds and kills, by
+//! PID, whatever a failed test left behind.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use regex::Regex;
+
+/// The variable every process of one test run carries.
+pub const MARKER_VAR: &str = "SUPERVISE_TEST_MARKER";
+
+/// How often bounded polls look again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// One line read from the supervisor, with the moment it arrived.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub index: usize,
+    pub at: Instant,
+    pub text: String,
+}
+
+/// The lines of one output stream, filled by a reader thread.
+#[derive(Default)]
+pub struct Lines {
+    state: Mutex<LinesState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct LinesState {
+    lines: Vec<Line>,
+    closed: bool,
+}
+
+impl Lines {
+    fn spawn_reader(stream: impl Read + Send + 'static) -> Arc<Lines> {
+        let lines = Arc::new(Lines::default());
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let at = Instant::now();
+                        let text = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
+                        let mut state = sink.state.lock().unwrap();
+                        let index = state.lines.len();
+                        state.lines.push(Line { index, at, text });
+                        sink.changed.notify_all();
+                    }
+                }
+            }
+            sink.state.lock().unwrap().closed = true;
+            sink.changed.notify_all();
+        });
+        lines
+    }
+
+    /// Everything read so far.
+    pub fn snapshot(&self) -> Vec<Line> {
+        self.state.lock().unwrap().lines.clone()
+    }
+
+    pub fn texts(&self) -> Vec<String> {
+        self.snapshot().into_iter().map(|l| l.text).collect()
+    }
+
+    /// The first line at or after `from` that satisfies `pred`, waiting for
+    /// it until `timeout` has passed (or the stream has ended).
+    pub fn wait_from(
+        &self,
+        from: usize,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Option<Line> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().unwrap();
+        let mut checked = from;
+        loop {
+            while checked < state.lines.len() {
+                if pred(&state.lines[checked].text) {
+                    return Some(state.lines[checked].clone());
+                }
+                checked += 1;
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return None;
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_for(&self, timeout: Duration, pred: impl FnMut(&str) -> bool) -> Option<Line> {
+        self.wait_from(0, timeout, pred)
+    }
+}
+
+/// A supervisor event line (`supervise │ spawned web.0 (pid 123)`) without its label.
+pub fn event_text(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("supervise")?;
+    rest.trim_start_matches(' ').strip_prefix("│ ")
+}
+
+/// A replica output line on stdout (`web.0     │ hello`): (replica, text).
+pub fn output_text(line: &str) -> Option<(&str, &str)> {
+    let (name, text) = line.split_once(" │ ")?;
+    Some((name.trim_end(), text))
+}
+
+/// `spawned web.0 (pid 123)` → ("web.0", 123).
+pub fn parse_spawned(event: &str) -> Option<(String, i32)> {
+    let re = Regex::new(r"^spawned (\S+) \(pid (\d+)\)$").unwrap();
+    let c = re.captures(event)?;
+    Some((c[1].to_string(), c[2].parse().ok()?))
+}
+
+/// `web.0 exited with code 3; restart 2 in 194ms` → ("web.0", 2, 194ms).
+pub fn parse_restart(event: &str) -> Option<(String, u32, Duration)> {
+    let re = Regex::new(r"^(\S+) .*; restart (\d+) in (.+)$").unwrap();
+    let c = re.captures(event)?;
+    Some((
+        c[1].to_string(),
+        c[2].parse().ok()?,
+        humantime::parse_duration(&c[3]).ok()?,
+    ))
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A fresh marker, unique to this test process and this launch.
+fn new_marker() -> String {
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}-{:016x}", std::process::id(), fastrand::u64(..))
+}
+
+/// What `/proc/<pid>/stat` says: (state, ppid). `None` once the process is gone.
+pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let fields = stat_fields(pid)?;
+    Some((fields[0].chars().next()?, fields[1].parse().ok()?))
+}
+
+/// The session id of `pid`.
+pub fn session_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(3)?.parse().ok()
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (state first),
+/// read after the last `)` because a name may contain spaces and parentheses.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Alive: exists and is not a zombie.
+pub fn is_alive(pid: i32) -> bool {
+    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+fn all_pids() -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn has_marker(pid: i32, marker: &str) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let wanted = format!("{MARKER_VAR}={marker}");
+    environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes())
+}
+
+/// Live (non-zombie) processes that carry `marker` in their environment.
+pub fn marked_processes(marker: &str) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| has_marker(p, marker) && is_alive(p))
+        .collect()
+}
+
+/// Every descendant of `root` (any state), from one pass over `/proc`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for pid in all_pids() {
+        if let Some((_, ppid)) = proc_stat(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = vec![root];
+    while let Some(p) = queue.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            out.push(c);
+            queue.push(c);
+        }
+    }
+    out
+}
+
+/// Zombies among the descendants of `root` (children not reaped by their parent).
+pub fn zombies_under(root: i32) -> Vec<i32> {
+    descendants(root)
+        .into_iter()
+        .filter(|&p| matches!(proc_stat(p), Some(('Z', _))))
+        .collect()
+}
+
+/// The pid, as seen from this (the outermost) namespace, of the marked
+/// process whose pid in its own innermost namespace is `ns_pid`.
+pub fn host_pid_of(marker: &str, ns_pid: i32) -> Option<i32> {
+    marked_processes(marker).into_iter().find(|&p| {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .is_some_and(|ids| ids.len() > 1 && ids.last() == Some(&ns_pid.to_string().as_str()))
+    })
+}
+
+/// SIGKILLs, by pid, every live process carrying `marker`, until none is left
+/// (they may be forking while we look). Returns what could not be killed.
+pub fn kill_marked(marker: &str, timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = marked_processes(marker);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        for &p in &left {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// How to start a supervisor.
+pub struct Builder {
+    spec: String,
+    args: Vec<String>,
+    wrapper: Vec<String>,
+    dir: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Builder {
+    /// Extra arguments after `up <spec>`.
+    pub fn arg(mut self, a: &str) -> Builder {
+        self.args.push(a.to_string());
+        self
+    }
+
+    /// Runs `<wrapper…> supervise up <spec>` (e.g. `unshare --pid --fork`).
+    /// The supervisor is then the wrapper's child.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Builder {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn start(self) -> Supervise {
+        let dir = self
+            .dir
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("a temp dir")));
+        let spec = dir.path().join("supervise.toml");
+        if !spec.exists() {
+            std::fs::write(&spec, &self.spec).expect("write the spec");
+        }
+        let marker = new_marker();
+        let bin = env!("CARGO_BIN_EXE_supervise");
+        let mut argv: Vec<String> = self.wrapper.clone();
+        argv.push(bin.to_string());
+        argv.push("up".into());
+        argv.push(spec.display().to_string());
+        argv.extend(self.args.iter().cloned());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(dir.path())
+            .env(MARKER_VAR, &marker)
+            .env_remove("SUPERVISE_STATE_DIR")
+            .env_remove("SUPERVISE_LOG")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: close_range is async-signal-safe. The supervisor starts with
+        // stdin/stdout/stderr only, whatever this test process inherited, so a
+        // descriptor a replica finds beyond those came from supervise itself.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start supervise");
+        let out = Lines::spawn_reader(child.stdout.take().unwrap());
+        let err = Lines::spawn_reader(child.stderr.take().unwrap());
+        let launched = child.id() as i32;
+        let mut sup = Supervise {
+            child,
+            launched,
+            pid: launched,
+            marker,
+            dir,
+            spec,
+            out,
+            err,
+            status: None,
+        };
+        if !self.wrapper.is_empty() {
+            // The supervisor is the wrapper's child: the one that announces itself.
+            let found = sup.err.wait_for(Duration::from_secs(10), |l| {
+                event_text(l).is_some_and(|e| e.starts_with("supervising "))
+            });
+            if found.is_some() {
+                let mut pid = None;
+                wait_until(Duration::from_secs(5), || {
+                    pid = descendants(launched).into_iter().find(|&p| {
+                        std::fs::read_link(format!("/proc/{p}/exe"))
+                            .is_ok_and(|exe| exe == Path::new(bin))
+                            && proc_stat(p).is_some_and(|(_, ppid)| ppid == launched)
+                    });
+                    pid.is_some()
+                });
+                if let Some(pid) = pid {
+                    sup.pid = pid;
+                }
+            }
+        }
+        sup
+    }
+}
+
+/// A running `supervise up`, killed with everything it started when dropped.
+pub struct Supervise {
+    child: Child,
+    /// The process we started (the supervisor, or its wrapper).
+    launched: i32,
+    /// The supervisor's pid (in this namespace).
+    pub pid: i32,
+    marker: String,
+    dir: Arc<tempfile::TempDir>,
+    spec: PathBuf,
+    pub out: Arc<Lines>,
+    pub err: Arc<Lines>,
+    status: Option<ExitStatus>,
+}
+
+/// Generous bound for something that should happen "at once" on a noisy machine.
+pub const SOON: Duration = Duration::from_secs(10);
+
+impl Supervise {
+    pub fn builder(spec: &str) -> Builder {
+        Builder {
+            spec: spec.to_string(),
+            args: Vec::new(),
+            wrapper: Vec::new(),
+            dir: None,
+        }
+    }
+
+    pub fn start(spec: &str) -> Supervise {
+        Supervise::builder(spec).start()
+    }
+
+    /// Another `up` of the same spec in the same directory (its own marker).
+    pub fn another(&self) -> Builder {
+        Builder {
+            spec: String::new(),
+            args: Vec::new(),
+            wrapper: Vec::new(),
+            dir: Some(Arc::clone(&self.dir)),
+        }
+    }
+
+    pub fn marker(&self) -> &str {
+        &self.marker
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn spec_path(&self) -> &Path {
+        &self.spec
+    }
+
+    /// The default state dir, `.supervise` next to the spec.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".supervise")
+    }
+
+    /// Live processes of this supervisor (itself included).
+    pub fn marked(&self) -> Vec<i32> {
+        marked_processes(&self.marker)
+    }
+
+    /// Event texts so far (labels stripped).
+    pub fn events(&self) -> Vec<String> {
+        self.err
+            .texts()
+            .iter()
+            .filter_map(|l| event_text(l).map(str::to_string))
+            .collect()
+    }
+
+    /// Replica output so far: (replica, text).
+    pub fn output(&self) -> Vec<(String, String)> {
+        self.out
+            .texts()
+            .iter()
+            .filter_map(|l| output_text(l).map(|(r, t)| (r.to_string(), t.to_string())))
+            .collect()
+    }
+
+    /// The first event from line `from` on that matches `re`; `None` on timeout.
+    pub fn event_from(
+        &self,
+        from: usize,
+        re: &str,
+        timeout: Duration,
+    ) -> Option<(Line, Vec<String>)> {
+        let re = Regex::new(re).unwrap();
+        let line = self.err.wait_from(from, timeout, |l| {
+            event_text(l).is_some_and(|e| re.is_match(e))
+        })?;
+        let caps = re
+            .captures(event_text(&line.text).unwrap())
+            .unwrap()
+            .iter()
+            .map(|m| m.map_or(String::new(), |m| m.as_str().to_string()))
+            .collect();
+        Some((line, caps))
+    }
+
+    /// Waits for an event matching `re`; panics (showing all output) on timeout.
+    /// Returns the line and the regex captures (0 = whole match).
+    pub fn expect_event_from(
+        &self,
+        from: usize,
+        re: &str,
+        timeout: Duration,
+    ) -> (Line, Vec<String>) {
+        match self.event_from(from, re, timeout) {
+            Some(found) => found,
+            None => panic!(
+                "no event matching /{re}/ within {timeout:?}\n{}",
+                self.transcript()
+            ),
+        }
+    }
+
+    pub fn expect_event(&self, re: &str, timeout: Duration) -> (Line, Vec<String>) {
+        self.expect_event_from(0, re, timeout)
+    }
+
+    /// Waits for `spawned <replica> (pid N)` at or after line `from`; returns N.
+    pub fn expect_spawned_from(&self, from: usize, replica: &str) -> (Line, i32) {
+        let re = format!(r"^spawned {} \(pid \d+\)$", regex::escape(replica));
+        let (line, _) = self.expect_event_from(from, &re, SOON);
+        let (_, pid) = parse_spawned(event_text(&line.text).unwrap()).unwrap();
+        (line, pid)
+    }
+
+    pub fn expect_spawned(&self, replica: &str) -> i32 {
+        self.expect_spawned_from(0, replica).1
+    }
+
+    /// Waits for a replica output line (`svc.N │ text`) matching `re` (on the text).
+    pub fn expect_output(&self, replica: &str, re: &str, timeout: Duration) -> (Line, Vec<String>) {
+        let re = Regex::new(re).unwrap();
+        let found = self.out.wait_for(timeout, |l| {
+            output_text(l).is_some_and(|(r, t)| r == replica && re.is_match(t))
+        });
+        match found {
+            Some(line) => {
+                let text = output_text(&line.text).unwrap().1;
+                let caps = re
+                    .captures(text)
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.map_or(String::new(), |m| m.as_str().to_string()))
+                    .collect();
+                (line, caps)
+            }
+            None => panic!(
+                "no output of {replica} matching /{re}/ within {timeout:?}\n{}",
+                self.transcript()
+            ),
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid), signal).expect("signal the supervisor");
+    }
+
+    /// Waits (bounded) for the process we started to exit; its exit code, or
+    /// `None` if it is still running at the deadline (or died of a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let mut status = None;
+            wait_until(timeout, || {
+                status = self.child.try_wait().ok().flatten();
+                status.is_some()
+            });
+            self.status = status;
+        }
+        self.status
+    }
+
+    /// Waits for the exit and returns the code; panics on timeout.
+    pub fn expect_exit(&mut self, timeout: Duration) -> i32 {
+        match self.wait_exit(timeout) {
+            Some(status) => status
+                .code()
+                .unwrap_or_else(|| panic!("supervise died of a signal: {status:?}")),
+            None => panic!(
+                "supervise did not exit within {timeout:?}\n{}",
+                self.transcript()
+            ),
+        }
+    }
+
+    /// Whether the supervisor is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.status.is_none() && self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Waits until the output streams are closed (the supervisor and every
+    /// writer are gone), so snapshots are complete.
+    pub fn drain(&self, timeout: Duration) {
+        for lines in [&self.out, &self.err] {
+            let _ = lines.wait_for(timeout, |_| false);
+        }
+    }
+
+    /// Everything the supervisor printed, for failure messages.
+    pub fn transcript(&self) -> String {
+        let mut s = String::from("--- stderr ---\n");
+        for l in self.err.texts() {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s.push_str("--- stdout ---\n");
+        for l in self.out.texts() {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// The drop guard's work, callable early: SIGINT, bounded wait, SIGKILL,
+    /// then kill every marked process by pid. Returns the pids that survived.
+    pub fn cleanup(&mut self) -> Vec<i32> {
+        if self.is_running() {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGINT);
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(self.launched), Signal::SIGKILL);
+                let _ = self.child.kill();
+                self.status = self.child.wait().ok();
+            }
+        }
+        kill_marked(&self.marker, Duration::from_secs(5))
+    }
+}
+
+impl Drop for Supervise {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.transcript());
+        }
+        let left = self.cleanup();
+        if !left.is_empty() {
+            eprintln!(
+                "processes of marker {} survived cleanup: {left:?}",
+                self.marker
+            );
+        }
+    }
+}
+
+/// A TCP port nobody listens on right now (the kernel's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// The fds open in process `pid`, as numbers.
+pub fn open_fds(pid: i32) -> BTreeSet<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
