@@ -24,6 +24,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::exit;
 use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status};
 use crate::spec::{Condition, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
@@ -202,6 +203,7 @@ impl Supervisor {
                     (Phase::Pending, Readiness::Blocked(reason)) => {
                         self.display.event(&format!("{id} failed: {reason}"));
                         self.set_phase(&id, Phase::Failed);
+                        self.check_exit_with(&name);
                     }
                     (Phase::Backoff { until }, _) if until <= now => {
                         let replica = self.replica_mut(&id);
@@ -559,11 +561,17 @@ impl Supervisor {
             .find(|s| s.name == service)
             .expect("checked at start")
             .restart;
+        // A replica that failed without ever running (its dependency failed)
+        // has no exit of its own, and must not read as a success.
         let code = self
             .replicas_of(service)
-            .filter_map(|r| r.last_exit.as_ref())
-            .find(|o| !o.is_success(policy))
-            .map_or(0, Outcome::shell_code);
+            .map(|r| match (&r.phase, &r.last_exit) {
+                (_, Some(outcome)) if !outcome.is_success(policy) => outcome.shell_code(),
+                (Phase::Failed, None) => exit::FAILED,
+                _ => exit::OK,
+            })
+            .find(|&code| code != exit::OK)
+            .unwrap_or(exit::OK);
         self.begin_shutdown(
             &format!("{service} has finished with exit code {code}"),
             code,
