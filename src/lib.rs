@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod procfs;
 pub mod shim;
 pub mod spec;
 pub mod state_dir;

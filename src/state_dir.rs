@@ -1,5 +1,5 @@
-//! The state directory: where a supervisor keeps its lock, its replicas' logs
-//! and their exit records. One supervisor per state directory, enforced by
+//! The state directory: where a supervisor keeps its lock, its replicas' logs,
+//! their instance locks and their exit records. One supervisor per state directory, enforced by
 //! an exclusive `flock` on `supervise.lock` that dies with its holder, so a
 //! supervisor that was killed never leaves a stale lock behind.
 
@@ -54,6 +54,40 @@ impl StateDir {
 
     pub fn exit_record(&self, replica: &str) -> PathBuf {
         self.run().join(format!("{replica}.exit"))
+    }
+
+    /// The lock a replica's shim holds while any process of the replica runs.
+    pub fn instance_lock(&self, replica: &str) -> PathBuf {
+        self.run().join(format!("{replica}.lock"))
+    }
+
+    /// Replicas whose shim still holds its instance lock, with the shim's
+    /// pid as it wrote it into the lock file: (replica, pid).
+    pub fn running_instances(&self) -> Vec<(String, String)> {
+        let Ok(entries) = std::fs::read_dir(self.run()) else {
+            return Vec::new();
+        };
+        let mut running: Vec<(String, String)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".lock")?
+                    .to_string();
+                let file = File::open(entry.path()).ok()?;
+                match Flock::lock(file, FlockArg::LockSharedNonblock) {
+                    Ok(_) => None,
+                    Err((mut file, _)) => {
+                        let mut pid = String::new();
+                        let _ = file.read_to_string(&mut pid);
+                        Some((name, pid.trim().to_string()))
+                    }
+                }
+            })
+            .collect();
+        running.sort();
+        running
     }
 
     /// Creates the directories (mode 0700: logs and records are private) and

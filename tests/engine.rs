@@ -642,6 +642,75 @@ stop_timeout = "30s"
 // ---------------------------------------------------------------- state dir, logs
 
 #[test]
+fn killed_shim_takes_every_process_of_its_replica_with_it() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sh", "-c", "setsid sleep 1000 & echo \"setsid $!\"; exec sleep 1000"]
+restart = { delay = "100ms" }
+"#,
+    );
+    let replica = sup.expect_spawned("web.0");
+    let (_, caps) = sup.expect_output("web.0", r"^setsid (\d+)$", SOON);
+    let escaped: i32 = caps[1].parse().unwrap();
+    let (_, shim) = proc_stat(replica).unwrap();
+    assert!(is_alive(escaped));
+    kill9(shim);
+    // The main process dies with its shim (PDEATHSIG); the one that left the
+    // session is found by the replica's environment marker and killed.
+    sup.expect_event(r"^killed 1 leftover process\(es\) of web\.0$", SOON);
+    let (restart, _) =
+        sup.expect_event(r"^web\.0 ended \(exit status unknown\); restart 1 in", SOON);
+    assert!(
+        wait_until(SOON, || !is_alive(replica) && !is_alive(escaped)),
+        "replica {replica} or escaped grandchild {escaped} survived its shim"
+    );
+    sup.expect_spawned_from(restart.index, "web.0");
+}
+
+#[test]
+fn up_after_a_killed_supervisor_refuses_to_duplicate_running_replicas() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+replicas = 2
+"#,
+    );
+    let replicas = [first.expect_spawned("web.0"), first.expect_spawned("web.1")];
+    let shims: Vec<i32> = replicas.iter().map(|&r| proc_stat(r).unwrap().1).collect();
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+
+    let mut second = first.another().start();
+    assert_eq!(second.expect_exit(SOON), 1, "{}", second.transcript());
+    second.drain(SOON);
+    let said = second.err.texts().join("\n");
+    for (name, shim) in ["web.0", "web.1"].iter().zip(&shims) {
+        assert!(
+            said.contains(&format!("{name} (shim pid {shim})")),
+            "the refusal does not name {name} and shim {shim}: {said}"
+        );
+    }
+    assert!(
+        said.contains(&format!("kill {} {}", shims[0], shims[1])),
+        "{said}"
+    );
+    for pid in replicas {
+        assert!(is_alive(pid), "the refused up disturbed replica {pid}");
+    }
+
+    // Following the hint: the shims stop their replicas, then `up` works.
+    for &shim in &shims {
+        kill(Pid::from_raw(shim), Signal::SIGTERM).unwrap();
+    }
+    assert!(wait_until(SOON, || replicas.iter().all(|&r| !is_alive(r))));
+    let third = first.another().start();
+    third.expect_spawned("web.0");
+    third.expect_spawned("web.1");
+}
+
+#[test]
 fn second_up_on_the_same_state_dir_exits_4_naming_the_running_pid() {
     let mut first = Supervise::start(
         r#"

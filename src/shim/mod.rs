@@ -22,28 +22,26 @@
 
 mod logfile;
 pub mod protocol;
-mod tree;
+mod spawn;
 
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, Flock, FlockArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::procfs;
+
 use logfile::{LogWriter, Stream};
 use protocol::{ExitRecord, ShimConfig, Status, TEE_FD};
 
-/// Pipe buffer asked for each output stream, so a replica that writes in
-/// bursts is not blocked while the shim is busy with the other stream.
-const PIPE_SIZE: i32 = 1 << 20;
 /// While killing, the tree is swept again this often (new forks, slow exits).
 const KILL_SWEEP: Duration = Duration::from_millis(50);
 
@@ -72,6 +70,146 @@ enum Phase {
     Killing,
 }
 
+/// The replica's process tree as the shim manages it: every descendant of
+/// the shim (it is their subreaper), and the main process's exit status.
+struct Tree {
+    me: Pid,
+    main: Pid,
+    main_status: Option<WaitStatus>,
+    stop_signal: Signal,
+    stop_timeout: Duration,
+    phase: Phase,
+}
+
+impl Tree {
+    /// Stop signal to every process of the replica; SIGKILL after the timeout.
+    fn stop(&mut self) {
+        if let Phase::Running = self.phase {
+            procfs::signal_descendants(self.me, self.stop_signal);
+            self.phase = Phase::Stopping {
+                deadline: Instant::now() + self.stop_timeout,
+            };
+        }
+    }
+
+    fn kill(&mut self) {
+        self.phase = Phase::Killing;
+        procfs::signal_descendants(self.me, Signal::SIGKILL);
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::SIGCHLD => {}
+            Signal::SIGUSR1 => self.kill(),
+            _ => self.stop(),
+        }
+    }
+
+    /// Reaps whatever exited; true once no process of the replica is left.
+    /// Called on every wake-up, not only on SIGCHLD, as signalfd coalesces.
+    fn reap(&mut self) -> bool {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => return false,
+                Ok(status) if status.pid() == Some(self.main) => {
+                    self.main_status = Some(status);
+                    // What the main process leaves behind is part of the
+                    // replica and goes with it (systemd's KillMode=control-group).
+                    self.stop();
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => return self.main_status.is_some(),
+            }
+        }
+    }
+
+    /// Escalates a stop whose time is up, and keeps sweeping while killing
+    /// (a process may fork between two sweeps).
+    fn tick(&mut self) {
+        if let Phase::Stopping { deadline } = self.phase
+            && Instant::now() >= deadline
+        {
+            self.phase = Phase::Killing;
+        }
+        if let Phase::Killing = self.phase {
+            procfs::signal_descendants(self.me, Signal::SIGKILL);
+        }
+    }
+
+    fn poll_timeout(&self) -> PollTimeout {
+        let wait = match self.phase {
+            Phase::Running => return PollTimeout::NONE,
+            Phase::Stopping { deadline } => deadline.saturating_duration_since(Instant::now()),
+            Phase::Killing => KILL_SWEEP,
+        };
+        PollTimeout::try_from(wait.as_millis().min(i32::MAX as u128 - 1) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX)
+    }
+
+    fn record(&self, generation: u64) -> ExitRecord {
+        let (code, signal) = match self.main_status {
+            Some(WaitStatus::Exited(_, code)) => (Some(code), None),
+            Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
+            _ => (None, None),
+        };
+        ExitRecord {
+            generation,
+            pid: Some(self.main.as_raw() as u32),
+            code,
+            signal,
+            spawn_error: None,
+            at: SystemTime::now(),
+        }
+    }
+}
+
+/// The replica's stdout and stderr pipes, drained into its log.
+struct Output<'t> {
+    pipes: [Option<OwnedFd>; 2],
+    log: LogWriter<'t>,
+    buf: Vec<u8>,
+}
+
+const STREAMS: [Stream; 2] = [Stream::Out, Stream::Err];
+
+impl Output<'_> {
+    /// Reads once from each pipe that poll reported ready (or closed).
+    fn on_ready(&mut self, ready: &[bool]) {
+        let open: Vec<usize> = (0..2).filter(|&i| self.pipes[i].is_some()).collect();
+        for (slot, i) in open.into_iter().enumerate() {
+            if ready.get(slot).copied().unwrap_or(false) {
+                drain(
+                    &mut self.pipes[i],
+                    STREAMS[i],
+                    &mut self.log,
+                    &mut self.buf,
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Every writer is gone: whatever is still in the pipes is the last output.
+    fn finish(&mut self, replica: &str) {
+        for i in 0..2 {
+            drain(
+                &mut self.pipes[i],
+                STREAMS[i],
+                &mut self.log,
+                &mut self.buf,
+                true,
+            );
+        }
+        self.log.flush_partial();
+        if self.log.dropped_lines > 0 {
+            eprintln!(
+                "supervise: {replica}: {} log lines could not be written",
+                self.log.dropped_lines
+            );
+        }
+    }
+}
+
 fn run(config: ShimConfig) -> i32 {
     let signals = match watch_signals() {
         Ok(fd) => fd,
@@ -97,8 +235,9 @@ fn run(config: ShimConfig) -> i32 {
     });
     let mut log = LogWriter::open(config.log.clone(), tee);
 
-    let (mut child, mut out, mut err) = match spawn(&config) {
-        Ok(spawned) => spawned,
+    let started = claim(&config).and_then(|guard| Ok((guard, spawn::spawn(&config)?)));
+    let (_guard, (child, out, err)) = match started {
+        Ok(started) => started,
         Err(error) => {
             log.note(&error);
             report(&Status::SpawnFailed {
@@ -115,142 +254,85 @@ fn run(config: ShimConfig) -> i32 {
             return finish(&config, &record);
         }
     };
-    let child_pid = Pid::from_raw(child.id() as i32);
     report(&Status::Started { pid: child.id() });
-    // The pipe fds now belong to the loop below; the Child handle is only kept
-    // for its pid (the shim reaps with waitpid(-1) so it sees every descendant).
-    let _ = child.stdout.take();
-    let _ = child.stderr.take();
 
-    let me = Pid::this();
-    let stop_signal = Signal::try_from(config.stop_signal).unwrap_or(Signal::SIGTERM);
-    let stop_timeout = Duration::from_millis(config.stop_timeout_ms);
-    let mut phase = Phase::Running;
-    let mut main_status: Option<WaitStatus> = None;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut tree = Tree {
+        me: Pid::this(),
+        main: Pid::from_raw(child.id() as i32),
+        main_status: None,
+        stop_signal: Signal::try_from(config.stop_signal).unwrap_or(Signal::SIGTERM),
+        stop_timeout: Duration::from_millis(config.stop_timeout_ms),
+        phase: Phase::Running,
+    };
+    // The Child handle is dropped: the shim reaps with waitpid(-1), which
+    // sees every descendant, not only the main process.
+    drop(child);
+    let mut output = Output {
+        pipes: [out, err],
+        log,
+        buf: vec![0u8; 64 * 1024],
+    };
 
     loop {
-        let timeout = match phase {
-            Phase::Running => PollTimeout::NONE,
-            Phase::Stopping { deadline } => {
-                poll_timeout(deadline.saturating_duration_since(Instant::now()))
-            }
-            Phase::Killing => poll_timeout(KILL_SWEEP),
-        };
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        for pipe in [&out, &err].into_iter().flatten() {
+        for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => {
-                eprintln!("supervise: {}: poll failed: {e}", config.replica);
-                return 1;
-            }
+        if let Err(e) = poll(&mut fds, tree.poll_timeout())
+            && e != Errno::EINTR
+        {
+            eprintln!("supervise: {}: poll failed: {e}", config.replica);
+            return 1;
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
 
-        let mut no_children = false;
         if ready[0] {
             while let Ok(Some(info)) = signals.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => {}
-                    Ok(Signal::SIGUSR1) => {
-                        tree::signal_all(me, Signal::SIGKILL);
-                        phase = Phase::Killing;
-                    }
-                    Ok(_) => {
-                        if let Phase::Running = phase {
-                            tree::signal_all(me, stop_signal);
-                            phase = Phase::Stopping {
-                                deadline: Instant::now() + stop_timeout,
-                            };
-                        }
-                    }
-                    Err(_) => {}
+                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                    tree.on_signal(signal);
                 }
             }
         }
-        // Reap on every wake-up, not only on SIGCHLD: signalfd coalesces.
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(status) if status.pid() == Some(child_pid) => {
-                    main_status = Some(status);
-                    // What the main process leaves behind is part of the replica
-                    // and goes with it (systemd's KillMode=control-group).
-                    if let Phase::Running = phase
-                        && tree::signal_all(me, stop_signal) > 0
-                    {
-                        phase = Phase::Stopping {
-                            deadline: Instant::now() + stop_timeout,
-                        };
-                    }
-                }
-                Ok(_) => {}
-                Err(Errno::EINTR) => {}
-                Err(_) => {
-                    no_children = true;
-                    break;
-                }
-            }
-        }
-
-        let mut slot = 1;
-        for (pipe, stream) in [(&mut out, Stream::Out), (&mut err, Stream::Err)] {
-            if pipe.is_some() {
-                if ready.get(slot).copied().unwrap_or(false) {
-                    drain(pipe, stream, &mut log, &mut buf, false);
-                }
-                slot += 1;
-            }
-        }
-
-        if let Phase::Stopping { deadline } = phase
-            && Instant::now() >= deadline
-        {
-            phase = Phase::Killing;
-        }
-        if let Phase::Killing = phase {
-            tree::signal_all(me, Signal::SIGKILL);
-        }
-        if no_children && main_status.is_some() {
+        let gone = tree.reap();
+        output.on_ready(&ready[1..]);
+        if gone {
             break;
         }
+        tree.tick();
     }
-
-    // Every writer is gone; whatever is still in the pipes is the last output.
-    drain(&mut out, Stream::Out, &mut log, &mut buf, true);
-    drain(&mut err, Stream::Err, &mut log, &mut buf, true);
-    log.flush_partial();
-    if log.dropped_lines > 0 {
-        eprintln!(
-            "supervise: {}: {} log lines could not be written to {}",
-            config.replica,
-            log.dropped_lines,
-            config.log.path.display()
-        );
-    }
-    let (code, signal) = match main_status {
-        Some(WaitStatus::Exited(_, code)) => (Some(code), None),
-        Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
-        _ => (None, None),
-    };
-    let record = ExitRecord {
-        generation: config.generation,
-        pid: Some(child_pid.as_raw() as u32),
-        code,
-        signal,
-        spawn_error: None,
-        at: SystemTime::now(),
-    };
-    finish(&config, &record)
+    output.finish(&config.replica);
+    finish(&config, &tree.record(config.generation))
 }
 
-fn poll_timeout(d: Duration) -> PollTimeout {
-    PollTimeout::try_from(d.as_millis().min(i32::MAX as u128) as i32 + 1)
-        .unwrap_or(PollTimeout::MAX)
+/// Takes the replica's instance lock, held for the shim's lifetime: a second
+/// shim for the same replica (say, from a new supervisor while an old one's
+/// replicas still run) refuses to start instead of making a duplicate.
+fn claim(config: &ShimConfig) -> Result<Flock<File>, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&config.lock)
+        .map_err(|e| format!("cannot open {}: {e}", config.lock.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(format!(
+                "another instance of {} is still running (shim pid {})",
+                config.replica,
+                holder.trim()
+            ));
+        }
+        Err((_, e)) => return Err(format!("cannot lock {}: {e}", config.lock.display())),
+    };
+    let _ = lock
+        .set_len(0)
+        .and_then(|_| write!(lock, "{}", std::process::id()));
+    Ok(lock)
 }
 
 /// Blocks the signals the shim handles and returns a signalfd for them.
@@ -268,82 +350,6 @@ fn watch_signals() -> nix::Result<SignalFd> {
     }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-}
-
-type Spawned = (std::process::Child, Option<OwnedFd>, Option<OwnedFd>);
-
-fn spawn(config: &ShimConfig) -> Result<Spawned, String> {
-    let program = config.argv.first().ok_or("empty command")?;
-    if !config.cwd.is_dir() {
-        return Err(format!(
-            "cannot start {program}: working directory {} does not exist",
-            config.cwd.display()
-        ));
-    }
-    let (out_r, out_w) = output_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let (err_r, err_w) = output_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let mut cmd = Command::new(program);
-    cmd.args(&config.argv[1..])
-        .envs(config.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&config.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w));
-    if let Some(gid) = config.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = config.uid {
-        cmd.uid(uid);
-    }
-    let shim = Pid::this();
-    // SAFETY: only async-signal-safe calls (setsid, prctl, getppid, _exit)
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            reset_signals();
-            nix::unistd::setsid()?;
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The shim may have died between fork and prctl.
-            if nix::unistd::getppid() != shim {
-                nix::libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {}", plain_io_error(&e)))?;
-    Ok((child, Some(out_r), Some(err_r)))
-}
-
-/// The replica starts as if from a fresh login: no blocked signals (the
-/// shim blocks the ones it reads from its signalfd) and default dispositions
-/// (ignored ones would otherwise be inherited across exec).
-/// Async-signal-safe: only sigprocmask and sigaction.
-fn reset_signals() {
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-    for signal in Signal::iterator() {
-        if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
-            // SAFETY: installing SIG_DFL cannot break any invariant of this process image.
-            let _ =
-                unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl) };
-        }
-    }
-}
-
-/// "No such file or directory", without Rust's "(os error 2)" suffix.
-fn plain_io_error(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => Errno::from_raw(code).desc().to_string(),
-        None => e.to_string(),
-    }
-}
-
-fn output_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    // Best effort: the size is capped by /proc/sys/fs/pipe-max-size.
-    let _ = fcntl(&r, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
-    Ok((r, w))
 }
 
 /// Reads what is available from a pipe into the log; closes it at end of

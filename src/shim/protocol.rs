@@ -29,6 +29,8 @@ pub struct ShimConfig {
     pub stop_timeout_ms: u64,
     pub log: LogConfig,
     pub exit_record: PathBuf,
+    /// The replica's instance lock, held by its shim (see `shim::claim`).
+    pub lock: PathBuf,
     /// When set, each output line is also written, behind this prefix, to
     /// [`TEE_FD`] (the foreground supervisor's display pipe).
     pub tee_prefix: Option<String>,

@@ -25,6 +25,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::exit;
+use crate::procfs;
 use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status};
 use crate::spec::{Condition, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
@@ -49,6 +50,18 @@ pub enum RunError {
     Locked(#[from] LockError),
     #[error("{0}")]
     Setup(String),
+    #[error(
+        "replicas started by an earlier supervisor of state dir {} are still running: {}\n\
+         hint: that supervisor was killed and its replicas cannot be re-adopted yet; \
+         stop them with `kill {}` (each shim stops its replica's whole process tree), then run `up` again",
+        dir.display(),
+        running.iter().map(|(r, pid)| format!("{r} (shim pid {pid})")).collect::<Vec<_>>().join(", "),
+        running.iter().map(|(_, pid)| pid.as_str()).collect::<Vec<_>>().join(" ")
+    )]
+    Leftovers {
+        dir: std::path::PathBuf,
+        running: Vec<(String, String)>,
+    },
 }
 
 /// Exit code of a forced shutdown (a second Ctrl-C), as a shell reports SIGINT.
@@ -58,6 +71,15 @@ const FORCED_EXIT: i32 = 130;
 pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let dir = StateDir::new(spec.supervisor.state_dir.clone());
     let _lock = dir.lock()?;
+    // Replicas left running by a supervisor that was killed must not be
+    // duplicated. Until they can be re-adopted, refuse to start.
+    let running = dir.running_instances();
+    if !running.is_empty() {
+        return Err(RunError::Leftovers {
+            dir: dir.root().to_path_buf(),
+            running,
+        });
+    }
     let setup = |what: &str, e: std::io::Error| RunError::Setup(format!("cannot {what}: {e}"));
     // Signal streams exist before the first spawn, so no SIGCHLD is missed.
     let mut sigchld = signal(SignalKind::child()).map_err(|e| setup("watch SIGCHLD", e))?;
@@ -352,11 +374,16 @@ impl Supervisor {
         replica.generation += 1;
         let generation = replica.generation;
         let restarts = replica.restarts;
+        let mut env = plan.env;
+        env.push((
+            procfs::MARKER_VAR.into(),
+            procfs::marker(&name, self.dir.root()),
+        ));
         let config = ShimConfig {
             replica: name.clone(),
             generation,
             argv: plan.argv,
-            env: plan.env,
+            env,
             cwd: plan.cwd,
             uid: service.user.as_ref().map(|u| u.uid),
             gid: service
@@ -372,6 +399,7 @@ impl Supervisor {
                 keep: self.spec.supervisor.log_keep,
             },
             exit_record: self.dir.exit_record(&name),
+            lock: self.dir.instance_lock(&name),
             tee_prefix: self.display.prefix(&name, position),
         };
         let _ = std::fs::remove_file(&config.exit_record);
@@ -494,10 +522,28 @@ impl Supervisor {
                 self.display.event(&format!(
                     "the shim of {id} ended without saying how its replica ended ({shim_status:?})"
                 ));
+                self.kill_leftovers(id);
                 Outcome::Unknown
             }
         };
         self.on_exit(id, outcome, Instant::now());
+    }
+
+    /// A shim that was killed could not stop its replica's tree. Its main
+    /// process died with it (PDEATHSIG), but descendants that left the
+    /// process group live on, re-parented to us: find them by the replica's
+    /// marker and kill them, so the restart meets no predecessor.
+    fn kill_leftovers(&self, id: &ReplicaId) {
+        let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
+        for &pid in &leftovers {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if !leftovers.is_empty() {
+            self.display.event(&format!(
+                "killed {} leftover process(es) of {id}",
+                leftovers.len()
+            ));
+        }
     }
 
     /// A replica's processes are all gone: apply its restart policy.

@@ -1,30 +1,51 @@
-//! The processes a shim is responsible for: every descendant of the shim.
+//! Finding processes through `/proc`: the descendants of a process, and the
+//! processes that carry a replica's marker in their environment.
 //!
-//! The shim is a child subreaper, so a descendant that double-forks or calls
+//! A shim is a child subreaper, so a descendant that double-forks or calls
 //! `setsid` to leave the replica's process group is re-parented to the shim
-//! instead of init: it stays in this tree and is found here. The tree is read
-//! from `/proc` (the `PPid` of every process), which costs one pass over
-//! `/proc` per signal round: cheap next to a stop, and free while idle.
+//! instead of init: it stays among the shim's descendants and is found here.
+//! Each query is one pass over `/proc`: cheap next to a stop, and never done
+//! while idle.
 
 use std::collections::HashMap;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// The name of the environment variable that marks every process of a
+/// replica (inherited by all its descendants, whatever session they move to).
+pub const MARKER_VAR: &str = "SUPERVISE_INSTANCE";
+
+/// The marker value of one replica of one state directory.
+pub fn marker(replica: &str, state_dir: &std::path::Path) -> String {
+    format!("{replica}@{}", state_dir.display())
+}
+
+fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+}
+
+/// Live processes whose environment has `SUPERVISE_INSTANCE=<marker>`.
+/// (Only processes of the same user, or all as root, can be read.)
+pub fn with_marker(marker: &str) -> Vec<Pid> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    all_pids()
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
 /// Every live descendant of `root`, parents before children.
 pub fn descendants(root: Pid) -> Vec<Pid> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in all_pids() {
         if let Some(ppid) = parent_of(pid) {
             children.entry(ppid).or_default().push(pid);
         }
@@ -51,7 +72,7 @@ fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// Sends `signal` to every descendant of `root`; returns how many there were.
-pub fn signal_all(root: Pid, signal: Signal) -> usize {
+pub fn signal_descendants(root: Pid, signal: Signal) -> usize {
     let procs = descendants(root);
     for &p in &procs {
         let _ = kill(p, signal);
@@ -79,7 +100,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         assert_eq!(found.len(), 1, "the sleep under sh: {found:?}");
-        assert_eq!(signal_all(sh, Signal::SIGKILL), 1);
+        assert_eq!(signal_descendants(sh, Signal::SIGKILL), 1);
         child.wait().unwrap();
     }
 }
