@@ -191,14 +191,8 @@ impl Output<'_> {
 
     /// Every writer is gone: whatever is still in the pipes is the last output.
     fn finish(&mut self, replica: &str) {
-        for i in 0..2 {
-            drain(
-                &mut self.pipes[i],
-                STREAMS[i],
-                &mut self.log,
-                &mut self.buf,
-                true,
-            );
+        for (pipe, stream) in self.pipes.iter_mut().zip(STREAMS) {
+            drain(pipe, stream, &mut self.log, &mut self.buf, true);
         }
         self.log.flush_partial();
         if self.log.dropped_lines > 0 {
