@@ -56,6 +56,29 @@ fn assert_one_error(name: &str, line: usize, fragment: &str) {
         "{name}: no source line in\n{shown}"
     );
     assert!(shown.contains("   hint: "), "{shown}");
+    assert_check_rejects(name, &d.file, line);
+}
+
+/// The same fixture through the real binary: `supervise check` exits 2 and
+/// names file and line (`file` is the spec, or the env file it points to).
+fn assert_check_rejects(name: &str, file: &Path, line: usize) {
+    let path = fixture("invalid", &format!("{name}.toml"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_supervise"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .expect("running supervise check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+    assert!(
+        stderr.contains(&format!("{}:{line}:", file.display())),
+        "{name}: stderr does not name {}:{line}:\n{stderr}",
+        file.display()
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{name}: printed a plan for an invalid spec"
+    );
 }
 
 macro_rules! invalid {
