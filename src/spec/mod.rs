@@ -262,8 +262,7 @@ impl Spec {
     }
 }
 
-/// Read and validate a spec file. `state_dir_override` (from `--state-dir`)
-/// replaces `[supervisor] state_dir`.
+/// Reads and validates a spec file, reporting every problem at once.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     validate::load(path)
 }
