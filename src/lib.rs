@@ -9,6 +9,7 @@
 //! - [`cli`], [`commands`], [`exit`]: the command line.
 pub mod cli;
 pub mod commands;
+pub mod control;
 pub mod exit;
 pub mod procfs;
 pub mod shim;

@@ -56,6 +56,16 @@ impl StateDir {
         self.run().join(format!("{replica}.exit"))
     }
 
+    /// The control socket (see `control::protocol`).
+    pub fn socket(&self) -> PathBuf {
+        self.root.join(crate::control::protocol::SOCKET_NAME)
+    }
+
+    /// Desired state set by `scale` and `stop` (see `supervisor::desired`).
+    pub fn desired(&self) -> PathBuf {
+        self.root.join("desired.json")
+    }
+
     /// The lock a replica's shim holds while any process of the replica runs.
     pub fn instance_lock(&self, replica: &str) -> PathBuf {
         self.run().join(format!("{replica}.lock"))

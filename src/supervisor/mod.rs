@@ -8,14 +8,17 @@
 //! shutdown deadline). There is no polling tick and no shared mutex: tasks
 //! only do I/O and send messages to the loop.
 
+mod desired;
 mod display;
+mod journal;
 mod launch;
 mod replica;
+mod requests;
 pub mod restart;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -24,13 +27,17 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::control::protocol::EventRecord;
+use crate::control::server;
 use crate::exit;
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status};
 use crate::spec::{Condition, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
+use desired::Desired;
 use display::Display;
-use replica::{Phase, Replica, ReplicaId};
+use journal::Journal;
+use replica::{AfterStop, Phase, Replica, ReplicaId};
 use restart::{Decision, Outcome};
 
 /// How `supervise up` was asked to run.
@@ -89,7 +96,14 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     // init, so they are reaped here (and as PID 1 in a container, all are).
     let _ = nix::sys::prctl::set_child_subreaper(true);
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let desired = Desired::load(&dir.desired()).map_err(|e| {
+        RunError::Setup(format!(
+            "{e}\nhint: move the file aside to start from the spec alone"
+        ))
+    })?;
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let (calls_tx, mut calls) = mpsc::unbounded_channel();
+    server::listen(&dir.socket(), calls_tx).map_err(|e| setup("open the control socket", e))?;
     let width = spec
         .services
         .iter()
@@ -99,7 +113,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         .unwrap_or_default();
     let display = Display::new(width, options.quiet, options.show_output)
         .map_err(|e| setup("set up the output pipe", e))?;
-    let mut sup = Supervisor::new(spec, dir, options, display, tx);
+    let mut sup = Supervisor::new(spec, dir, desired, options, display, tx);
     sup.announce();
 
     loop {
@@ -117,12 +131,14 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             _ = sigchld.recv() => sup.reap(),
             _ = sigint.recv() => sup.on_stop_signal("SIGINT"),
             _ = sigterm.recv() => sup.on_stop_signal("SIGTERM"),
-            Some(report) = rx.recv() => sup.on_report(report),
+            Some(report) = reports.recv() => sup.on_report(report),
+            Some(call) = calls.recv() => sup.on_call(call),
             _ = timer => {}
         }
     }
     let code = sup.exit_code();
     sup.display.event(&format!("exiting with code {code}"));
+    let _ = std::fs::remove_file(sup.dir.socket());
     sup.display.finish().await;
     Ok(code)
 }
@@ -143,8 +159,12 @@ struct Shutdown {
 struct Supervisor {
     spec: Spec,
     dir: StateDir,
+    /// Scale and stop requests, persisted.
+    desired: Desired,
     options: Options,
     display: Display,
+    journal: Journal,
+    started_at: SystemTime,
     replicas: BTreeMap<ReplicaId, Replica>,
     /// Live shims, by pid: the reaper's way back to a replica.
     shims: HashMap<Pid, ReplicaId>,
@@ -163,30 +183,91 @@ impl Supervisor {
     fn new(
         spec: Spec,
         dir: StateDir,
+        mut desired: Desired,
         options: Options,
         display: Display,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Supervisor {
-        let replicas = spec
-            .services
-            .iter()
-            .flat_map(|s| {
-                (0..s.replicas).map(|index| ReplicaId {
-                    service: s.name.clone(),
-                    index,
-                })
-            })
-            .map(|id| (id.clone(), Replica::new(id)))
-            .collect();
-        Supervisor {
+        desired.prune(&spec.services);
+        let mut sup = Supervisor {
             spec,
             dir,
+            desired,
             options,
             display,
-            replicas,
+            journal: Journal::new(),
+            started_at: SystemTime::now(),
+            replicas: BTreeMap::new(),
             shims: HashMap::new(),
             shutdown: None,
             reports,
+        };
+        sup.ensure_replicas();
+        sup
+    }
+
+    /// Creates the replicas the desired counts call for that do not exist
+    /// yet, carrying over `stop` marks.
+    fn ensure_replicas(&mut self) {
+        for service in &self.spec.services {
+            for index in 0..self.desired.replicas(service) {
+                let id = ReplicaId {
+                    service: service.name.clone(),
+                    index,
+                };
+                if !self.replicas.contains_key(&id) {
+                    let mut replica = Replica::new(id.clone());
+                    replica.stop_requested = self.desired.stopped.contains(&id.to_string());
+                    self.replicas.insert(id, replica);
+                }
+            }
+        }
+    }
+
+    /// Records an event: shown as a line, kept for `events`, streamed to
+    /// followers.
+    fn emit(&mut self, event: &str, id: Option<&ReplicaId>, pid: Option<u32>, detail: String) {
+        self.record(
+            event,
+            id.map(|i| i.service.as_str()),
+            id.map(|i| i.index),
+            pid,
+            detail,
+        );
+    }
+
+    /// An event about a whole service (`scaled`).
+    fn emit_for_service(&mut self, event: &str, service: &str, detail: String) {
+        self.record(event, Some(service), None, None, detail);
+    }
+
+    fn record(
+        &mut self,
+        event: &str,
+        service: Option<&str>,
+        replica: Option<u32>,
+        pid: Option<u32>,
+        detail: String,
+    ) {
+        self.display.event(&detail);
+        self.journal.push(EventRecord {
+            at: journal::rfc3339(SystemTime::now()),
+            event: event.to_string(),
+            service: service.map(str::to_string),
+            replica,
+            pid,
+            detail,
+        });
+    }
+
+    fn save_desired(&mut self) {
+        if let Err(e) = self.desired.save(&self.dir.desired()) {
+            // Supervision goes on; only the memory of this change across a
+            // restart of the supervisor is at risk.
+            self.display.event(&format!(
+                "warning: cannot save {}: {e}; the change holds until the supervisor exits",
+                self.dir.desired().display()
+            ));
         }
     }
 
@@ -212,18 +293,34 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return self.reconcile_shutdown(now);
         }
+        self.ensure_replicas();
+        self.retire_surplus();
         let mut wake: Option<Instant> = None;
         for position in 0..self.spec.services.len() {
             let service = &self.spec.services[position];
             let name = service.name.clone();
             let readiness = self.readiness(service);
-            let ids: Vec<ReplicaId> = self.replicas_of(&name).map(|r| r.id.clone()).collect();
+            let count = self.desired.replicas(service);
+            // Replicas beyond the count are being retired by retire_surplus.
+            let ids: Vec<ReplicaId> = self
+                .replicas_of(&name)
+                .filter(|r| r.id.index < count)
+                .map(|r| r.id.clone())
+                .collect();
             for id in ids {
-                let phase = self.replicas[&id].phase.clone();
+                let replica = &self.replicas[&id];
+                let phase = replica.phase.clone();
+                if replica.stop_requested {
+                    if !matches!(phase, Phase::Stopping { .. }) {
+                        self.stop_replica(&id, AfterStop::Stay);
+                    }
+                    continue;
+                }
                 match (phase, &readiness) {
                     (Phase::Pending, Readiness::Ready) => self.spawn(&id, position, now),
                     (Phase::Pending, Readiness::Blocked(reason)) => {
-                        self.display.event(&format!("{id} failed: {reason}"));
+                        let detail = format!("{id} failed: {reason}");
+                        self.emit("failed", Some(&id), None, detail);
                         self.set_phase(&id, Phase::Failed);
                         self.check_exit_with(&name);
                     }
@@ -240,6 +337,68 @@ impl Supervisor {
             }
         }
         wake
+    }
+
+    /// Replicas beyond their service's desired count, or of services the
+    /// spec no longer has, go: highest index first, since each is retired
+    /// as soon as it is found and the map is walked from the top.
+    fn retire_surplus(&mut self) {
+        let surplus: Vec<ReplicaId> = self
+            .replicas
+            .keys()
+            .rev()
+            .filter(|id| match self.spec.service(&id.service) {
+                Some(service) => id.index >= self.desired.replicas(service),
+                None => true,
+            })
+            .cloned()
+            .collect();
+        for id in surplus {
+            self.stop_replica(&id, AfterStop::Remove);
+        }
+    }
+
+    /// Takes a replica down: a live one is asked to stop (its shim stops the
+    /// whole tree), one without processes goes straight to what follows.
+    fn stop_replica(&mut self, id: &ReplicaId, then: AfterStop) {
+        let replica = &self.replicas[id];
+        let (shim, pid) = match replica.phase {
+            Phase::Starting { shim, .. } => (shim, None),
+            Phase::Running { shim, pid, .. } => (shim, Some(pid)),
+            Phase::Stopping { shim, pid, .. } => {
+                // Already on its way down: only what follows may change.
+                self.set_phase(id, Phase::Stopping { shim, pid, then });
+                return;
+            }
+            _ => {
+                self.after_stop(id, then);
+                return;
+            }
+        };
+        let shown = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        self.emit("stopping", Some(id), pid, format!("stopping {id}{shown}"));
+        // The shim sends the stop signal to the whole tree and escalates to
+        // SIGKILL after stop_timeout.
+        let _ = kill(shim, Signal::SIGTERM);
+        self.set_phase(id, Phase::Stopping { shim, pid, then });
+    }
+
+    fn after_stop(&mut self, id: &ReplicaId, then: AfterStop) {
+        match then {
+            AfterStop::Stay => {
+                if !matches!(self.replicas[id].phase, Phase::Exited | Phase::Failed) {
+                    self.set_phase(id, Phase::Stopped);
+                }
+            }
+            AfterStop::Start => {
+                let replica = self.replica_mut(id);
+                replica.phase = Phase::Pending;
+                replica.history = Default::default();
+            }
+            AfterStop::Remove => {
+                self.replicas.remove(id);
+            }
+        }
     }
 
     fn readiness(&self, service: &Service) -> Readiness {
@@ -279,22 +438,13 @@ impl Supervisor {
             if !dependants_down {
                 continue;
             }
-            let to_stop: Vec<(ReplicaId, Pid, String)> = self
+            let to_stop: Vec<ReplicaId> = self
                 .replicas_of(&service.name)
-                .filter_map(|r| match r.phase {
-                    Phase::Starting { shim, .. } => Some((r.id.clone(), shim, String::new())),
-                    Phase::Running { shim, pid, .. } => {
-                        Some((r.id.clone(), shim, format!(" (pid {pid})")))
-                    }
-                    _ => None,
-                })
+                .filter(|r| matches!(r.phase, Phase::Starting { .. } | Phase::Running { .. }))
+                .map(|r| r.id.clone())
                 .collect();
-            for (id, shim, pid) in to_stop {
-                self.display.event(&format!("stopping {id}{pid}"));
-                // The shim sends the stop signal to the whole tree and
-                // escalates to SIGKILL after stop_timeout.
-                let _ = kill(shim, Signal::SIGTERM);
-                self.set_phase(&id, Phase::Stopping { shim });
+            for id in to_stop {
+                self.stop_replica(&id, AfterStop::Stay);
             }
         }
         let shutdown = self.shutdown.as_ref()?;
@@ -320,13 +470,19 @@ impl Supervisor {
         self.shutdown.as_ref().map_or(0, |s| s.exit_code)
     }
 
-    fn begin_shutdown(&mut self, why: &str, exit_code: i32) {
+    fn begin_shutdown(&mut self, why: &str, exit_code: i32, timeout: Option<Duration>) {
         if self.shutdown.is_some() {
             return;
         }
-        self.display.event(&format!("{why}; stopping all replicas"));
+        self.emit(
+            "shutdown",
+            None,
+            None,
+            format!("{why}; stopping all replicas"),
+        );
+        let timeout = timeout.unwrap_or(self.spec.supervisor.shutdown_timeout);
         self.shutdown = Some(Shutdown {
-            deadline: Instant::now() + self.spec.supervisor.shutdown_timeout,
+            deadline: Instant::now() + timeout,
             forced: false,
             exit_code,
         });
@@ -334,7 +490,7 @@ impl Supervisor {
 
     fn on_stop_signal(&mut self, name: &str) {
         if self.shutdown.is_none() {
-            self.begin_shutdown(&format!("received {name}"), 0);
+            self.begin_shutdown(&format!("received {name}"), 0, None);
         } else {
             self.display
                 .event(&format!("received {name} again; killing all replicas now"));
@@ -408,16 +564,16 @@ impl Supervisor {
                 self.shims.insert(shim, id.clone());
                 self.set_phase(id, Phase::Starting { shim, since: now });
                 if restarts > 0 {
-                    self.display
-                        .event(&format!("restarting {id} (restart {restarts})"));
+                    let detail = format!("restarting {id} (restart {restarts})");
+                    self.emit("restarted", Some(id), None, detail);
                 }
                 self.watch_status(id.clone(), generation, status_pipe);
             }
             Err(e) => {
                 // Could not even fork the shim (EAGAIN, ENOMEM): the same as a
                 // command that did not start, so the restart policy decides.
-                self.display
-                    .event(&format!("{id} could not be started: {e}"));
+                let detail = format!("{id} could not be started: {e}");
+                self.emit("spawn_failed", Some(id), None, detail);
                 self.on_exit(id, Outcome::SpawnFailed, now);
             }
         }
@@ -457,12 +613,22 @@ impl Supervisor {
             (Some(Status::Started { pid }), Phase::Starting { shim, since }) => {
                 let (shim, since) = (*shim, *since);
                 replica.phase = Phase::Running { shim, pid, since };
-                self.display
-                    .event(&format!("spawned {} (pid {pid})", report.id));
+                replica.started_at = Some(SystemTime::now());
+                let detail = format!("spawned {} (pid {pid})", report.id);
+                self.emit("spawned", Some(&report.id), Some(pid), detail);
+            }
+            (Some(Status::Started { pid }), Phase::Stopping { shim, then, .. }) => {
+                // Asked to stop before its start was reported: keep the pid for status.
+                let (shim, then) = (*shim, *then);
+                replica.phase = Phase::Stopping {
+                    shim,
+                    pid: Some(pid),
+                    then,
+                };
             }
             (Some(Status::SpawnFailed { error }), _) => {
-                self.display
-                    .event(&format!("{} could not be started: {error}", report.id));
+                let detail = format!("{} could not be started: {error}", report.id);
+                self.emit("spawn_failed", Some(&report.id), None, detail);
             }
             // The shim's exit is what settles the replica; it is reaped separately.
             _ => {}
@@ -509,7 +675,13 @@ impl Supervisor {
             && *g == generation
             && matches!(self.replicas[id].phase, Phase::Starting { .. })
         {
-            self.display.event(&format!("spawned {id} (pid {pid})"));
+            let pid = *pid;
+            self.emit(
+                "spawned",
+                Some(id),
+                Some(pid),
+                format!("spawned {id} (pid {pid})"),
+            );
         }
         let outcome = match record {
             Some(r) if r.generation == generation => match (r.spawn_error, r.code, r.signal) {
@@ -519,9 +691,10 @@ impl Supervisor {
                 (None, None, None) => Outcome::Unknown,
             },
             _ => {
-                self.display.event(&format!(
+                let detail = format!(
                     "the shim of {id} ended without saying how its replica ended ({shim_status:?})"
-                ));
+                );
+                self.emit("shim_lost", Some(id), None, detail);
                 self.kill_leftovers(id);
                 Outcome::Unknown
             }
@@ -533,61 +706,64 @@ impl Supervisor {
     /// process died with it (PDEATHSIG), but descendants that left the
     /// process group live on, re-parented to us: find them by the replica's
     /// marker and kill them, so the restart meets no predecessor.
-    fn kill_leftovers(&self, id: &ReplicaId) {
+    fn kill_leftovers(&mut self, id: &ReplicaId) {
         let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
         for &pid in &leftovers {
             let _ = kill(pid, Signal::SIGKILL);
         }
         if !leftovers.is_empty() {
-            self.display.event(&format!(
-                "killed {} leftover process(es) of {id}",
-                leftovers.len()
-            ));
+            let detail = format!("killed {} leftover process(es) of {id}", leftovers.len());
+            self.emit("leftovers_killed", Some(id), None, detail);
         }
     }
 
     /// A replica's processes are all gone: apply its restart policy.
     fn on_exit(&mut self, id: &ReplicaId, outcome: Outcome, now: Instant) {
-        let position = self
-            .spec
-            .services
-            .iter()
-            .position(|s| s.name == id.service)
-            .expect("replicas belong to services of the spec");
-        let policy = self.spec.services[position].restart.clone();
         let how = describe(&outcome);
         let replica = self.replica_mut(id);
-        replica.last_exit = Some(outcome.clone());
+        let pid = replica.phase.pid();
+        replica.last_exit = Some((outcome.clone(), SystemTime::now()));
+        replica.started_at = None;
         let since = match replica.phase {
-            Phase::Stopping { .. } => {
-                replica.phase = Phase::Stopped;
-                self.display.event(&format!("stopped {id} ({how})"));
+            Phase::Stopping { then, .. } => {
+                self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
+                self.after_stop(id, then);
                 return;
             }
             Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
             _ => now,
         };
+        let Some(service) = self.spec.service(&id.service) else {
+            // Its service was removed by a reload while it was exiting.
+            self.replicas.remove(id);
+            return;
+        };
+        let policy = service.restart.clone();
+        let replica = self.replica_mut(id);
         let uptime = now.saturating_duration_since(since);
         let jitter = fastrand::f64() * 2.0 - 1.0;
         let next_restart = replica.restarts + 1;
-        let (phase, message) = match replica
+        let (phase, event, detail) = match replica
             .history
             .on_exit(&policy, &outcome, uptime, now, jitter)
         {
             Decision::Restart { delay } => (
                 Phase::Backoff { until: now + delay },
+                "exited",
                 format!(
                     "{id} {how}; restart {next_restart} in {}",
                     humantime::format_duration(round_ms(delay))
                 ),
             ),
-            Decision::Done => (Phase::Exited, format!("{id} {how}; done")),
-            Decision::GiveUp { reason } => {
-                (Phase::Failed, format!("{id} {how}; failed ({reason})"))
-            }
+            Decision::Done => (Phase::Exited, "exited", format!("{id} {how}; done")),
+            Decision::GiveUp { reason } => (
+                Phase::Failed,
+                "failed",
+                format!("{id} {how}; failed ({reason})"),
+            ),
         };
         replica.phase = phase;
-        self.display.event(&message);
+        self.emit(event, Some(id), pid, detail);
         self.check_exit_with(&id.service);
     }
 
@@ -612,7 +788,7 @@ impl Supervisor {
         let code = self
             .replicas_of(service)
             .map(|r| match (&r.phase, &r.last_exit) {
-                (_, Some(outcome)) if !outcome.is_success(policy) => outcome.shell_code(),
+                (_, Some((outcome, _))) if !outcome.is_success(policy) => outcome.shell_code(),
                 (Phase::Failed, None) => exit::FAILED,
                 _ => exit::OK,
             })
@@ -621,6 +797,7 @@ impl Supervisor {
         self.begin_shutdown(
             &format!("{service} has finished with exit code {code}"),
             code,
+            None,
         );
     }
 }

@@ -1,7 +1,7 @@
 //! One replica's observed state, as the event loop sees it.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
@@ -38,6 +38,8 @@ pub enum Phase {
     /// Asked to stop; the shim is taking the tree down.
     Stopping {
         shim: Pid,
+        pid: Option<u32>,
+        then: AfterStop,
     },
     /// Waiting to be restarted.
     Backoff {
@@ -56,8 +58,31 @@ impl Phase {
         match self {
             Phase::Starting { shim, .. }
             | Phase::Running { shim, .. }
-            | Phase::Stopping { shim } => Some(*shim),
+            | Phase::Stopping { shim, .. } => Some(*shim),
             _ => None,
+        }
+    }
+
+    /// The command's own pid, while it has one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Phase::Running { pid, .. } => Some(*pid),
+            Phase::Stopping { pid, .. } => *pid,
+            _ => None,
+        }
+    }
+
+    /// The state's name in `status` (SPEC.md §2).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Starting { .. } => "starting",
+            Phase::Running { .. } => "running",
+            Phase::Stopping { .. } => "stopping",
+            Phase::Backoff { .. } => "backoff",
+            Phase::Stopped => "stopped",
+            Phase::Exited => "exited",
+            Phase::Failed => "failed",
         }
     }
 
@@ -65,6 +90,17 @@ impl Phase {
     pub fn is_settled(&self) -> bool {
         matches!(self, Phase::Stopped | Phase::Exited | Phase::Failed)
     }
+}
+
+/// What happens once a stopping replica's processes are all gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStop {
+    /// `stopped` (shutdown, `stop`).
+    Stay,
+    /// Spawned again (`restart`, a reloaded definition).
+    Start,
+    /// Forgotten (scaled down, service removed by a reload).
+    Remove,
 }
 
 #[derive(Debug)]
@@ -75,7 +111,11 @@ pub struct Replica {
     pub generation: u64,
     pub restarts: u32,
     pub history: History,
-    pub last_exit: Option<Outcome>,
+    pub last_exit: Option<(Outcome, SystemTime)>,
+    /// When the current incarnation's command started.
+    pub started_at: Option<SystemTime>,
+    /// Marked with `stop`: stays down until `start`/`restart`.
+    pub stop_requested: bool,
 }
 
 impl Replica {
@@ -87,6 +127,8 @@ impl Replica {
             restarts: 0,
             history: History::default(),
             last_exit: None,
+            started_at: None,
+            stop_requested: false,
         }
     }
 }

@@ -1,0 +1,3 @@
+//! The control plane: how the shell talks to a running supervisor.
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,206 @@
+//! The control protocol between the CLI and a running supervisor, over the
+//! Unix socket `<state_dir>/control.sock` (mode 0600, peer uid checked).
+//!
+//! Framing: JSON lines. The client sends one [`Envelope`] line; the server
+//! answers one [`Reply`] line. For `events`, the reply is followed by one
+//! [`EventRecord`] line per event (history first, then live ones with
+//! `follow`), until either side closes. For `down`, the server keeps the
+//! connection open after the reply until the supervisor has exited, so EOF
+//! tells the client that shutdown is complete.
+//!
+//! Versioning: `version` is [`VERSION`]; a server answers a request of
+//! another version with an error naming both. Fields may be added to
+//! replies; none are removed or renamed without a new version. A request
+//! line is capped at [`MAX_REQUEST`] bytes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub const VERSION: u32 = 1;
+/// Requests longer than this are refused (and the connection closed).
+pub const MAX_REQUEST: usize = 1 << 20;
+/// The socket's file name inside the state directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+/// `targets` are service names (`api`: all its replicas) or replica names
+/// (`api.1`); an empty list means every service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Events {
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Desired state: run. Clears `stopped` and `failed` marks; the replicas
+    /// are spawned (after their dependencies, like at `up`).
+    Start {
+        targets: Vec<String>,
+    },
+    /// Desired state: stopped (kept across supervisor restarts).
+    Stop {
+        targets: Vec<String>,
+    },
+    /// Stop (if running), then start again; clears `failed`.
+    Restart {
+        targets: Vec<String>,
+    },
+    /// New replica counts; surplus replicas stop highest index first.
+    Scale {
+        counts: BTreeMap<String, u32>,
+    },
+    /// Apply an edited spec; `spec` = None reloads the file the supervisor
+    /// was started with. Only services whose definition changed restart.
+    Reload {
+        spec: Option<PathBuf>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Stop every replica in reverse dependency order, then exit.
+    /// `timeout_ms` replaces `shutdown_timeout` for this shutdown.
+    Down {
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// One reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub version: u32,
+    pub ok: bool,
+    /// Set when `ok` is false: one line for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set when `ok` is false: the exit code the CLI should use (SPEC.md §3:
+    /// 2 for an unknown service or a bad request, 1 for a rejected operation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outcome {
+    Status(StatusReport),
+    /// For start/stop/restart/scale: the replicas whose desired state changed.
+    Affected {
+        replicas: Vec<String>,
+    },
+    Reload(ReloadPlan),
+    /// Acknowledges `events` and `down`.
+    Accepted,
+}
+
+impl Reply {
+    pub fn ok(result: Outcome) -> Reply {
+        Reply {
+            version: VERSION,
+            ok: true,
+            error: None,
+            exit_code: None,
+            result: Some(result),
+        }
+    }
+
+    pub fn error(exit_code: i32, error: impl Into<String>) -> Reply {
+        Reply {
+            version: VERSION,
+            ok: false,
+            error: Some(error.into()),
+            exit_code: Some(exit_code),
+            result: None,
+        }
+    }
+}
+
+/// `status --json`, schema 1 (SPEC.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub schema: u32,
+    pub supervisor: SupervisorInfo,
+    /// In start order.
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorInfo {
+    pub pid: u32,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// The spec file as given to `up`.
+    pub spec: String,
+    pub state_dir: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// running | degraded | starting | failed | stopped | completed
+    pub state: String,
+    /// Desired replica count (after `scale`).
+    pub desired: u32,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub index: u32,
+    /// The command's own pid while it has one.
+    pub pid: Option<u32>,
+    /// pending | starting | running | unhealthy | backoff | stopping |
+    /// stopped | exited | failed
+    pub state: String,
+    /// healthy | unhealthy | unknown
+    pub health: String,
+    /// active | standby, for failover services; null otherwise.
+    pub role: Option<String>,
+    pub restarts: u32,
+    /// When the current incarnation started (RFC 3339 UTC), while it runs.
+    pub started_at: Option<String>,
+    pub last_exit: Option<LastExit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastExit {
+    pub code: Option<i32>,
+    /// Signal name, e.g. "SIGKILL".
+    pub signal: Option<String>,
+    /// RFC 3339 UTC.
+    pub at: String,
+}
+
+/// What a reload does (or would do, with `dry_run`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadPlan {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// False for a dry run.
+    pub applied: bool,
+}
+
+/// One event (SPEC.md §3 `events --json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// spawned | exited | restarted | unhealthy | healthy | promoted |
+    /// failed | stopped | scaled | reloaded | shutdown
+    pub event: String,
+    pub service: Option<String>,
+    pub replica: Option<u32>,
+    pub pid: Option<u32>,
+    /// The human line, e.g. "api.1 exited with code 3; restart 4 in 800ms".
+    pub detail: String,
+}

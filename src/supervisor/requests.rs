@@ -1,0 +1,310 @@
+//! Requests from the control socket, applied by the event loop: each one
+//! changes desired state (or reads state) and is answered once applied. The
+//! loop's next `reconcile` turns the change into spawns and stops.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::control::protocol::{
+    LastExit, Outcome as Reply_, ReloadPlan, ReplicaStatus, Reply, Request, ServiceStatus,
+    StatusReport, SupervisorInfo,
+};
+use crate::control::server::{Answer, Call};
+use crate::exit;
+use crate::spec::{self, Spec};
+
+use super::Supervisor;
+use super::desired::Scaled;
+use super::journal::rfc3339;
+use super::replica::{AfterStop, Phase, Replica, ReplicaId};
+use super::restart::Outcome;
+
+impl Supervisor {
+    pub(super) fn on_call(&mut self, call: Call) {
+        let answer = match call.request {
+            Request::Status => Answer::Reply(Reply::ok(Reply_::Status(self.status_report()))),
+            Request::Events { follow } => Answer::Events {
+                history: self.journal.history(),
+                live: follow.then(|| self.journal.subscribe()),
+            },
+            Request::Start { targets } => Answer::Reply(self.on_targets(&targets, Self::start)),
+            Request::Stop { targets } => Answer::Reply(self.on_targets(&targets, Self::stop)),
+            Request::Restart { targets } => Answer::Reply(self.on_targets(&targets, Self::restart)),
+            Request::Scale { counts } => Answer::Reply(self.scale(counts.into_iter().collect())),
+            Request::Reload { spec, dry_run } => Answer::Reply(self.reload(spec, dry_run)),
+            Request::Down { timeout_ms } => {
+                let timeout = timeout_ms.map(Duration::from_millis);
+                self.begin_shutdown("asked to go down", exit::OK, timeout);
+                Answer::HoldUntilExit(Reply::ok(Reply_::Accepted))
+            }
+        };
+        // A client that went away does not need its answer.
+        let _ = call.answer.send(answer);
+    }
+
+    /// The replicas named by `targets` (`svc` or `svc.N`; none = all), or
+    /// an error naming what does not exist.
+    fn resolve(&self, targets: &[String]) -> Result<Vec<ReplicaId>, String> {
+        if targets.is_empty() {
+            return Ok(self.replicas.keys().cloned().collect());
+        }
+        let mut found = BTreeSet::new();
+        for target in targets {
+            let (service, index) = match target.rsplit_once('.') {
+                Some((s, i)) => match i.parse::<u32>() {
+                    Ok(i) => (s, Some(i)),
+                    Err(_) => (target.as_str(), None),
+                },
+                None => (target.as_str(), None),
+            };
+            if self.spec.service(service).is_none() {
+                return Err(format!("no service named {service:?}"));
+            }
+            let before = found.len();
+            found.extend(
+                self.replicas_of(service)
+                    .filter(|r| index.is_none_or(|i| r.id.index == i))
+                    .map(|r| r.id.clone()),
+            );
+            if index.is_some() && found.len() == before {
+                return Err(format!("no replica {target} (scale the service up first)"));
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// Applies `change` to the replicas `targets` name, answering with them.
+    fn on_targets(&mut self, targets: &[String], change: fn(&mut Self, &[ReplicaId])) -> Reply {
+        match self.resolve(targets) {
+            Ok(ids) => {
+                change(self, &ids);
+                Self::affected(&ids)
+            }
+            Err(e) => Reply::error(exit::USAGE, e),
+        }
+    }
+
+    fn affected(ids: &[ReplicaId]) -> Reply {
+        Reply::ok(Reply_::Affected {
+            replicas: ids.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    fn mark_stopped(&mut self, ids: &[ReplicaId], stopped: bool) {
+        for id in ids {
+            if let Some(r) = self.replicas.get_mut(id) {
+                r.stop_requested = stopped;
+            }
+            if stopped {
+                self.desired.stopped.insert(id.to_string());
+            } else {
+                self.desired.stopped.remove(&id.to_string());
+            }
+        }
+        self.save_desired();
+    }
+
+    fn start(&mut self, ids: &[ReplicaId]) {
+        self.mark_stopped(ids, false);
+        for id in ids {
+            if matches!(
+                self.replicas[id].phase,
+                Phase::Stopped | Phase::Exited | Phase::Failed
+            ) {
+                self.after_stop(id, AfterStop::Start);
+            }
+        }
+    }
+
+    /// The stop itself is done by reconcile, like any other difference from
+    /// desired state.
+    fn stop(&mut self, ids: &[ReplicaId]) {
+        self.mark_stopped(ids, true);
+    }
+
+    fn restart(&mut self, ids: &[ReplicaId]) {
+        self.mark_stopped(ids, false);
+        for id in ids {
+            self.stop_replica(id, AfterStop::Start);
+        }
+    }
+
+    fn scale(&mut self, counts: Vec<(String, u32)>) -> Reply {
+        for (name, _) in &counts {
+            if self.spec.service(name).is_none() {
+                return Reply::error(exit::USAGE, format!("no service named {name:?}"));
+            }
+        }
+        let mut changed = Vec::new();
+        for (name, replicas) in counts {
+            let service = self.spec.service(&name).expect("checked above");
+            let before = self.desired.replicas(service);
+            let spec_replicas = service.replicas;
+            self.desired.scaled.insert(
+                name.clone(),
+                Scaled {
+                    replicas,
+                    spec_replicas,
+                },
+            );
+            if before != replicas {
+                let detail = format!("scaled {name} from {before} to {replicas} replicas");
+                self.emit_for_service("scaled", &name, detail);
+            }
+            changed.extend(
+                (replicas.min(before)..replicas.max(before)).map(|index| ReplicaId {
+                    service: name.clone(),
+                    index,
+                }),
+            );
+        }
+        // Stop marks of replicas scaled away do not come back with a later scale-up.
+        self.desired.prune(&self.spec.services);
+        self.save_desired();
+        Self::affected(&changed)
+    }
+
+    fn reload(&mut self, path: Option<PathBuf>, dry_run: bool) -> Reply {
+        let path = path.unwrap_or_else(|| self.spec.path.clone());
+        let mut new = match spec::load(&path) {
+            Ok(new) => new,
+            Err(diagnostics) => {
+                return Reply::error(
+                    exit::FAILED,
+                    format!("reload rejected, the running state is untouched:\n{diagnostics}"),
+                );
+            }
+        };
+        // The state dir holds our lock and socket: it cannot move under us.
+        new.supervisor.state_dir = self.spec.supervisor.state_dir.clone();
+        let plan = reload_plan(&self.spec, &new, !dry_run);
+        if dry_run {
+            return Reply::ok(Reply_::Reload(plan));
+        }
+        for name in &plan.changed {
+            // The new definition's replica count wins over an earlier `scale`.
+            self.desired.scaled.remove(name);
+            let ids: Vec<ReplicaId> = self.replicas_of(name).map(|r| r.id.clone()).collect();
+            for id in ids {
+                self.stop_replica(&id, AfterStop::Start);
+            }
+        }
+        self.spec = new;
+        self.desired.prune(&self.spec.services);
+        self.save_desired();
+        let detail = format!(
+            "reloaded {}: {} added, {} removed, {} changed, {} unchanged",
+            path.display(),
+            plan.added.len(),
+            plan.removed.len(),
+            plan.changed.len(),
+            plan.unchanged.len()
+        );
+        self.emit("reloaded", None, None, detail);
+        Reply::ok(Reply_::Reload(plan))
+    }
+
+    pub(super) fn status_report(&self) -> StatusReport {
+        let services = self
+            .spec
+            .services
+            .iter()
+            .map(|service| {
+                let replicas: Vec<&Replica> = self.replicas_of(&service.name).collect();
+                ServiceStatus {
+                    name: service.name.clone(),
+                    state: service_state(&replicas).into(),
+                    desired: self.desired.replicas(service),
+                    replicas: replicas.iter().map(|r| replica_status(r)).collect(),
+                }
+            })
+            .collect();
+        StatusReport {
+            schema: 1,
+            supervisor: SupervisorInfo {
+                pid: std::process::id(),
+                started_at: rfc3339(self.started_at),
+                spec: self.spec.path.display().to_string(),
+                state_dir: self.dir.root().display().to_string(),
+            },
+            services,
+        }
+    }
+}
+
+fn reload_plan(old: &Spec, new: &Spec, applied: bool) -> ReloadPlan {
+    let mut plan = ReloadPlan {
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+        unchanged: Vec::new(),
+        applied,
+    };
+    for service in &new.services {
+        match old.service(&service.name) {
+            None => plan.added.push(service.name.clone()),
+            Some(before) if before == service => plan.unchanged.push(service.name.clone()),
+            Some(_) => plan.changed.push(service.name.clone()),
+        }
+    }
+    plan.removed = old
+        .services
+        .iter()
+        .filter(|s| new.service(&s.name).is_none())
+        .map(|s| s.name.clone())
+        .collect();
+    plan
+}
+
+/// SPEC.md §2 service states, from its replicas'.
+fn service_state(replicas: &[&Replica]) -> &'static str {
+    let all = |f: fn(&Phase) -> bool| replicas.iter().all(|r| f(&r.phase));
+    let any = |f: fn(&Phase) -> bool| replicas.iter().any(|r| f(&r.phase));
+    if any(|p| matches!(p, Phase::Failed)) {
+        "failed"
+    } else if all(|p| matches!(p, Phase::Stopped)) {
+        "stopped"
+    } else if all(|p| matches!(p, Phase::Exited)) {
+        "completed"
+    } else if all(|p| matches!(p, Phase::Running { .. } | Phase::Exited)) {
+        "running"
+    } else if any(|p| matches!(p, Phase::Running { .. })) {
+        "degraded"
+    } else {
+        "starting"
+    }
+}
+
+fn replica_status(r: &Replica) -> ReplicaStatus {
+    ReplicaStatus {
+        index: r.id.index,
+        pid: r.phase.pid(),
+        state: r.phase.name().into(),
+        // Without probes a replica is healthy once its command runs.
+        health: if matches!(r.phase, Phase::Running { .. }) {
+            "healthy"
+        } else {
+            "unknown"
+        }
+        .into(),
+        role: None,
+        restarts: r.restarts,
+        started_at: r.started_at.map(rfc3339),
+        last_exit: r.last_exit.as_ref().map(|(outcome, at)| LastExit {
+            code: match outcome {
+                Outcome::Code(c) => Some(*c),
+                Outcome::SpawnFailed => Some(127),
+                _ => None,
+            },
+            signal: match outcome {
+                Outcome::Signal(s) => Some(
+                    nix::sys::signal::Signal::try_from(*s)
+                        .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_string()),
+                ),
+                _ => None,
+            },
+            at: rfc3339(*at),
+        }),
+    }
+}
