@@ -1,0 +1,279 @@
+//! The control socket against misbehaving clients, over the raw protocol:
+//! whatever a client sends, or fails to send, the supervisor answers or
+//! drops it and keeps supervising.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const SPEC: &str = r#"
+[services.web]
+command = ["sleep", "1000"]
+"#;
+
+fn socket(sup: &Supervise) -> PathBuf {
+    sup.state_dir().join("control.sock")
+}
+
+fn connect(sup: &Supervise) -> UnixStream {
+    let stream = UnixStream::connect(socket(sup)).expect("connect to the control socket");
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream
+}
+
+/// Sends raw bytes, returns the first reply line as JSON (None on EOF).
+fn exchange(sup: &Supervise, raw: &[u8]) -> Option<serde_json::Value> {
+    let mut stream = connect(sup);
+    // The server may answer (and close) before reading all of an oversized line.
+    let _ = stream.write_all(raw);
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    (!line.is_empty()).then(|| serde_json::from_str(&line).expect("a JSON reply line"))
+}
+
+fn status_ok(sup: &Supervise) -> bool {
+    exchange(sup, b"{\"version\":1,\"request\":{\"type\":\"status\"}}\n")
+        .is_some_and(|r| r["ok"] == true && r["result"]["schema"] == 1)
+}
+
+fn started(spec: &str) -> Supervise {
+    let sup = Supervise::start(spec);
+    sup.expect_spawned("web.0");
+    sup
+}
+
+#[test]
+fn socket_is_private_to_its_owner() {
+    let sup = started(SPEC);
+    let mode = std::fs::metadata(socket(&sup))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(sup.state_dir())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+}
+
+#[test]
+fn bad_requests_get_an_error_reply_and_the_supervisor_keeps_working() {
+    let sup = started(SPEC);
+    let oversized = {
+        let mut v = b"{\"version\":1,\"request\":{\"type\":\"status\",\"pad\":\"".to_vec();
+        v.extend(std::iter::repeat_n(b'x', 2 << 20));
+        v.extend(b"\"}}\n");
+        v
+    };
+    let cases: Vec<(&[u8], &str)> = vec![
+        (b"{\n", "malformed request"),
+        (b"hello\n", "malformed request"),
+        (b"\n", "empty request"),
+        (
+            b"{\"request\":{\"type\":\"status\"}}\n",
+            "without a protocol version",
+        ),
+        (
+            b"{\"version\":7,\"request\":{\"type\":\"status\"}}\n",
+            "version 7 is not supported",
+        ),
+        (
+            b"{\"version\":1,\"request\":{\"type\":\"reboot\"}}\n",
+            "unknown variant",
+        ),
+        (
+            b"{\"version\":1,\"request\":{\"type\":\"stop\",\"targets\":[\"nope\"]}}\n",
+            "no service named",
+        ),
+        (&oversized, "longer than"),
+    ];
+    for (raw, expected) in cases {
+        let reply = exchange(&sup, raw).unwrap_or_else(|| {
+            panic!(
+                "no reply to {:?}",
+                String::from_utf8_lossy(&raw[..raw.len().min(60)])
+            )
+        });
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert_eq!(reply["exit_code"], 2, "{reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+    }
+    // A request cut off mid-line (client gone) is dropped quietly.
+    {
+        let mut stream = connect(&sup);
+        stream.write_all(b"{\"version\":1,\"requ").unwrap();
+    }
+    assert!(status_ok(&sup), "the supervisor stopped answering");
+    assert!(
+        sup.events().iter().all(|e| !e.contains("exited")),
+        "{:?}",
+        sup.events()
+    );
+}
+
+#[test]
+fn a_silent_client_does_not_hold_up_others() {
+    let sup = started(SPEC);
+    let _silent = connect(&sup);
+    let _half = {
+        let mut s = connect(&sup);
+        s.write_all(b"{\"version\":1,").unwrap();
+        s
+    };
+    assert!(status_ok(&sup));
+}
+
+#[test]
+fn a_follower_that_goes_away_costs_nothing() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "50ms" }
+"#,
+    );
+    let first = sup.expect_spawned("web.0");
+    for _ in 0..20 {
+        let mut s = connect(&sup);
+        s.write_all(b"{\"version\":1,\"request\":{\"type\":\"events\",\"follow\":true}}\n")
+            .unwrap();
+        let mut reader = BufReader::new(s);
+        let mut accepted = String::new();
+        reader.read_line(&mut accepted).unwrap();
+        assert!(accepted.contains("\"accepted\""), "{accepted}");
+        // Dropped mid-stream.
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1", SOON);
+    assert!(status_ok(&sup));
+}
+
+#[test]
+fn events_follow_streams_what_happens() {
+    let sup = started(SPEC);
+    let mut s = connect(&sup);
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"events\",\"follow\":true}}\n")
+        .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"accepted\""), "{line}");
+    // History first: the spawn that already happened.
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    let spawned: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(spawned["event"], "spawned");
+    assert_eq!(spawned["service"], "web");
+    assert_eq!(spawned["replica"], 0);
+    assert!(spawned["pid"].as_u64().is_some());
+    assert!(spawned["at"].as_str().unwrap().ends_with('Z'));
+    // Then live: a scale shows up on the open stream.
+    assert!(
+        exchange(
+            &sup,
+            b"{\"version\":1,\"request\":{\"type\":\"scale\",\"counts\":{\"web\":2}}}\n"
+        )
+        .is_some_and(|r| r["ok"] == true)
+    );
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &serde_json::Value| e["event"] == "spawned" && e["replica"] == 1)
+    {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stream ended: {seen:?}"
+        );
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    assert!(
+        seen.iter()
+            .any(|e| e["event"] == "scaled" && e["service"] == "web"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn another_user_is_refused_even_when_the_socket_is_reachable() {
+    // The system python: one under /root (pyenv) is out of the other user's reach.
+    let python = "/usr/bin/python3";
+    let setpriv = std::process::Command::new("setpriv").arg("--help").output();
+    if !nix::unistd::geteuid().is_root() || setpriv.is_err() || !Path::new(python).exists() {
+        eprintln!("skipped: needs root, setpriv and {python} to connect as another user");
+        return;
+    }
+    let sup = started(SPEC);
+    // Open the way on purpose: only the credential check is left to refuse.
+    std::fs::set_permissions(sup.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(sup.state_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(socket(&sup), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let client = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(10)
+try:
+    s.sendall(b'{"version":1,"request":{"type":"stop","targets":[]}}\n')
+    print("reply:", s.recv(1000))
+except (BrokenPipeError, ConnectionResetError):
+    print("reply: b''")
+"#;
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-c",
+            client,
+        ])
+        .arg(socket(&sup))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(said.trim(), "reply: b''", "another uid got an answer");
+    assert!(
+        sup.err
+            .wait_for(SOON, |l| l.contains("refused a connection: uid 65534"))
+            .is_some(),
+        "the refusal was not logged:\n{}",
+        sup.transcript()
+    );
+    assert!(
+        status_ok(&sup),
+        "the refused request was applied or broke the supervisor"
+    );
+    let reply = exchange(&sup, b"{\"version\":1,\"request\":{\"type\":\"status\"}}\n").unwrap();
+    assert_eq!(
+        reply["result"]["services"][0]["replicas"][0]["state"],
+        "running"
+    );
+}
+
+#[test]
+fn down_holds_the_connection_until_the_supervisor_has_exited() {
+    let mut sup = started(SPEC);
+    let mut s = connect(&sup);
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"down\"}}\n")
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert!(all.contains("\"accepted\""), "{all}");
+    // EOF came: the supervisor is gone or going, with everything stopped.
+    assert_eq!(sup.expect_exit(SOON), 0);
+    assert!(sup.events().iter().any(|e| e.starts_with("stopped web.0")));
+    assert!(!socket(&sup).exists(), "the socket file was left behind");
+}
