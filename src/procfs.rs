@@ -61,14 +61,95 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
     out
 }
 
-/// The parent of `pid` from `/proc/<pid>/stat`. Fields are read after the
-/// last `)` because the command name may itself contain spaces and parentheses.
+/// What `/proc/<pid>/stat` says of a process.
+struct Stat {
+    state: char,
+    ppid: i32,
+    /// Clock ticks after boot at which it started: with the pid, its identity.
+    start: u64,
+}
+
+/// Fields are read after the last `)`, because the command name may itself
+/// contain spaces and parentheses.
+fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+    // After the command: state is field 3 of proc_pid_stat(5), ppid 4, starttime 22.
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let _state = fields.next()?;
-    fields.next()?.parse().ok()
+    stat(pid).map(|s| s.ppid)
+}
+
+/// When a live (not zombie) process started, in clock ticks after boot.
+/// A pid is only ever the same process if this is the same too.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let s = stat(i32::try_from(pid).ok()?)?;
+    (s.state != 'Z' && s.state != 'X').then_some(s.start)
+}
+
+/// This boot's id: process identities from another boot mean nothing.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A pidfd for `pid`: it stays bound to that very process (never to a
+/// later one with the same pid), signals it without a reuse race, and polls
+/// readable when it exits, whether or not it is our child.
+pub fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; nothing is borrowed.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends a signal through a pidfd (see [`pidfd_open`]).
+pub fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, signal: Signal) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal as i32,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Live processes whose marker ends in `@<state_dir>`: every process of
+/// every replica of one state directory, with the replica's name.
+pub fn marked_by_state_dir(state_dir: &std::path::Path) -> Vec<(Pid, String)> {
+    let prefix = format!("{MARKER_VAR}=");
+    let suffix = format!("@{}", state_dir.display());
+    all_pids()
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let value = env
+                .split(|&b| b == 0)
+                .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix(prefix.as_str()))?
+                .strip_suffix(suffix.as_str())?
+                .to_string();
+            Some((Pid::from_raw(pid), value))
+        })
+        .collect()
 }
 
 /// Sends `signal` to every descendant of `root`; returns how many there were.

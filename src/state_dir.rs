@@ -56,14 +56,18 @@ impl StateDir {
         self.run().join(format!("{replica}.exit"))
     }
 
+    pub fn running_record(&self, replica: &str) -> PathBuf {
+        self.run().join(format!("{replica}.running"))
+    }
+
     /// The control socket (see `control::protocol`).
     pub fn socket(&self) -> PathBuf {
         self.root.join(crate::control::protocol::SOCKET_NAME)
     }
 
-    /// Desired state set by `scale` and `stop` (see `supervisor::desired`).
-    pub fn desired(&self) -> PathBuf {
-        self.root.join("desired.json")
+    /// See `supervisor::checkpoint`.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint.json")
     }
 
     /// The lock a replica's shim holds while any process of the replica runs.
@@ -71,33 +75,17 @@ impl StateDir {
         self.run().join(format!("{replica}.lock"))
     }
 
-    /// Replicas whose shim still holds its instance lock, with the shim's
-    /// pid as it wrote it into the lock file: (replica, pid).
-    pub fn running_instances(&self) -> Vec<(String, String)> {
-        let Ok(entries) = std::fs::read_dir(self.run()) else {
-            return Vec::new();
-        };
-        let mut running: Vec<(String, String)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry
-                    .file_name()
-                    .to_str()?
-                    .strip_suffix(".lock")?
-                    .to_string();
-                let file = File::open(entry.path()).ok()?;
-                match Flock::lock(file, FlockArg::LockSharedNonblock) {
-                    Ok(_) => None,
-                    Err((mut file, _)) => {
-                        let mut pid = String::new();
-                        let _ = file.read_to_string(&mut pid);
-                        Some((name, pid.trim().to_string()))
-                    }
-                }
-            })
-            .collect();
-        running.sort();
-        running
+    /// The pid of the shim holding `replica`'s instance lock, if one does.
+    pub fn instance_holder(&self, replica: &str) -> Option<u32> {
+        let file = File::open(self.instance_lock(replica)).ok()?;
+        match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            Ok(_) => None,
+            Err((mut file, _)) => {
+                let mut pid = String::new();
+                file.read_to_string(&mut pid).ok()?;
+                pid.trim().parse().ok()
+            }
+        }
     }
 
     /// Creates the directories (mode 0700: logs and records are private) and

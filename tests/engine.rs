@@ -669,45 +669,53 @@ restart = { delay = "100ms" }
 }
 
 #[test]
-fn up_after_a_killed_supervisor_refuses_to_duplicate_running_replicas() {
+fn up_after_a_killed_supervisor_adopts_running_replicas_without_duplicates() {
     let mut first = Supervise::start(
         r#"
 [services.web]
 command = ["sleep", "1000"]
 replicas = 2
+restart = { delay = "50ms" }
 "#,
     );
     let replicas = [first.expect_spawned("web.0"), first.expect_spawned("web.1")];
-    let shims: Vec<i32> = replicas.iter().map(|&r| proc_stat(r).unwrap().1).collect();
     kill9(first.pid);
     assert!(first.wait_exit(SOON).is_some());
 
     let mut second = first.another().start();
-    assert_eq!(second.expect_exit(SOON), 1, "{}", second.transcript());
-    second.drain(SOON);
-    let said = second.err.texts().join("\n");
-    for (name, shim) in ["web.0", "web.1"].iter().zip(&shims) {
-        assert!(
-            said.contains(&format!("{name} (shim pid {shim})")),
-            "the refusal does not name {name} and shim {shim}: {said}"
-        );
-    }
-    assert!(
-        said.contains(&format!("kill {} {}", shims[0], shims[1])),
-        "{said}"
+    second.expect_event(
+        r"^resumed: 2 adopted, 0 exited while down, 0 unknown$",
+        SOON,
     );
     for pid in replicas {
-        assert!(is_alive(pid), "the refused up disturbed replica {pid}");
+        assert!(is_alive(pid), "adoption disturbed replica {pid}");
     }
+    let state_dir = second.state_dir();
+    let count_commands = || {
+        supervise::procfs::marked_by_state_dir(&state_dir)
+            .into_iter()
+            .filter(|(pid, _)| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .count()
+    };
+    assert_eq!(count_commands(), 2, "a duplicate was started");
 
-    // Following the hint: the shims stop their replicas, then `up` works.
-    for &shim in &shims {
-        kill(Pid::from_raw(shim), Signal::SIGTERM).unwrap();
+    // An adopted replica is still supervised: its death is noticed (through
+    // its shim's pidfd) and it is restarted.
+    kill9(replicas[0]);
+    let (restart, _) = second.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in", SOON);
+    let (_, again) = second.expect_spawned_from(restart.index, "web.0");
+    assert_ne!(again, replicas[0]);
+    assert_eq!(count_commands(), 2);
+
+    second.signal(Signal::SIGINT);
+    assert_eq!(second.expect_exit(SOON), 0, "{}", second.transcript());
+    for pid in [replicas[1], again] {
+        assert!(!is_alive(pid), "{pid} survived the shutdown");
     }
-    assert!(wait_until(SOON, || replicas.iter().all(|&r| !is_alive(r))));
-    let third = first.another().start();
-    third.expect_spawned("web.0");
-    third.expect_spawned("web.1");
+    assert_eq!(count_commands(), 0);
 }
 
 #[test]

@@ -40,7 +40,7 @@ use nix::unistd::Pid;
 use crate::procfs;
 
 use logfile::{LogWriter, Stream};
-use protocol::{ExitRecord, ShimConfig, Status, TEE_FD};
+use protocol::{ExitRecord, RunningRecord, ShimConfig, Status, TEE_FD, write_record};
 
 /// While killing, the tree is swept again this often (new forks, slow exits).
 const KILL_SWEEP: Duration = Duration::from_millis(50);
@@ -249,6 +249,24 @@ fn run(config: ShimConfig) -> i32 {
         }
     };
     report(&Status::Started { pid: child.id() });
+    let running = RunningRecord {
+        generation: config.generation,
+        shim_pid: std::process::id(),
+        shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
+        pid: child.id(),
+        pid_start: procfs::start_time(child.id()).unwrap_or_default(),
+        boot_id: procfs::boot_id(),
+        started_at: SystemTime::now(),
+    };
+    if let Err(e) = write_record(&running, &config.running_record) {
+        // The replica runs all the same; only a resuming supervisor could not
+        // recognise it (it would then count it as gone and sweep it).
+        eprintln!(
+            "supervise: {}: cannot write {}: {e}",
+            config.replica,
+            config.running_record.display()
+        );
+    }
 
     let mut tree = Tree {
         me: Pid::this(),
@@ -394,7 +412,11 @@ fn report(status: &Status) {
 }
 
 fn finish(config: &ShimConfig, record: &ExitRecord) -> i32 {
-    match record.write(&config.exit_record) {
+    let written = write_record(record, &config.exit_record);
+    // Only after the exit is on record: a supervisor that looks in between
+    // must find one or the other.
+    let _ = std::fs::remove_file(&config.running_record);
+    match written {
         Ok(()) => 0,
         Err(e) => {
             eprintln!(

@@ -2,9 +2,11 @@
 //!
 //! The supervisor writes a [`ShimConfig`] as JSON on the shim's stdin. The
 //! shim answers one [`Status`] line on its stdout once the replica is running
-//! (or could not be started), and when the replica's whole process tree is
-//! gone it writes an [`ExitRecord`] file and exits. The record is a file, not
-//! a message, so that it outlives a supervisor that died in the meantime.
+//! (or could not be started) and writes a [`RunningRecord`] file; when the
+//! replica's whole process tree is gone it writes an [`ExitRecord`] file and
+//! exits. Records are files, not messages, so that they outlive a supervisor
+//! that died in the meantime: a new one finds the running replicas and the
+//! exits it missed there.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -29,6 +31,7 @@ pub struct ShimConfig {
     pub stop_timeout_ms: u64,
     pub log: LogConfig,
     pub exit_record: PathBuf,
+    pub running_record: PathBuf,
     /// The replica's instance lock, held by its shim (see `shim::claim`).
     pub lock: PathBuf,
     /// When set, each output line is also written, behind this prefix, to
@@ -64,18 +67,33 @@ pub struct ExitRecord {
     pub at: SystemTime,
 }
 
-impl ExitRecord {
-    /// Writes the record so that a reader sees all of it or none of it.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("exit.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::rename(&tmp, path)
-    }
+/// Who is running for a replica, written by its shim once the command runs:
+/// what a resuming supervisor needs to recognise (never guess) the processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningRecord {
+    pub generation: u64,
+    pub shim_pid: u32,
+    /// `/proc/<pid>/stat` start times: a pid plus its start time is one process.
+    pub shim_start: u64,
+    pub pid: u32,
+    pub pid_start: u64,
+    pub boot_id: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub started_at: SystemTime,
+}
 
-    pub fn read(path: &Path) -> std::io::Result<ExitRecord> {
-        let bytes = std::fs::read(path)?;
-        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
-    }
+/// Writes `value` as JSON so that a reader sees all of it or none of it.
+/// No fsync: records describe live processes, which a power loss ends anyway.
+pub fn write_record<T: Serialize>(value: &T, path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
+    let bytes = std::fs::read(path)?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }
 
 /// RFC 3339 timestamps in JSON, via humantime.

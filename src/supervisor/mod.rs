@@ -8,6 +8,7 @@
 //! shutdown deadline). There is no polling tick and no shared mutex: tasks
 //! only do I/O and send messages to the loop.
 
+mod checkpoint;
 mod desired;
 mod display;
 mod journal;
@@ -15,6 +16,7 @@ mod launch;
 mod replica;
 mod requests;
 pub mod restart;
+mod resume;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -31,9 +33,10 @@ use crate::control::protocol::EventRecord;
 use crate::control::server;
 use crate::exit;
 use crate::procfs;
-use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status};
+use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status, read_record};
 use crate::spec::{Condition, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
+use checkpoint::Checkpoint;
 use desired::Desired;
 use display::Display;
 use journal::Journal;
@@ -57,18 +60,6 @@ pub enum RunError {
     Locked(#[from] LockError),
     #[error("{0}")]
     Setup(String),
-    #[error(
-        "replicas started by an earlier supervisor of state dir {} are still running: {}\n\
-         hint: that supervisor was killed and its replicas cannot be re-adopted yet; \
-         stop them with `kill {}` (each shim stops its replica's whole process tree), then run `up` again",
-        dir.display(),
-        running.iter().map(|(r, pid)| format!("{r} (shim pid {pid})")).collect::<Vec<_>>().join(", "),
-        running.iter().map(|(_, pid)| pid.as_str()).collect::<Vec<_>>().join(" ")
-    )]
-    Leftovers {
-        dir: std::path::PathBuf,
-        running: Vec<(String, String)>,
-    },
 }
 
 /// Exit code of a forced shutdown (a second Ctrl-C), as a shell reports SIGINT.
@@ -78,15 +69,6 @@ const FORCED_EXIT: i32 = 130;
 pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let dir = StateDir::new(spec.supervisor.state_dir.clone());
     let _lock = dir.lock()?;
-    // Replicas left running by a supervisor that was killed must not be
-    // duplicated. Until they can be re-adopted, refuse to start.
-    let running = dir.running_instances();
-    if !running.is_empty() {
-        return Err(RunError::Leftovers {
-            dir: dir.root().to_path_buf(),
-            running,
-        });
-    }
     let setup = |what: &str, e: std::io::Error| RunError::Setup(format!("cannot {what}: {e}"));
     // Signal streams exist before the first spawn, so no SIGCHLD is missed.
     let mut sigchld = signal(SignalKind::child()).map_err(|e| setup("watch SIGCHLD", e))?;
@@ -96,11 +78,18 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     // init, so they are reaped here (and as PID 1 in a container, all are).
     let _ = nix::sys::prctl::set_child_subreaper(true);
 
-    let desired = Desired::load(&dir.desired()).map_err(|e| {
-        RunError::Setup(format!(
-            "{e}\nhint: move the file aside to start from the spec alone"
-        ))
-    })?;
+    let checkpoint = match Checkpoint::load(&dir.checkpoint()) {
+        Ok(checkpoint) => checkpoint,
+        Err(e) => {
+            // Set aside, never overwritten; liveness does not depend on it,
+            // so resuming without it still adopts and never duplicates.
+            let aside = checkpoint::set_aside(&dir.checkpoint())
+                .map(|p| format!("moved to {}", p.display()))
+                .unwrap_or_else(|e| format!("could not be moved aside: {e}"));
+            eprintln!("supervise: {e}; {aside}; resuming from the running replicas alone");
+            None
+        }
+    };
     let (tx, mut reports) = mpsc::unbounded_channel();
     let (calls_tx, mut calls) = mpsc::unbounded_channel();
     server::listen(&dir.socket(), calls_tx).map_err(|e| setup("open the control socket", e))?;
@@ -113,14 +102,18 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         .unwrap_or_default();
     let display = Display::new(width, options.quiet, options.show_output)
         .map_err(|e| setup("set up the output pipe", e))?;
-    let mut sup = Supervisor::new(spec, dir, desired, options, display, tx);
+    let mut sup = Supervisor::new(spec, dir, options, display, tx);
     sup.announce();
+    sup.resume(checkpoint);
 
     loop {
-        let wake = sup.reconcile(Instant::now());
+        let now = Instant::now();
+        let wake = sup.reconcile(now);
         if sup.finished() {
+            sup.save_checkpoint();
             break;
         }
+        let wake = earliest(wake, sup.checkpoint_due(now));
         let timer = async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -131,16 +124,33 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             _ = sigchld.recv() => sup.reap(),
             _ = sigint.recv() => sup.on_stop_signal("SIGINT"),
             _ = sigterm.recv() => sup.on_stop_signal("SIGTERM"),
-            Some(report) = reports.recv() => sup.on_report(report),
+            Some(message) = reports.recv() => sup.on_message(message),
             Some(call) = calls.recv() => sup.on_call(call),
             _ = timer => {}
         }
+        // Whatever happened may matter to the checkpoint; an unchanged one
+        // is not rewritten.
+        sup.dirty = true;
     }
     let code = sup.exit_code();
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
     sup.display.finish().await;
     Ok(code)
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What the I/O tasks tell the loop.
+enum Message {
+    Status(Report),
+    /// An adopted shim (not our child: its exit comes from a pidfd) is gone.
+    ShimGone(Pid),
 }
 
 /// What a shim's status pipe said, tagged with the incarnation it is about.
@@ -156,11 +166,23 @@ struct Shutdown {
     exit_code: i32,
 }
 
+/// Checkpoint writes are batched: at most one per this interval, so a
+/// restart storm is not an fsync storm.
+const CHECKPOINT_BATCH: Duration = Duration::from_millis(20);
+
 struct Supervisor {
     spec: Spec,
     dir: StateDir,
     /// Scale and stop requests, persisted.
     desired: Desired,
+    /// Something changed since the last checkpoint write.
+    dirty: bool,
+    last_save: Option<Instant>,
+    /// The bytes last written, to skip writes that would change nothing.
+    saved: Vec<u8>,
+    /// Pidfds of adopted shims (not our children), for signals without a
+    /// pid-reuse race.
+    pidfds: HashMap<Pid, OwnedFd>,
     options: Options,
     display: Display,
     journal: Journal,
@@ -169,7 +191,7 @@ struct Supervisor {
     /// Live shims, by pid: the reaper's way back to a replica.
     shims: HashMap<Pid, ReplicaId>,
     shutdown: Option<Shutdown>,
-    reports: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedSender<Message>,
 }
 
 /// Can a service start, given the state of what it depends on?
@@ -183,16 +205,18 @@ impl Supervisor {
     fn new(
         spec: Spec,
         dir: StateDir,
-        mut desired: Desired,
         options: Options,
         display: Display,
-        reports: mpsc::UnboundedSender<Report>,
+        reports: mpsc::UnboundedSender<Message>,
     ) -> Supervisor {
-        desired.prune(&spec.services);
-        let mut sup = Supervisor {
+        Supervisor {
             spec,
             dir,
-            desired,
+            desired: Desired::default(),
+            dirty: true,
+            last_save: None,
+            saved: Vec::new(),
+            pidfds: HashMap::new(),
             options,
             display,
             journal: Journal::new(),
@@ -201,9 +225,7 @@ impl Supervisor {
             shims: HashMap::new(),
             shutdown: None,
             reports,
-        };
-        sup.ensure_replicas();
-        sup
+        }
     }
 
     /// Creates the replicas the desired counts call for that do not exist
@@ -260,14 +282,55 @@ impl Supervisor {
         });
     }
 
-    fn save_desired(&mut self) {
-        if let Err(e) = self.desired.save(&self.dir.desired()) {
-            // Supervision goes on; only the memory of this change across a
-            // restart of the supervisor is at risk.
-            self.display.event(&format!(
-                "warning: cannot save {}: {e}; the change holds until the supervisor exits",
-                self.dir.desired().display()
-            ));
+    /// Saves the checkpoint now (desired-state changes, which a request
+    /// acknowledges, and shutdown).
+    fn save_checkpoint(&mut self) {
+        let bytes = match serde_json::to_vec(&self.checkpoint()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise the checkpoint");
+                return;
+            }
+        };
+        self.last_save = Some(Instant::now());
+        if bytes == self.saved {
+            self.dirty = false;
+            return;
+        }
+        match self.checkpoint().save(&self.dir.checkpoint()) {
+            Ok(()) => {
+                self.saved = bytes;
+                self.dirty = false;
+            }
+            Err(e) => {
+                // Supervision goes on with the state in memory; the write is
+                // retried with the next batch.
+                self.display.event(&format!(
+                    "checkpoint: cannot write {}: {e}; retrying",
+                    self.dir.checkpoint().display()
+                ));
+            }
+        }
+    }
+
+    /// When the batched checkpoint write is due, if one is pending; writes
+    /// it if that is now.
+    fn checkpoint_due(&mut self, now: Instant) -> Option<Instant> {
+        if !self.dirty {
+            return None;
+        }
+        // A failed write is retried after a second, not every batch.
+        let pause = if self.saved.is_empty() && self.last_save.is_some() {
+            Duration::from_secs(1)
+        } else {
+            CHECKPOINT_BATCH
+        };
+        match self.last_save.map(|t| t + pause) {
+            Some(due) if due > now => Some(due),
+            _ => {
+                self.save_checkpoint();
+                self.dirty.then(|| now + Duration::from_secs(1))
+            }
         }
     }
 
@@ -379,7 +442,7 @@ impl Supervisor {
         self.emit("stopping", Some(id), pid, format!("stopping {id}{shown}"));
         // The shim sends the stop signal to the whole tree and escalates to
         // SIGKILL after stop_timeout.
-        let _ = kill(shim, Signal::SIGTERM);
+        self.signal_shim(shim, Signal::SIGTERM);
         self.set_phase(id, Phase::Stopping { shim, pid, then });
     }
 
@@ -500,8 +563,9 @@ impl Supervisor {
 
     /// Every shim kills its tree with SIGKILL at once.
     fn force(&mut self) {
-        for &shim in self.shims.keys() {
-            let _ = kill(shim, Signal::SIGUSR1);
+        let shims: Vec<Pid> = self.shims.keys().copied().collect();
+        for shim in shims {
+            self.signal_shim(shim, Signal::SIGUSR1);
         }
         if let Some(s) = self.shutdown.as_mut() {
             s.forced = true;
@@ -555,6 +619,7 @@ impl Supervisor {
                 keep: self.spec.supervisor.log_keep,
             },
             exit_record: self.dir.exit_record(&name),
+            running_record: self.dir.running_record(&name),
             lock: self.dir.instance_lock(&name),
             tee_prefix: self.display.prefix(&name, position),
         };
@@ -594,12 +659,38 @@ impl Supervisor {
                     status = serde_json::from_str(&line).ok();
                 }
             }
-            let _ = reports.send(Report {
+            let _ = reports.send(Message::Status(Report {
                 id,
                 generation,
                 status,
-            });
+            }));
         });
+    }
+
+    /// Signals a shim: through its pidfd when it was adopted (a pid that is
+    /// not our child could be reused the moment it exits), else by pid (our
+    /// own child's pid stays reserved until we reap it).
+    fn signal_shim(&self, shim: Pid, signal: Signal) {
+        match self.pidfds.get(&shim) {
+            Some(pidfd) => {
+                let _ = procfs::pidfd_signal(pidfd, signal);
+            }
+            None => {
+                let _ = kill(shim, signal);
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Status(report) => self.on_report(report),
+            Message::ShimGone(shim) => {
+                self.pidfds.remove(&shim);
+                if let Some(id) = self.shims.remove(&shim) {
+                    self.on_shim_exit(&id, "an adopted shim".into());
+                }
+            }
+        }
     }
 
     fn on_report(&mut self, report: Report) {
@@ -644,7 +735,7 @@ impl Supervisor {
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
                     if let Some(id) = self.shims.remove(&pid) {
-                        self.on_shim_exit(&id, status);
+                        self.on_shim_exit(&id, format!("{status:?}"));
                     } else {
                         tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan");
                     }
@@ -658,9 +749,10 @@ impl Supervisor {
         }
     }
 
-    fn on_shim_exit(&mut self, id: &ReplicaId, shim_status: WaitStatus) {
+    /// A shim is gone; `how` says how, for when it left no exit record.
+    fn on_shim_exit(&mut self, id: &ReplicaId, how: String) {
         let path = self.dir.exit_record(&id.to_string());
-        let record = ExitRecord::read(&path).ok();
+        let record: Option<ExitRecord> = read_record(&path).ok();
         let _ = std::fs::remove_file(&path);
         let generation = self.replicas[id].generation;
         // A replica that ended before its shim's start report was read is
@@ -691,9 +783,8 @@ impl Supervisor {
                 (None, None, None) => Outcome::Unknown,
             },
             _ => {
-                let detail = format!(
-                    "the shim of {id} ended without saying how its replica ended ({shim_status:?})"
-                );
+                let detail =
+                    format!("the shim of {id} ended without saying how its replica ended ({how})");
                 self.emit("shim_lost", Some(id), None, detail);
                 self.kill_leftovers(id);
                 Outcome::Unknown
@@ -733,14 +824,20 @@ impl Supervisor {
             Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
             _ => now,
         };
+        self.apply_policy(id, outcome, now.saturating_duration_since(since), now);
+    }
+
+    /// Decides, by its restart policy, what follows an exit after `uptime`.
+    fn apply_policy(&mut self, id: &ReplicaId, outcome: Outcome, uptime: Duration, now: Instant) {
         let Some(service) = self.spec.service(&id.service) else {
             // Its service was removed by a reload while it was exiting.
             self.replicas.remove(id);
             return;
         };
         let policy = service.restart.clone();
+        let how = describe(&outcome);
         let replica = self.replica_mut(id);
-        let uptime = now.saturating_duration_since(since);
+        let pid = replica.phase.pid();
         let jitter = fastrand::f64() * 2.0 - 1.0;
         let next_restart = replica.restarts + 1;
         let (phase, event, detail) = match replica

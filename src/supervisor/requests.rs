@@ -102,7 +102,7 @@ impl Supervisor {
                 self.desired.stopped.remove(&id.to_string());
             }
         }
-        self.save_desired();
+        self.save_checkpoint();
     }
 
     fn start(&mut self, ids: &[ReplicaId]) {
@@ -161,7 +161,7 @@ impl Supervisor {
         }
         // Stop marks of replicas scaled away do not come back with a later scale-up.
         self.desired.prune(&self.spec.services);
-        self.save_desired();
+        self.save_checkpoint();
         Self::affected(&changed)
     }
 
@@ -192,7 +192,7 @@ impl Supervisor {
         }
         self.spec = new;
         self.desired.prune(&self.spec.services);
-        self.save_desired();
+        self.save_checkpoint();
         let detail = format!(
             "reloaded {}: {} added, {} removed, {} changed, {} unchanged",
             path.display(),

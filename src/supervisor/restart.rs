@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::spec::{Policy, RestartPolicy};
 
 /// How one incarnation ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Code(i32),
     Signal(i32),

@@ -1,0 +1,285 @@
+//! Starting over after the supervisor itself died: rebuild the replicas from
+//! the spec and the checkpoint, then find out which are still running.
+//!
+//! Liveness never comes from the checkpoint. A replica is running if its
+//! shim still holds the replica's instance lock; it is adopted only if the
+//! shim's running record names processes that `/proc` confirms are the very
+//! same (pid *and* start time, same boot), so a recycled pid is never taken
+//! for a replica. An adopted shim is not our child: its exit is learned from
+//! a pidfd, and its exit record says how its replica ended. A replica that
+//! ended while no supervisor ran left an exit record (or, if its shim was
+//! killed too, nothing: an exit with unknown status); either way its restart
+//! policy decides what follows, with its counters and backoff carried over.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+
+use super::checkpoint::{Checkpoint, ReplicaMemo};
+use super::replica::{Phase, Replica, ReplicaId};
+use super::restart::Outcome;
+use super::{Message, Supervisor};
+use crate::procfs;
+use crate::shim::protocol::{ExitRecord, RunningRecord, read_record};
+
+/// What a resume found, for its one summary line.
+#[derive(Default)]
+struct Found {
+    adopted: usize,
+    exited: usize,
+    unknown: usize,
+    swept: usize,
+}
+
+impl Supervisor {
+    pub(super) fn resume(&mut self, checkpoint: Option<Checkpoint>) {
+        let boot = procfs::boot_id();
+        let checkpoint = checkpoint.filter(|c| c.boot_id == boot);
+        if let Some(c) = &checkpoint {
+            self.desired = c.desired.clone();
+        }
+        self.desired.prune(&self.spec.services);
+        self.ensure_replicas();
+
+        let mut found = Found::default();
+        let ids: Vec<ReplicaId> = self.replicas.keys().cloned().collect();
+        for id in ids {
+            let memo = checkpoint
+                .as_ref()
+                .and_then(|c| c.replicas.get(&id.to_string()));
+            if let Some(memo) = memo {
+                restore(self.replicas.get_mut(&id).expect("listed above"), memo);
+            }
+            self.recover(&id, &mut found);
+        }
+        // Processes of this state dir that no adopted shim accounts for
+        // (their shim was killed while we were down) must not live on.
+        found.swept = self.sweep_strays();
+        if checkpoint.is_some() || found.adopted + found.exited + found.unknown > 0 {
+            self.display.event(&format!(
+                "resumed: {} adopted, {} exited while down, {} unknown{}",
+                found.adopted,
+                found.exited,
+                found.unknown,
+                if found.swept > 0 {
+                    format!(", {} stray process(es) killed", found.swept)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+
+    /// Adopts replica `id` if it still runs, or records how it ended.
+    fn recover(&mut self, id: &ReplicaId, found: &mut Found) {
+        let name = id.to_string();
+        let running: Option<RunningRecord> = read_record(&self.dir.running_record(&name)).ok();
+        let exited: Option<ExitRecord> = read_record(&self.dir.exit_record(&name)).ok();
+        let held = self.dir.instance_holder(&name);
+        if let (Some(shim), Some(record)) = (held, &running)
+            && let Some(pidfd) = verified(shim, record)
+        {
+            self.adopt(id, record, pidfd);
+            found.adopted += 1;
+            return;
+        }
+        if let Some(shim) = held {
+            // A live shim we cannot vouch for (no record yet, or a record
+            // that does not match): take its tree down, then start afresh.
+            if let Ok(pidfd) = procfs::pidfd_open(shim) {
+                let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR1);
+            }
+        }
+        let was_live = running.is_some()
+            || held.is_some()
+            || matches!(self.replicas[id].phase, Phase::Starting { .. });
+        let replica = self.replica_mut(id);
+        match exited {
+            Some(record) if record.generation == replica.generation || replica.generation == 0 => {
+                replica.generation = replica.generation.max(record.generation);
+                let _ = std::fs::remove_file(self.dir.exit_record(&name));
+                let _ = std::fs::remove_file(self.dir.running_record(&name));
+                found.exited += 1;
+                let outcome = outcome_of(&record);
+                self.exited_while_down(id, outcome, record.at);
+            }
+            _ if was_live => {
+                let _ = std::fs::remove_file(self.dir.running_record(&name));
+                found.unknown += 1;
+                self.exited_while_down(id, Outcome::Unknown, SystemTime::now());
+            }
+            _ => {}
+        }
+    }
+
+    fn adopt(&mut self, id: &ReplicaId, record: &RunningRecord, pidfd: OwnedFd) {
+        let shim = Pid::from_raw(record.shim_pid as i32);
+        let age = SystemTime::now()
+            .duration_since(record.started_at)
+            .unwrap_or_default();
+        let replica = self.replica_mut(id);
+        replica.generation = record.generation;
+        replica.started_at = Some(record.started_at);
+        replica.phase = Phase::Running {
+            shim,
+            pid: record.pid,
+            since: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        };
+        self.shims.insert(shim, id.clone());
+        match pidfd.try_clone() {
+            Ok(watch) => self.watch_pidfd(shim, watch),
+            Err(e) => tracing::warn!(error = %e, "cannot duplicate a pidfd"),
+        }
+        self.pidfds.insert(shim, pidfd);
+        let detail = format!(
+            "adopted {id} (pid {}, shim {})",
+            record.pid, record.shim_pid
+        );
+        self.emit("adopted", Some(id), Some(record.pid), detail);
+    }
+
+    /// Tells the loop when an adopted shim is gone.
+    fn watch_pidfd(&self, shim: Pid, pidfd: OwnedFd) {
+        let messages = self.reports.clone();
+        tokio::spawn(async move {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
+            // same descriptor until the AsyncFd is dropped.
+            if let Ok(fd) = unsafe { AsyncFd::register(pidfd) } {
+                // Readable means the process has exited.
+                let _ = fd.readable().await;
+            }
+            let _ = messages.send(Message::ShimGone(shim));
+        });
+    }
+
+    /// A replica ended while no supervisor ran: its policy decides now.
+    fn exited_while_down(&mut self, id: &ReplicaId, outcome: Outcome, at: SystemTime) {
+        self.kill_leftovers(id);
+        let replica = self.replica_mut(id);
+        let uptime = replica
+            .started_at
+            .take()
+            .and_then(|started| at.duration_since(started).ok())
+            .unwrap_or_default();
+        replica.last_exit = Some((outcome.clone(), at));
+        self.apply_policy(id, outcome, uptime, Instant::now());
+    }
+
+    /// Kills marked processes of this state dir whose replica has no
+    /// adopted shim, or that are not in that shim's tree.
+    fn sweep_strays(&self) -> usize {
+        let mut killed = 0;
+        for (pid, replica) in procfs::marked_by_state_dir(self.dir.root()) {
+            let owner = self
+                .replicas
+                .values()
+                .find(|r| r.id.to_string() == replica)
+                .and_then(|r| r.phase.shim());
+            let owned =
+                owner.is_some_and(|shim| shim == pid || procfs::descendants(shim).contains(&pid));
+            if !owned && pid != Pid::this() {
+                let _ = kill(pid, Signal::SIGKILL);
+                killed += 1;
+            }
+        }
+        killed
+    }
+}
+
+/// Opens a pidfd for the shim and checks, through it, that the processes of
+/// `record` are the ones alive now: a pidfd opened first pins the process, so
+/// the check cannot be fooled by a pid recycled in between.
+fn verified(shim: u32, record: &RunningRecord) -> Option<OwnedFd> {
+    if record.shim_pid != shim || record.boot_id != procfs::boot_id() {
+        return None;
+    }
+    let pidfd = procfs::pidfd_open(shim).ok()?;
+    let same_shim = procfs::start_time(shim) == Some(record.shim_start);
+    // The command may have exited already, its shim still stopping the rest.
+    let command_ok = match procfs::start_time(record.pid) {
+        Some(start) => start == record.pid_start,
+        None => true,
+    };
+    (same_shim && command_ok).then_some(pidfd)
+}
+
+fn outcome_of(record: &ExitRecord) -> Outcome {
+    match (&record.spawn_error, record.code, record.signal) {
+        (Some(_), _, _) => Outcome::SpawnFailed,
+        (None, Some(code), _) => Outcome::Code(code),
+        (None, None, Some(signal)) => Outcome::Signal(signal),
+        (None, None, None) => Outcome::Unknown,
+    }
+}
+
+fn since_wall(t: SystemTime) -> Instant {
+    let age = SystemTime::now().duration_since(t).unwrap_or_default();
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+}
+
+fn wall_of(t: Instant) -> SystemTime {
+    let now = Instant::now();
+    if t >= now {
+        SystemTime::now() + (t - now)
+    } else {
+        SystemTime::now() - (now - t)
+    }
+}
+
+/// Counters, backoff and settled states from the checkpoint.
+fn restore(replica: &mut Replica, memo: &ReplicaMemo) {
+    replica.generation = memo.generation;
+    replica.restarts = memo.restarts;
+    replica.history.consecutive = memo.consecutive;
+    replica.history.recent = memo.recent.iter().copied().map(since_wall).collect();
+    replica.last_exit = memo.last_exit.clone();
+    replica.phase = match (memo.settled.as_deref(), memo.backoff_until) {
+        (Some("exited"), _) => Phase::Exited,
+        (Some("failed"), _) => Phase::Failed,
+        (Some("stopped"), _) => Phase::Stopped,
+        (_, Some(until)) => {
+            let left = until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            Phase::Backoff {
+                until: Instant::now() + left,
+            }
+        }
+        _ => Phase::Pending,
+    };
+}
+
+impl Supervisor {
+    /// The checkpoint of the current state.
+    pub(super) fn checkpoint(&self) -> Checkpoint {
+        let mut checkpoint = Checkpoint::new(self.desired.clone());
+        for replica in self.replicas.values() {
+            let memo = ReplicaMemo {
+                generation: replica.generation,
+                restarts: replica.restarts,
+                consecutive: replica.history.consecutive,
+                recent: replica
+                    .history
+                    .recent
+                    .iter()
+                    .copied()
+                    .map(wall_of)
+                    .collect(),
+                backoff_until: match replica.phase {
+                    Phase::Backoff { until } => Some(wall_of(until)),
+                    _ => None,
+                },
+                last_exit: replica.last_exit.clone(),
+                settled: replica
+                    .phase
+                    .is_settled()
+                    .then(|| replica.phase.name().to_string()),
+            };
+            checkpoint.replicas.insert(replica.id.to_string(), memo);
+        }
+        checkpoint
+    }
+}
