@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
 use super::checkpoint::{Checkpoint, ReplicaMemo};
-use super::replica::{Phase, Replica, ReplicaId};
+use super::replica::{AfterStop, Phase, Replica, ReplicaId};
 use super::restart::Outcome;
 use super::{Message, Supervisor};
 use crate::procfs;
@@ -86,12 +86,22 @@ impl Supervisor {
             found.adopted += 1;
             return;
         }
-        if let Some(shim) = held {
-            // A live shim we cannot vouch for (no record yet, or a record
-            // that does not match): take its tree down, then start afresh.
-            if let Ok(pidfd) = procfs::pidfd_open(shim) {
-                let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR1);
-            }
+        if let Some(shim) = held
+            && let Ok(pidfd) = procfs::pidfd_open(shim)
+        {
+            // A live shim we cannot vouch for (killed before it wrote its
+            // record, or a record that does not match): take its tree down
+            // and start afresh once it is gone, never beside it.
+            let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR1);
+            let shim = Pid::from_raw(shim as i32);
+            self.watch(id, shim, pidfd);
+            self.replica_mut(id).phase = Phase::Stopping {
+                shim,
+                pid: None,
+                then: AfterStop::Start,
+            };
+            found.unknown += 1;
+            return;
         }
         let was_live = running.is_some()
             || held.is_some()
@@ -128,17 +138,23 @@ impl Supervisor {
             pid: record.pid,
             since: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
         };
+        self.watch(id, shim, pidfd);
+        let detail = format!(
+            "adopted {id} (pid {}, shim {})",
+            record.pid, record.shim_pid
+        );
+        self.emit("adopted", Some(id), Some(record.pid), detail);
+    }
+
+    /// Takes an adopted shim on: it is watched (its exit comes through the
+    /// pidfd, as it is not our child) and signalled through the pidfd.
+    fn watch(&mut self, id: &ReplicaId, shim: Pid, pidfd: OwnedFd) {
         self.shims.insert(shim, id.clone());
         match pidfd.try_clone() {
             Ok(watch) => self.watch_pidfd(shim, watch),
             Err(e) => tracing::warn!(error = %e, "cannot duplicate a pidfd"),
         }
         self.pidfds.insert(shim, pidfd);
-        let detail = format!(
-            "adopted {id} (pid {}, shim {})",
-            record.pid, record.shim_pid
-        );
-        self.emit("adopted", Some(id), Some(record.pid), detail);
     }
 
     /// Tells the loop when an adopted shim is gone.

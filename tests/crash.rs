@@ -1,0 +1,334 @@
+//! Crash safety (SPEC.md §5): the real supervisor is killed with SIGKILL and
+//! started again on the same state dir, and must resume with exactly the
+//! desired replicas — none lost, none duplicated, no stray left — with its
+//! counters and the replicas' logs intact.
+//!
+//! A `Supervise` guard kills, on drop, every process carrying its test
+//! marker; replicas adopted by a later supervisor still carry the marker of
+//! the one that spawned them, so every guard of a test is kept until the
+//! test's final shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn kill9(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+}
+
+/// `status` over the control socket, as JSON.
+fn status(state_dir: &Path) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(state_dir.join("control.sock")).ok()?;
+    s.set_read_timeout(Some(SOON)).ok()?;
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"status\"}}\n")
+        .ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str::<serde_json::Value>(&line)
+        .ok()?
+        .get("result")
+        .cloned()
+}
+
+/// Live processes of this state dir running `comm`, by replica name.
+fn commands(state_dir: &Path, comm: &str) -> BTreeMap<String, Vec<i32>> {
+    let mut by_replica: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (pid, replica) in supervise::procfs::marked_by_state_dir(state_dir) {
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim() == comm && proc_stat(pid.as_raw()).is_some_and(|(s, _)| s != 'Z') {
+            by_replica.entry(replica).or_default().push(pid.as_raw());
+        }
+    }
+    by_replica
+}
+
+/// Restarts again on the same state dir, after the previous one was killed.
+fn resume(previous: &Supervise) -> Supervise {
+    let next = previous.another().start();
+    next.expect_event(r"^resumed: ", SOON);
+    next
+}
+
+const CHAOS_SPEC: &str = r#"
+[services.steady]
+command = ["sleep", "1000"]
+replicas = 3
+
+[services.flappy]
+command = ["sh", "-c", "sleep 0.2; exit 1"]
+replicas = 2
+[services.flappy.restart]
+delay = "10ms"
+max_delay = "50ms"
+limit = 0
+"#;
+
+/// Kills the supervisor at random moments and checks, after every resume,
+/// the invariants of SPEC.md §5. `SUPERVISE_CHAOS_KILLS` (default 30) and
+/// `SUPERVISE_CHAOS_SEED` (default: random, printed) set the run;
+/// `scripts/chaos` runs it long.
+#[test]
+fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
+    let kills: usize = std::env::var("SUPERVISE_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let seed: u64 = std::env::var("SUPERVISE_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("chaos: seed {seed}, {kills} kills (SUPERVISE_CHAOS_SEED={seed} repeats this run)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    let mut guards = vec![Supervise::start(CHAOS_SPEC)];
+    guards[0].expect_spawned("steady.2");
+    let state_dir = guards[0].state_dir();
+    let mut restarts_seen: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..kills {
+        // The chaos: SIGKILL at a random moment of the supervisor's life.
+        std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+        let victim = guards.last_mut().unwrap();
+        kill9(victim.pid);
+        assert!(victim.wait_exit(SOON).is_some());
+        let next = resume(guards.last().unwrap());
+
+        // I1/I2: within a bounded time each steady replica has exactly one
+        // process, and at no point two.
+        let deadline = Instant::now() + SOON;
+        loop {
+            let steady = commands(&state_dir, "sleep");
+            for (replica, pids) in &steady {
+                assert!(
+                    pids.len() <= 1,
+                    "round {round} (seed {seed}): {replica} runs twice: {pids:?}"
+                );
+            }
+            let flappy = commands(&state_dir, "sh");
+            for (replica, pids) in &flappy {
+                assert!(
+                    pids.len() <= 1,
+                    "round {round} (seed {seed}): {replica} runs twice: {pids:?}"
+                );
+            }
+            if (0..3).all(|i| steady.contains_key(&format!("steady.{i}"))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round} (seed {seed}): steady replicas missing: {steady:?}\n{}",
+                next.transcript()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // I3: no marked process outside a known replica.
+        for (pid, replica) in supervise::procfs::marked_by_state_dir(&state_dir) {
+            assert!(
+                ["steady.0", "steady.1", "steady.2", "flappy.0", "flappy.1"]
+                    .contains(&replica.as_str()),
+                "round {round} (seed {seed}): stray process {pid} of {replica:?}"
+            );
+        }
+        // I4: the checkpoint parses, no temp file lingers past a write.
+        let text = std::fs::read_to_string(state_dir.join("checkpoint.json"))
+            .unwrap_or_else(|e| panic!("round {round}: no checkpoint: {e}"));
+        let checkpoint: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("round {round}: torn checkpoint: {e}\n{text}"));
+        assert_eq!(checkpoint["version"], 1);
+        // I6: restart counts never go backwards.
+        let report = status(&state_dir).expect("status after resume");
+        for service in report["services"].as_array().unwrap() {
+            for r in service["replicas"].as_array().unwrap() {
+                let name = format!("{}.{}", service["name"].as_str().unwrap(), r["index"]);
+                let now = r["restarts"].as_u64().unwrap();
+                let before = restarts_seen.insert(name.clone(), now).unwrap_or(0);
+                assert!(
+                    now >= before,
+                    "round {round} (seed {seed}): {name} restarts went from {before} to {now}"
+                );
+            }
+        }
+        guards.push(next);
+    }
+    assert!(
+        restarts_seen["flappy.0"] > 0,
+        "flappy never restarted: the test exercised nothing"
+    );
+    let last = guards.last_mut().unwrap();
+    last.signal(Signal::SIGINT);
+    assert_eq!(last.expect_exit(SOON), 0, "{}", last.transcript());
+    assert!(
+        wait_until(SOON, || supervise::procfs::marked_by_state_dir(&state_dir)
+            .is_empty()),
+        "left after the final shutdown: {:?}",
+        supervise::procfs::marked_by_state_dir(&state_dir)
+    );
+}
+
+#[test]
+fn log_of_a_replica_has_every_line_once_across_three_supervisor_crashes() {
+    let spec = r#"
+[services.counter]
+command = ["python3", "-u", "-c", "import itertools, time\nfor i in itertools.count():\n    print(i)\n    time.sleep(0.01)"]
+"#;
+    let mut guards = vec![Supervise::start(spec)];
+    guards[0].expect_spawned("counter.0");
+    let log = guards[0].state_dir().join("logs/counter.0.log");
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.splitn(3, ' ').nth(2)?.parse::<u64>().ok())
+            .collect::<Vec<u64>>()
+    };
+    for crash in 0..3 {
+        let before = lines().len();
+        assert!(
+            wait_until(SOON, || lines().len() >= before + 20),
+            "the counter stalled"
+        );
+        let victim = guards.last_mut().unwrap();
+        kill9(victim.pid);
+        assert!(victim.wait_exit(SOON).is_some());
+        // While no supervisor runs, the replica goes on and so does its log.
+        let during = lines().len();
+        assert!(
+            wait_until(SOON, || lines().len() >= during + 10),
+            "crash {crash}: the log stopped while the supervisor was down"
+        );
+        let next = resume(guards.last().unwrap());
+        next.expect_event(
+            r"^resumed: 1 adopted, 0 exited while down, 0 unknown$",
+            SOON,
+        );
+        guards.push(next);
+    }
+    let before = lines().len();
+    assert!(wait_until(SOON, || lines().len() >= before + 20));
+    let last = guards.last_mut().unwrap();
+    last.signal(Signal::SIGINT);
+    assert_eq!(last.expect_exit(SOON), 0);
+    let seen = lines();
+    let expected: Vec<u64> = (0..seen.len() as u64).collect();
+    assert!(
+        seen.len() > 100,
+        "too few lines to prove anything: {}",
+        seen.len()
+    );
+    assert_eq!(seen, expected, "lines lost or duplicated");
+}
+
+#[test]
+fn damaged_checkpoint_is_set_aside_with_one_clear_line_and_nothing_is_duplicated() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+replicas = 2
+"#,
+    );
+    let pids = [first.expect_spawned("web.0"), first.expect_spawned("web.1")];
+    let state_dir = first.state_dir();
+    let checkpoint = state_dir.join("checkpoint.json");
+    assert!(wait_until(SOON, || checkpoint.exists()));
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+    let text = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, &text[..text.len() / 2]).unwrap();
+
+    let next = first.another().start();
+    let line = next
+        .err
+        .wait_for(SOON, |l| l.contains("checkpoint.json is damaged"))
+        .expect("no report of the damaged checkpoint");
+    assert!(line.text.contains("moved to "), "{}", line.text);
+    next.expect_event(
+        r"^resumed: 2 adopted, 0 exited while down, 0 unknown$",
+        SOON,
+    );
+    let aside: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("checkpoint.bad-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file was not kept aside");
+    for pid in pids {
+        assert!(is_alive(pid));
+    }
+    let sleeps = commands(&state_dir, "sleep");
+    assert_eq!(
+        sleeps.values().map(Vec::len).sum::<usize>(),
+        2,
+        "{sleeps:?}"
+    );
+}
+
+#[test]
+fn replica_that_exits_while_no_supervisor_runs_is_handled_by_its_policy_on_resume() {
+    let mut first = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done; exit 3"]
+restart = { delay = "50ms" }
+"#,
+    );
+    let pid = first.expect_spawned("job.0");
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+    std::fs::write(first.dir().join("go"), "").unwrap();
+    assert!(wait_until(SOON, || !is_alive(pid)), "the job did not exit");
+    std::fs::remove_file(first.dir().join("go")).unwrap();
+
+    let next = first.another().start();
+    next.expect_event(
+        r"^resumed: 0 adopted, 1 exited while down, 0 unknown$",
+        SOON,
+    );
+    let (line, _) = next.expect_event(r"^job\.0 exited with code 3; restart 1 in \d+ms$", SOON);
+    let (_, again) = next.expect_spawned_from(line.index, "job.0");
+    assert_ne!(again, pid);
+    let report = status(&next.state_dir()).unwrap();
+    let replica = &report["services"][0]["replicas"][0];
+    assert_eq!(replica["last_exit"]["code"], 3, "{report}");
+    assert_eq!(replica["restarts"], 1);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_is_reported_and_supervision_goes_on() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "50ms" }
+"#,
+    );
+    let first = sup.expect_spawned("web.0");
+    let state_dir = sup.state_dir();
+    // The temp file's name taken by a directory: every write fails.
+    let blocker = state_dir.join("checkpoint.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    kill9(first);
+    sup.expect_event(r"^checkpoint: cannot write .*; retrying$", SOON);
+    let (restart, _) = sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1", SOON);
+    sup.expect_spawned_from(restart.index, "web.0");
+    // Once writing works again, the state reaches the disk.
+    std::fs::remove_dir(&blocker).unwrap();
+    assert!(
+        wait_until(SOON, || std::fs::read_to_string(
+            state_dir.join("checkpoint.json")
+        )
+        .is_ok_and(|t| t.contains("\"restarts\": 1"))),
+        "the checkpoint was not written after the fault cleared"
+    );
+}
