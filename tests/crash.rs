@@ -332,3 +332,69 @@ restart = { delay = "50ms" }
         "the checkpoint was not written after the fault cleared"
     );
 }
+
+#[test]
+fn a_stale_record_naming_a_recycled_pid_is_never_adopted_or_signalled() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    let replica = first.expect_spawned("web.0");
+    let (_, shim) = proc_stat(replica).unwrap();
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+    kill9(shim);
+    assert!(
+        wait_until(SOON, || !is_alive(replica)),
+        "PDEATHSIG did not end the replica"
+    );
+
+    // A stranger now holds what looks like the replica's identity: its pid
+    // and start time are in the record (as if the pid had been recycled).
+    let dir = first.dir().to_path_buf();
+    let mut decoy = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import signal, sys, time\n\
+             def note(n, _):\n    open(sys.argv[1], 'a').write(f'{n}\\n')\n\
+             for s in signal.valid_signals():\n\
+             \x20   try: signal.signal(s, note)\n\
+             \x20   except (OSError, ValueError): pass\n\
+             print('ready', flush=True)\n\
+             time.sleep(1000)",
+        ])
+        .arg(dir.join("decoy-signals"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(decoy.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let decoy_pid = decoy.id();
+    let start = supervise::procfs::start_time(decoy_pid).unwrap();
+    let run = first.state_dir().join("run");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("web.0.running")).unwrap()).unwrap();
+    record["shim_pid"] = decoy_pid.into();
+    record["shim_start"] = start.into();
+    record["pid"] = decoy_pid.into();
+    record["pid_start"] = start.into();
+    std::fs::write(run.join("web.0.running"), record.to_string()).unwrap();
+    std::fs::write(run.join("web.0.lock"), decoy_pid.to_string()).unwrap();
+
+    let next = first.another().start();
+    next.expect_event(
+        r"^resumed: 0 adopted, 0 exited while down, 1 unknown$",
+        SOON,
+    );
+    let fresh = next.expect_spawned("web.0");
+    assert_ne!(fresh as u32, decoy_pid);
+    assert!(is_alive(decoy_pid as i32), "the decoy was killed");
+    let signals = std::fs::read_to_string(dir.join("decoy-signals")).unwrap_or_default();
+    assert_eq!(signals, "", "the decoy was signalled");
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+}
