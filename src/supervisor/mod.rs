@@ -103,8 +103,8 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let display = Display::new(width, options.quiet, options.show_output)
         .map_err(|e| setup("set up the output pipe", e))?;
     let mut sup = Supervisor::new(spec, dir, options, display, tx);
-    sup.announce();
     sup.resume(checkpoint);
+    sup.announce();
 
     loop {
         let now = Instant::now();

@@ -108,8 +108,9 @@ impl Supervisor {
             || matches!(self.replicas[id].phase, Phase::Starting { .. });
         let replica = self.replica_mut(id);
         match exited {
-            Some(record) if record.generation == replica.generation || replica.generation == 0 => {
-                replica.generation = replica.generation.max(record.generation);
+            // Newer than the checkpoint is fine: it may lag by one batch.
+            Some(record) if record.generation >= replica.generation => {
+                catch_up(replica, record.generation);
                 let _ = std::fs::remove_file(self.dir.exit_record(&name));
                 let _ = std::fs::remove_file(self.dir.running_record(&name));
                 found.exited += 1;
@@ -131,7 +132,7 @@ impl Supervisor {
             .duration_since(record.started_at)
             .unwrap_or_default();
         let replica = self.replica_mut(id);
-        replica.generation = record.generation;
+        catch_up(replica, record.generation);
         replica.started_at = Some(record.started_at);
         replica.phase = Phase::Running {
             shim,
@@ -243,6 +244,20 @@ fn wall_of(t: Instant) -> SystemTime {
     } else {
         SystemTime::now() - (now - t)
     }
+}
+
+/// A shim's record may be newer than the checkpoint (written in batches):
+/// each generation beyond the checkpoint's was one more restart, so the
+/// count never goes backwards across a crash.
+fn catch_up(replica: &mut Replica, generation: u64) {
+    if replica.generation == 0 {
+        // No checkpoint to go by: every incarnation after the first was a restart.
+        replica.restarts = u32::try_from(generation.saturating_sub(1)).unwrap_or(u32::MAX);
+    } else if generation > replica.generation {
+        let missed = u32::try_from(generation - replica.generation).unwrap_or(u32::MAX);
+        replica.restarts = replica.restarts.saturating_add(missed);
+    }
+    replica.generation = replica.generation.max(generation);
 }
 
 /// Counters, backoff and settled states from the checkpoint.
