@@ -6,12 +6,14 @@
 //! - [`shim`]: the per-replica process that holds a replica's pipes, log,
 //!   exit status and process tree, so they survive the supervisor;
 //! - [`state_dir`]: the files a supervisor keeps (lock, logs, exit records);
-//! - [`cli`], [`commands`], [`exit`]: the command line.
+//! - [`control`]: the control socket: protocol, server, client;
+//! - [`cli`], [`commands`], [`exit`], [`progress`]: the command line.
 pub mod cli;
 pub mod commands;
 pub mod control;
 pub mod exit;
 pub mod procfs;
+pub mod progress;
 pub mod shim;
 pub mod spec;
 pub mod state_dir;

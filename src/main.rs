@@ -1,8 +1,7 @@
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
-use supervise::cli::{Cli, Command};
-use supervise::exit;
+use clap::Parser;
+use supervise::cli::Cli;
 
 fn main() -> ExitCode {
     // The shim is this binary in a hidden mode; it must not pay for clap or tokio.
@@ -11,19 +10,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    code(match &cli.command {
-        Command::Check { spec } => supervise::commands::check(&cli, spec.as_ref()),
-        Command::Up(args) => supervise::commands::up(&cli, args),
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "supervise",
-                &mut std::io::stdout(),
-            );
-            exit::OK
-        }
-    })
+    code(supervise::commands::run(&cli))
 }
 
 fn code(c: i32) -> ExitCode {

@@ -1,0 +1,144 @@
+//! `start`, `stop`, `restart` (and `restart --rolling`): change the desired
+//! state of services or replicas, then wait until it is reached.
+
+use std::collections::HashMap;
+
+use crate::cli::{ActArgs, Cli, RestartArgs};
+use crate::control::client;
+use crate::control::protocol::Request;
+use crate::exit;
+use crate::progress::Progress;
+
+use super::select::{self, Selected};
+use super::wait::{self, Goal, Incarnation, Wanted};
+use super::{Exit, Failure, context, emit};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Verb {
+    fn request(self, targets: Vec<String>) -> Request {
+        match self {
+            Verb::Start => Request::Start { targets },
+            Verb::Stop => Request::Stop { targets },
+            Verb::Restart => Request::Restart { targets },
+        }
+    }
+
+    fn goal(self) -> Goal {
+        match self {
+            Verb::Stop => Goal::Stopped,
+            Verb::Start | Verb::Restart => Goal::Running,
+        }
+    }
+}
+
+pub fn start(cli: &Cli, args: &ActArgs) -> Exit {
+    act(cli, args, Verb::Start)
+}
+
+pub fn stop(cli: &Cli, args: &ActArgs) -> Exit {
+    act(cli, args, Verb::Stop)
+}
+
+pub fn restart(cli: &Cli, args: &RestartArgs) -> Exit {
+    if args.rolling {
+        rolling(cli, &args.act)
+    } else {
+        act(cli, &args.act, Verb::Restart)
+    }
+}
+
+fn act(cli: &Cli, args: &ActArgs, verb: Verb) -> Exit {
+    let ctx = context(cli)?;
+    let dir = &ctx.state_dir;
+    // A restart is done when each replica runs with a new process, so the
+    // old ones are noted first.
+    let replaced = match verb {
+        Verb::Restart => Incarnation::snapshot(&client::status(dir)?, &args.targets)?,
+        _ => HashMap::new(),
+    };
+    let affected = client::affected(dir, verb.request(args.targets.clone()))?;
+    if args.no_wait {
+        let mut out = std::io::stdout().lock();
+        for name in affected {
+            emit(&mut out, &name)?;
+        }
+        return Ok(exit::OK);
+    }
+    let wanted = Wanted {
+        targets: &args.targets,
+        goal: verb.goal(),
+        replaced: &replaced,
+    };
+    let mut progress = Progress::new(cli.quiet);
+    let report = wait::settle(
+        dir,
+        &wanted,
+        Some(args.timeout),
+        &mut progress,
+        "waiting for",
+    )?;
+    progress.finish();
+    print_states(&select::replicas(&report, &args.targets)?)
+}
+
+/// `api.0 running (pid 123)`, one line per replica.
+fn print_states(selected: &[Selected]) -> Exit {
+    let mut out = std::io::stdout().lock();
+    for s in selected {
+        let pid = s
+            .replica
+            .pid
+            .map_or_else(String::new, |p| format!(" (pid {p})"));
+        emit(&mut out, &format!("{} {}{pid}", s.name(), s.replica.state))?;
+    }
+    Ok(exit::OK)
+}
+
+/// One replica at a time, each running and healthy before the next; the
+/// first that fails or times out stops the rollout, leaving the rest as
+/// they were.
+fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
+    let ctx = context(cli)?;
+    let dir = &ctx.state_dir;
+    let report = client::status(dir)?;
+    let names: Vec<String> = select::replicas(&report, &args.targets)?
+        .iter()
+        .map(Selected::name)
+        .collect();
+    let mut progress = Progress::new(cli.quiet);
+    let mut last = report;
+    for (i, name) in names.iter().enumerate() {
+        let one = std::slice::from_ref(name);
+        let replaced = Incarnation::snapshot(&last, one)?;
+        client::affected(
+            dir,
+            Request::Restart {
+                targets: one.to_vec(),
+            },
+        )?;
+        let wanted = Wanted {
+            targets: one,
+            goal: Goal::Healthy,
+            replaced: &replaced,
+        };
+        let label = format!("restarting {name} ({}/{})", i + 1, names.len());
+        last =
+            wait::settle(dir, &wanted, Some(args.timeout), &mut progress, &label).map_err(|f| {
+                Failure {
+                    code: f.code,
+                    message: f.message.map(|m| {
+                        format!("rolling restart stopped at {name}, the rest untouched: {m}")
+                    }),
+                }
+            })?;
+        progress.note(&format!("restarted {name} ({}/{})", i + 1, names.len()));
+    }
+    progress.finish();
+    print_states(&select::replicas(&last, &args.targets)?)
+}

@@ -1,0 +1,252 @@
+//! `supervise up -d`: start the supervisor in the background and return
+//! once its replicas are started (or healthy, with `--wait`).
+//!
+//! The spec is validated here first, and the state-dir lock is tried, so
+//! the usual mistakes (an invalid spec: 2; a supervisor already running: 4)
+//! are reported by this process with their own exit codes. The supervisor
+//! is then this same binary, `up SPEC --background`, in a session of its
+//! own (no terminal to lose, no SIGHUP), stdin from /dev/null, stdout and
+//! stderr appended to `<state_dir>/supervise.log`. If it exits before it is
+//! ready, the end of that log says why, and its exit code is ours.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::{Cli, UpArgs};
+use crate::control::client::{self, ClientError};
+use crate::exit;
+use crate::progress::Progress;
+use crate::spec::Spec;
+use crate::state_dir::{LockError, StateDir};
+
+use super::wait::{self, Goal, Wanted};
+use super::{Exit, Failure, absolute, emit};
+
+/// How often the socket is tried while the supervisor starts.
+const POLL: Duration = Duration::from_millis(20);
+/// Lines of supervise.log shown when the supervisor exits early.
+const TAIL_LINES: usize = 20;
+
+pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
+    let dir = StateDir::new(spec.supervisor.state_dir.clone());
+    // A held lock means a supervisor runs. Ours is released at once: the
+    // supervisor takes it for good (a racing `up` then loses there, and we
+    // report its exit 4 below).
+    match dir.lock() {
+        Ok(lock) => drop(lock),
+        Err(e @ LockError::Held { .. }) => {
+            return Err(Failure::new(exit::ALREADY_RUNNING, e.to_string()));
+        }
+        Err(e) => return Err(Failure::new(exit::FAILED, e.to_string())),
+    }
+    let log_path = dir.root().join("supervise.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("cannot open {}: {e}", log_path.display()),
+            )
+        })?;
+    let log_start = log.metadata().map_or(0, |m| m.len());
+    let mut child = spawn(cli, args, spec, &log)
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot start the supervisor: {e}")))?;
+    let started = Started {
+        pid: child.id(),
+        log: &log_path,
+        log_start,
+    };
+    let deadline = Instant::now() + args.timeout;
+    let mut progress = Progress::new(cli.quiet);
+    progress.set("starting the supervisor");
+    answering(&mut child, &started, dir.root(), deadline)?;
+    let wanted = Wanted {
+        targets: &[],
+        goal: if args.wait {
+            Goal::Healthy
+        } else {
+            Goal::Started
+        },
+        replaced: &Default::default(),
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let label = if args.wait {
+        "waiting until healthy"
+    } else {
+        "starting"
+    };
+    if let Err(failure) = wait::settle(dir.root(), &wanted, Some(left), &mut progress, label) {
+        progress.finish();
+        // The supervisor may have died meanwhile (then no status answers).
+        return Err(match exited(&mut child, Duration::from_secs(1)) {
+            Some(status) => started.died(status),
+            None => Failure {
+                code: failure.code,
+                message: failure.message.map(|m| {
+                    format!(
+                        "{m}\nthe supervisor keeps running (pid {}): see `supervise status`, \
+                         stop it with `supervise down`",
+                        started.pid
+                    )
+                }),
+            },
+        });
+    }
+    progress.finish();
+    if !cli.quiet {
+        let line = format!(
+            "supervise running in the background (pid {}, state dir {})",
+            started.pid,
+            dir.root().display()
+        );
+        emit(&mut std::io::stdout().lock(), &line)?;
+    }
+    Ok(exit::OK)
+}
+
+/// `up SPEC --background` with our global flags, as a new session.
+fn spawn(cli: &Cli, args: &UpArgs, spec: &Spec, log: &File) -> std::io::Result<Child> {
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    if let Some(dir) = &cli.state_dir {
+        cmd.arg("--state-dir").arg(absolute(dir));
+    }
+    // Not -q: the supervisor's log is where its events are kept.
+    for _ in 0..cli.verbose {
+        cmd.arg("-v");
+    }
+    cmd.arg("up").arg(absolute(&spec.path)).arg("--background");
+    if let Some(svc) = &args.exit_with {
+        cmd.arg("--exit-with").arg(svc);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?);
+    // SAFETY: setsid and close_range are async-signal-safe. The supervisor
+    // gets no descriptor of ours beyond stdio: one it kept (a caller's pipe)
+    // would hold that caller's read end open for as long as it runs.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// The supervisor we started.
+struct Started<'a> {
+    pid: u32,
+    log: &'a Path,
+    /// Where its part of the (appended) log begins.
+    log_start: u64,
+}
+
+impl Started<'_> {
+    /// It exited before it was ready: show the end of its log; its exit
+    /// code is ours.
+    fn died(&self, status: ExitStatus) -> Failure {
+        let code = status.code().unwrap_or(exit::FAILED);
+        eprintln!(
+            "error: the supervisor exited with code {code} before it was ready; {} ends with:",
+            self.log.display()
+        );
+        for line in tail(self.log, self.log_start, TAIL_LINES) {
+            eprintln!("  {line}");
+        }
+        Failure::quiet(code)
+    }
+}
+
+/// Waits until the socket answers for our supervisor.
+fn answering(
+    child: &mut Child,
+    started: &Started,
+    state_dir: &Path,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    loop {
+        if let Some(status) = exited(child, Duration::ZERO) {
+            return Err(started.died(status));
+        }
+        match client::status(state_dir) {
+            Ok(report) if report.supervisor.pid == started.pid => return Ok(()),
+            // Not up yet, or another one that won a race for the lock (ours
+            // will exit 4 shortly).
+            Ok(_) | Err(ClientError::NoSupervisor(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(Failure::new(
+                exit::TIMEOUT,
+                format!(
+                    "the supervisor (pid {}) did not answer on its socket in time; see {}",
+                    started.pid,
+                    started.log.display()
+                ),
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The child's exit status if it exits within `within`.
+fn exited(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The last `n` lines of `path` from byte `from` on.
+fn tail(path: &Path, from: u64, n: usize) -> Vec<String> {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path)
+        && f.seek(SeekFrom::Start(from)).is_ok()
+    {
+        let mut bytes = Vec::new();
+        let _ = f.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_shows_only_this_runs_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervise.log");
+        std::fs::write(&path, "old run\n").unwrap();
+        let start = std::fs::metadata(&path).unwrap().len();
+        let mut text = String::from("old run\n");
+        for i in 0..30 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let t = tail(&path, start, 3);
+        assert_eq!(t, ["line 27", "line 28", "line 29"]);
+        assert_eq!(tail(&path, start, 100).len(), 30);
+        assert!(tail(&dir.path().join("missing"), 0, 3).is_empty());
+    }
+}

@@ -1,0 +1,171 @@
+//! The subcommands: glue between the command line and the library.
+//!
+//! Every command returns [`Exit`]: the exit code, or a [`Failure`] whose
+//! one-line message [`run`] prints as `error: …`. Commands that talk to a
+//! supervisor find it through [`context`] (the state-dir resolution rule,
+//! documented in `--help` and the README).
+
+mod act;
+mod detach;
+mod down;
+mod events;
+mod format;
+mod logs;
+mod reload;
+mod scale;
+mod select;
+mod status;
+mod up;
+mod wait;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+use crate::control::client::ClientError;
+use crate::exit;
+use crate::spec::{self, Spec};
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    /// One line for a person; `None` when the command already said why
+    /// (e.g. printed diagnostics).
+    pub message: Option<String>,
+}
+
+impl Failure {
+    pub fn new(code: i32, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: Some(message.into()),
+        }
+    }
+
+    /// A failure that has been reported already.
+    pub fn quiet(code: i32) -> Failure {
+        Failure {
+            code,
+            message: None,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure::new(e.exit_code(), e.to_string())
+    }
+}
+
+/// The exit code of a finished command, or why it failed.
+pub type Exit = Result<i32, Failure>;
+
+/// Runs the command line; returns the process exit code.
+pub fn run(cli: &Cli) -> i32 {
+    let result = match &cli.command {
+        Command::Check { spec } => check(cli, spec.as_ref()),
+        Command::Up(args) => up::run(cli, args),
+        Command::Status(args) => status::run(cli, args),
+        Command::Logs(args) => logs::run(cli, args),
+        Command::Start(args) => act::start(cli, args),
+        Command::Stop(args) => act::stop(cli, args),
+        Command::Restart(args) => act::restart(cli, args),
+        Command::Scale(args) => scale::run(cli, args),
+        Command::Reload(args) => reload::run(cli, args),
+        Command::Wait(args) => wait::run(cli, args),
+        Command::Events(args) => events::run(cli, args),
+        Command::Down(args) => down::run(cli, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "supervise",
+                &mut std::io::stdout(),
+            );
+            Ok(exit::OK)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            if let Some(message) = failure.message {
+                eprintln!("error: {message}");
+            }
+            failure.code
+        }
+    }
+}
+
+/// Reads and validates a spec file; diagnostics are printed, exit 2.
+fn read_spec(path: &Path) -> Result<Spec, Failure> {
+    spec::load(path).map_err(|diagnostics| {
+        eprint!("{diagnostics}");
+        Failure::quiet(exit::USAGE)
+    })
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Loads the spec of `up`/`check`, applying `--state-dir`.
+fn load(cli: &Cli, own: Option<&PathBuf>) -> Result<Spec, Failure> {
+    let mut spec = read_spec(&cli.spec_path(own))?;
+    if let Some(dir) = &cli.state_dir {
+        spec.supervisor.state_dir = absolute(dir);
+    }
+    Ok(spec)
+}
+
+fn check(cli: &Cli, own: Option<&PathBuf>) -> Exit {
+    let spec = load(cli, own)?;
+    print!("{}", spec::render_plan(&spec));
+    Ok(exit::OK)
+}
+
+/// Where the supervisor a command talks to keeps its state, and the spec
+/// it was found through, if one was read.
+pub struct Context {
+    pub state_dir: PathBuf,
+    pub spec: Option<Spec>,
+}
+
+impl Context {
+    /// `--state-dir` (or `SUPERVISE_STATE_DIR`) if given, else the spec's
+    /// `[supervisor] state_dir`, else `./.supervise`.
+    fn new(cli: &Cli, spec: Option<Spec>) -> Context {
+        let state_dir = match (&cli.state_dir, &spec) {
+            (Some(dir), _) => absolute(dir),
+            (None, Some(spec)) => spec.supervisor.state_dir.clone(),
+            (None, None) => absolute(Path::new(".supervise")),
+        };
+        Context { state_dir, spec }
+    }
+}
+
+/// The spec file a command reads: its own argument, else `-f`, else
+/// `./supervise.toml` if there is one.
+fn spec_file(cli: &Cli, own: Option<&PathBuf>) -> Option<PathBuf> {
+    let path = cli.spec_path(own);
+    (own.is_some() || cli.file.is_some() || path.exists()).then_some(path)
+}
+
+/// The state-dir resolution rule of every command that talks to a
+/// supervisor: with `--state-dir` no spec is read; else the spec (from
+/// `-f`, else `./supervise.toml`) is read, and an invalid one is exit 2.
+pub fn context(cli: &Cli) -> Result<Context, Failure> {
+    let spec = match (&cli.state_dir, spec_file(cli, None)) {
+        (None, Some(path)) => Some(read_spec(&path)?),
+        _ => None,
+    };
+    Ok(Context::new(cli, spec))
+}
+
+/// Writes one line to stdout. A closed stdout (`supervise logs | head`) is
+/// not an error worth a message: the command just ends, successfully.
+fn emit(out: &mut impl Write, line: &str) -> Result<(), Failure> {
+    writeln!(out, "{line}").map_err(|_| Failure::quiet(exit::OK))
+}

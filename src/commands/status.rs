@@ -1,0 +1,178 @@
+//! `supervise status`: the table, or the report as JSON (schema 1).
+
+use std::io::IsTerminal;
+use std::time::SystemTime;
+
+use crate::cli::{Cli, StatusArgs};
+use crate::control::client;
+use crate::control::protocol::StatusReport;
+use crate::exit;
+
+use super::format::{colour_allowed, compact, last_exit, paint, state_colour};
+use super::{Exit, context, emit, select};
+
+const HEADER: [&str; 9] = [
+    "SERVICE",
+    "REPLICA",
+    "PID",
+    "STATE",
+    "HEALTH",
+    "ROLE",
+    "RESTARTS",
+    "UPTIME",
+    "LAST EXIT",
+];
+/// Columns shown in colour (their text is a state).
+const STATE: usize = 3;
+const HEALTH: usize = 4;
+
+pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
+    let ctx = context(cli)?;
+    let mut report = client::status(&ctx.state_dir)?;
+    let keep: Vec<String> = select::services(&report, &args.services)?
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    report.services.retain(|s| keep.contains(&s.name));
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).expect("a report always serialises")
+    } else {
+        let colour = colour_allowed(std::io::stdout().is_terminal());
+        table(&report, SystemTime::now(), colour)
+    };
+    emit(&mut std::io::stdout().lock(), text.trim_end())?;
+    Ok(exit::OK)
+}
+
+/// One row per replica; a service without replicas gets one row showing
+/// its own state.
+fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
+    let dash = || "-".to_string();
+    let mut rows = Vec::new();
+    for service in &report.services {
+        if service.replicas.is_empty() {
+            rows.push([
+                service.name.clone(),
+                dash(),
+                dash(),
+                service.state.clone(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ]);
+        }
+        for r in &service.replicas {
+            rows.push([
+                service.name.clone(),
+                format!("{}.{}", service.name, r.index),
+                r.pid.map_or_else(dash, |p| p.to_string()),
+                r.state.clone(),
+                r.health.clone(),
+                r.role.clone().unwrap_or_else(dash),
+                r.restarts.to_string(),
+                r.started_at
+                    .as_deref()
+                    .and_then(|at| super::format::age(at, now))
+                    .map_or_else(dash, |d| compact(d, 2)),
+                r.last_exit
+                    .as_ref()
+                    .map_or_else(dash, |e| last_exit(e, now)),
+            ]);
+        }
+    }
+    rows
+}
+
+fn table(report: &StatusReport, now: SystemTime, colour: bool) -> String {
+    let rows = rows(report, now);
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String; 9], header: bool| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let last = i == cells.len() - 1;
+            // Pad first, then colour, so escape codes do not skew the columns.
+            let padded = if last {
+                cell.clone()
+            } else {
+                format!("{cell:<w$}  ", w = widths[i])
+            };
+            let sgr = match i {
+                _ if header => "1",
+                STATE | HEALTH => state_colour(cell),
+                _ => "",
+            };
+            text.push_str(&paint(colour, sgr, &padded));
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&HEADER.map(String::from), true);
+    for row in &rows {
+        line(row, false);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::select::tests::report;
+    use crate::control::protocol::LastExit;
+
+    #[test]
+    fn the_table_has_the_contract_columns_aligned() {
+        let mut r = report(&[
+            ("db", &["running"]),
+            ("api", &["running", "backoff"]),
+            ("idle", &[]),
+        ]);
+        let now = super::super::format::parse_time("2026-11-23T12:03:12Z").unwrap();
+        r.services[1].replicas[0].started_at = Some("2026-11-23T12:00:00Z".into());
+        r.services[1].replicas[0].restarts = 2;
+        r.services[1].replicas[1].last_exit = Some(LastExit {
+            code: None,
+            signal: Some("SIGKILL".into()),
+            at: "2026-11-23T12:03:07Z".into(),
+        });
+        r.services[2].state = "stopped".into();
+        let text = table(&r, now, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  LAST EXIT"
+        );
+        assert_eq!(
+            lines[1],
+            "db       db.0     1000  running  healthy  -     0         -       -"
+        );
+        assert_eq!(
+            lines[2],
+            "api      api.0    1000  running  healthy  -     2         3m12s   -"
+        );
+        assert_eq!(
+            lines[3],
+            "api      api.1    -     backoff  unknown  -     0         -       SIGKILL (5s ago)"
+        );
+        assert_eq!(
+            lines[4],
+            "idle     -        -     stopped  -        -     -         -       -"
+        );
+    }
+
+    #[test]
+    fn colour_marks_states_without_breaking_alignment() {
+        let r = report(&[("db", &["running"])]);
+        let text = table(&r, SystemTime::now(), true);
+        assert!(text.contains("\x1b[32mrunning  \x1b[0m"), "{text:?}");
+        let plain = table(&r, SystemTime::now(), false);
+        assert!(!plain.contains('\x1b'));
+    }
+}
