@@ -152,7 +152,7 @@ Examples:
   supervise stop api.2             one replica
 
 Waits until the targets have no process left. A stopped replica stays stopped until \
-`start`, `restart` or `reload` of its service, even across a supervisor restart.
+`start` or `restart`, even across a supervisor restart.
 
 Exit status: 0; 2 for an unknown target; 3 when no supervisor runs; 124 when --timeout \
 passed first.")]

@@ -10,7 +10,7 @@ use crate::exit;
 use crate::progress::Progress;
 
 use super::select::{self, Selected};
-use super::wait::{self, Goal, Incarnation, Wanted};
+use super::wait::{self, Deadline, Goal, Incarnation, Wanted};
 use super::{Exit, Failure, context, emit};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ fn act(cli: &Cli, args: &ActArgs, verb: Verb) -> Exit {
     let report = wait::settle(
         dir,
         &wanted,
-        Some(args.timeout),
+        Some(Deadline::from_now(args.timeout)),
         &mut progress,
         "waiting for",
     )?;
@@ -128,15 +128,19 @@ fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
             replaced: &replaced,
         };
         let label = format!("restarting {name} ({}/{})", i + 1, names.len());
-        last =
-            wait::settle(dir, &wanted, Some(args.timeout), &mut progress, &label).map_err(|f| {
-                Failure {
-                    code: f.code,
-                    message: f.message.map(|m| {
-                        format!("rolling restart stopped at {name}, the rest untouched: {m}")
-                    }),
-                }
-            })?;
+        last = wait::settle(
+            dir,
+            &wanted,
+            Some(Deadline::from_now(args.timeout)),
+            &mut progress,
+            &label,
+        )
+        .map_err(|f| Failure {
+            code: f.code,
+            message: f
+                .message
+                .map(|m| format!("rolling restart stopped at {name}, the rest untouched: {m}")),
+        })?;
         progress.note(&format!("restarted {name} ({}/{})", i + 1, names.len()));
     }
     progress.finish();

@@ -24,7 +24,7 @@ use crate::progress::Progress;
 use crate::spec::Spec;
 use crate::state_dir::{LockError, StateDir};
 
-use super::wait::{self, Goal, Wanted};
+use super::wait::{self, Deadline, Goal, Wanted};
 use super::{Exit, Failure, absolute, emit};
 
 /// How often the socket is tried while the supervisor starts.
@@ -64,10 +64,10 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         log: &log_path,
         log_start,
     };
-    let deadline = Instant::now() + args.timeout;
+    let deadline = Deadline::from_now(args.timeout);
     let mut progress = Progress::new(cli.quiet);
     progress.set("starting the supervisor");
-    answering(&mut child, &started, dir.root(), deadline)?;
+    answering(&mut child, &started, dir.root(), deadline.at)?;
     let wanted = Wanted {
         targets: &[],
         goal: if args.wait {
@@ -77,13 +77,12 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         },
         replaced: &Default::default(),
     };
-    let left = deadline.saturating_duration_since(Instant::now());
     let label = if args.wait {
         "waiting until healthy"
     } else {
         "starting"
     };
-    if let Err(failure) = wait::settle(dir.root(), &wanted, Some(left), &mut progress, label) {
+    if let Err(failure) = wait::settle(dir.root(), &wanted, Some(deadline), &mut progress, label) {
         progress.finish();
         // The supervisor may have died meanwhile (then no status answers).
         return Err(match exited(&mut child, Duration::from_secs(1)) {

@@ -2,10 +2,11 @@
 //! return once it has (the supervisor holds the connection open until it
 //! exits, so the end of the connection is the signal).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::cli::{Cli, DownArgs};
-use crate::control::client;
+use crate::control::client::{self, ClientError};
 use crate::control::protocol::Request;
 use crate::exit;
 
@@ -18,9 +19,15 @@ pub fn run(cli: &Cli, args: &DownArgs) -> Exit {
     let ctx = context(cli)?;
     let mut conn = client::connect(&ctx.state_dir)?;
     let asked = Instant::now();
-    conn.request_accepted(Request::Down {
+    match conn.request_accepted(Request::Down {
         timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
-    })?;
+    }) {
+        Ok(()) => {}
+        // A supervisor with nothing left to stop may exit before its reply
+        // is written: gone is what was asked for.
+        Err(ClientError::Closed) if gone(&ctx.state_dir) => {}
+        Err(e) => return Err(e.into()),
+    }
     // The supervisor's own bound: --timeout, else the spec's shutdown_timeout
     // (unknown with --state-dir: the supervisor still applies its own).
     let limit = args
@@ -57,4 +64,22 @@ pub fn run(cli: &Cli, args: &DownArgs) -> Exit {
         emit(&mut std::io::stdout().lock(), &line)?;
     }
     Ok(exit::OK)
+}
+
+/// Whether the supervisor of `state_dir` has exited (its socket stops
+/// answering within a moment).
+fn gone(state_dir: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if matches!(
+            client::connect(state_dir),
+            Err(ClientError::NoSupervisor(_))
+        ) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -132,7 +132,12 @@ impl Wanted<'_> {
                     .map_or_else(String::new, |e| format!(" ({})", last_exit(e, now)));
                 failed.push(format!("{name} failed{why}"));
             } else if self.replaced.get(&name) == Some(&Incarnation::of(r)) {
-                waiting.push(format!("{name} ({}, not replaced yet)", r.state));
+                // Still the old process: "running" would mislead.
+                let state = match r.state.as_str() {
+                    "running" => "not replaced yet",
+                    other => other,
+                };
+                waiting.push(format!("{name} ({state})"));
             } else if !self.goal.holds(r) {
                 waiting.push(format!("{name} ({})", r.state));
             }
@@ -211,19 +216,36 @@ pub fn until(
     }
 }
 
-/// [`until`] with a timeout, as a command's result: the final report, or
-/// the failure (a failed replica: 1; the timeout: 124, naming what is missing).
+/// A deadline, with the timeout it came from (to name it in messages).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    pub at: Instant,
+    pub after: Duration,
+}
+
+impl Deadline {
+    pub fn from_now(after: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + after,
+            after,
+        }
+    }
+}
+
+/// [`until`] as a command's result: the final report, or the failure (a
+/// failed replica: 1; the deadline: 124, naming what is missing).
 pub fn settle(
     dir: &Path,
     wanted: &Wanted,
-    timeout: Option<Duration>,
+    deadline: Option<Deadline>,
     progress: &mut Progress,
     label: &str,
 ) -> Result<StatusReport, Failure> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    match until(dir, wanted, deadline, progress, label)? {
+    match until(dir, wanted, deadline.map(|d| d.at), progress, label)? {
         Ended::Holds(report) => Ok(report),
-        other => Err(other.failure(timeout).expect("only Holds is not a failure")),
+        other => Err(other
+            .failure(deadline.map(|d| d.after))
+            .expect("only Holds is not a failure")),
     }
 }
 
@@ -263,7 +285,7 @@ pub fn run(cli: &Cli, args: &WaitArgs) -> Exit {
     settle(
         &ctx.state_dir,
         &wanted,
-        args.timeout,
+        args.timeout.map(Deadline::from_now),
         &mut progress,
         "waiting for",
     )?;
@@ -360,7 +382,7 @@ mod tests {
         let verdict = |r: &StatusReport| wanted.judge(&select::replicas(r, &[]).unwrap());
         assert_eq!(
             verdict(&r),
-            Verdict::Waiting(vec!["api.0 (running, not replaced yet)".into()])
+            Verdict::Waiting(vec!["api.0 (not replaced yet)".into()])
         );
         r.services[0].replicas[0].pid = Some(4242);
         r.services[0].replicas[0].started_at = Some("2026-11-23T12:00:05Z".into());

@@ -37,6 +37,8 @@ pub enum ClientError {
     },
     #[error("the supervisor of state dir {} did not answer within {}", dir.display(), humantime::format_duration(*after))]
     NoAnswer { dir: PathBuf, after: Duration },
+    #[error("the supervisor closed the connection without replying")]
+    Closed,
     #[error("unexpected answer from the supervisor: {0}")]
     Protocol(String),
 }
@@ -156,11 +158,7 @@ impl Connection {
             .map_err(|e| self.io(e))?;
         let line = match self.next_line(Some(Instant::now() + REPLY_TIMEOUT))? {
             Next::Item(line) => line,
-            Next::Closed => {
-                return Err(ClientError::Protocol(
-                    "the supervisor closed the connection without replying".into(),
-                ));
-            }
+            Next::Closed => return Err(ClientError::Closed),
             Next::TimedOut => {
                 return Err(ClientError::NoAnswer {
                     dir: self.dir.clone(),
@@ -367,7 +365,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = serve_once(dir.path(), |_| Vec::new());
         let err = call(dir.path(), Request::Status).unwrap_err();
-        assert!(err.to_string().contains("without replying"), "{err}");
+        assert!(matches!(err, ClientError::Closed), "{err:?}");
         server.join().unwrap();
     }
 
