@@ -11,7 +11,7 @@ use crate::progress::Progress;
 
 use super::select::{self, Selected};
 use super::wait::{self, Deadline, Goal, Incarnation, Wanted};
-use super::{Exit, Failure, context, emit};
+use super::{Exit, context, emit};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verb {
@@ -135,11 +135,8 @@ fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
             &mut progress,
             &label,
         )
-        .map_err(|f| Failure {
-            code: f.code,
-            message: f
-                .message
-                .map(|m| format!("rolling restart stopped at {name}, the rest untouched: {m}")),
+        .map_err(|f| {
+            f.reworded(|m| format!("rolling restart stopped at {name}, the rest untouched: {m}"))
         })?;
         progress.note(&format!("restarted {name} ({}/{})", i + 1, names.len()));
     }

@@ -87,16 +87,13 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         // The supervisor may have died meanwhile (then no status answers).
         return Err(match exited(&mut child, Duration::from_secs(1)) {
             Some(status) => started.died(status),
-            None => Failure {
-                code: failure.code,
-                message: failure.message.map(|m| {
-                    format!(
-                        "{m}\nthe supervisor keeps running (pid {}): see `supervise status`, \
-                         stop it with `supervise down`",
-                        started.pid
-                    )
-                }),
-            },
+            None => failure.reworded(|m| {
+                format!(
+                    "{m}\nthe supervisor keeps running (pid {}): see `supervise status`, \
+                     stop it with `supervise down`",
+                    started.pid
+                )
+            }),
         });
     }
     progress.finish();

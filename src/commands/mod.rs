@@ -52,6 +52,14 @@ impl Failure {
             message: None,
         }
     }
+
+    /// The same failure, its message rewritten by `f` (to say where it happened).
+    pub fn reworded(self, f: impl FnOnce(String) -> String) -> Failure {
+        Failure {
+            code: self.code,
+            message: self.message.map(f),
+        }
+    }
 }
 
 impl From<ClientError> for Failure {
