@@ -206,8 +206,22 @@ restart = { delay = "2s", limit = 0 }
 #[test]
 fn up_detached_reports_a_supervisor_that_dies_before_it_is_ready() {
     let p = Project::new(SPEC);
-    // The state dir is a file: the supervisor cannot lock it and exits 1,
-    // which `up -d` itself sees first.
+    // A directory where the socket goes: the supervisor takes the lock,
+    // cannot listen, and exits 1. `up -d` shows the end of its log.
+    std::fs::create_dir_all(p.state_dir().join("control.sock/x")).unwrap();
+    let ran = p.run(&["up", "-d"]);
+    ran.expect(1);
+    assert!(
+        ran.stderr.contains(&format!(
+            "error: the supervisor exited with code 1 before it was ready; {} ends with:\n  ",
+            p.state_dir().join("supervise.log").display()
+        )),
+        "{ran:#?}"
+    );
+    assert!(ran.stderr.contains("control socket"), "{ran:#?}");
+    assert!(p.marked().is_empty(), "left behind: {:?}", p.marked());
+
+    // A state dir that cannot be used at all is seen before anything starts.
     let state = p.dir().join("state-file");
     std::fs::write(&state, "").unwrap();
     let ran = p.run(&["--state-dir", state.to_str().unwrap(), "up", "-d"]);
