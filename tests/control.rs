@@ -869,6 +869,25 @@ fn reload_of_an_invalid_spec_is_rejected_with_diagnostics_and_exit_1() {
     assert_eq!(pid_of(&p.replicas("a"), 0), a0);
 }
 
+#[test]
+fn reload_without_a_spec_here_reloads_the_supervisors_own_file() {
+    let p = Project::new(TWO);
+    p.up(&[]);
+    std::fs::write(p.dir().join("supervise.toml"), TWO.replace("a v1", "a v2")).unwrap();
+    let elsewhere = p.dir().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let state_dir = p.state_dir();
+    let mut cmd = p.command(&["--state-dir", state_dir.to_str().unwrap(), "reload"]);
+    cmd.current_dir(&elsewhere);
+    let ran = run_bounded(cmd, COMMAND_TIMEOUT);
+    assert!(
+        ran.expect(0)
+            .stdout
+            .contains("changed    a\nunchanged  b\n"),
+        "{ran:#?}"
+    );
+}
+
 // ---------------------------------------------------------------- wait
 
 #[test]
