@@ -787,7 +787,6 @@ fn scale_starts_and_stops_replicas() {
 }
 
 #[test]
-#[ignore = "the supervisor resumes replicas stopped by `down` as stopped; re-enable once it restarts them"]
 fn scale_and_stop_are_kept_across_a_supervisor_restart() {
     let p = Project::new(SPEC);
     p.up(&[]);

@@ -195,8 +195,11 @@ pub struct ReloadPlan {
 pub struct EventRecord {
     /// RFC 3339 UTC.
     pub at: String,
-    /// spawned | exited | restarted | unhealthy | healthy | promoted |
-    /// failed | stopped | scaled | reloaded | shutdown
+    /// SPEC.md §3's spawned | exited | restarted | unhealthy | healthy |
+    /// promoted | failed | scaled | reloaded, and also: stopping | stopped |
+    /// adopted (after a resume) | spawn_failed | shim_lost (a shim vanished
+    /// without a record) | leftovers_killed | shutdown (begun) | killed
+    /// (a shutdown turned forced: second signal or shutdown_timeout)
     pub event: String,
     pub service: Option<String>,
     pub replica: Option<u32>,

@@ -33,7 +33,12 @@ pub enum Answer {
     },
     /// `down`: the reply, after which the connection is held open until
     /// the supervisor exits, so the client learns when shutdown is complete.
-    HoldUntilExit(Reply),
+    /// `written` is told once the reply is out, so that a supervisor with
+    /// nothing left to stop does not exit before its answer is sent.
+    HoldUntilExit {
+        reply: Reply,
+        written: oneshot::Sender<()>,
+    },
 }
 
 /// Binds the socket (owner-only) and serves it until the process exits.
@@ -117,8 +122,10 @@ async fn serve(stream: UnixStream, calls: mpsc::UnboundedSender<Call>) {
         Answer::Reply(reply) => {
             let _ = send(&mut write, &reply).await;
         }
-        Answer::HoldUntilExit(reply) => {
-            if send(&mut write, &reply).await.is_ok() {
+        Answer::HoldUntilExit { reply, written } => {
+            let sent = send(&mut write, &reply).await;
+            let _ = written.send(());
+            if sent.is_ok() {
                 // The process exit closes this connection.
                 std::future::pending::<()>().await;
             }

@@ -28,6 +28,10 @@ pub const VERSION: u32 = 1;
 pub struct Checkpoint {
     pub version: u32,
     pub boot_id: String,
+    /// Written by a supervisor that stopped everything and exited: the next
+    /// `up` starts its replicas afresh, keeping only the desired state.
+    #[serde(default)]
+    pub clean_shutdown: bool,
     pub desired: Desired,
     /// By replica name (`svc.N`).
     pub replicas: BTreeMap<String, ReplicaMemo>,
@@ -65,6 +69,7 @@ impl Checkpoint {
         Checkpoint {
             version: VERSION,
             boot_id: crate::procfs::boot_id(),
+            clean_shutdown: false,
             desired,
             replicas: BTreeMap::new(),
         }

@@ -110,6 +110,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         let now = Instant::now();
         let wake = sup.reconcile(now);
         if sup.finished() {
+            sup.clean_shutdown = true;
             sup.save_checkpoint();
             break;
         }
@@ -133,6 +134,9 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         sup.dirty = true;
     }
     let code = sup.exit_code();
+    for written in std::mem::take(&mut sup.farewells) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
+    }
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
     sup.display.finish().await;
@@ -177,6 +181,10 @@ struct Supervisor {
     desired: Desired,
     /// Something changed since the last checkpoint write.
     dirty: bool,
+    /// Every replica has been stopped and the supervisor is exiting.
+    clean_shutdown: bool,
+    /// `down` replies still being written: exiting waits (briefly) for them.
+    farewells: Vec<tokio::sync::oneshot::Receiver<()>>,
     last_save: Option<Instant>,
     /// The bytes last written, to skip writes that would change nothing.
     saved: Vec<u8>,
@@ -214,6 +222,8 @@ impl Supervisor {
             dir,
             desired: Desired::default(),
             dirty: true,
+            clean_shutdown: false,
+            farewells: Vec::new(),
             last_save: None,
             saved: Vec::new(),
             pidfds: HashMap::new(),
@@ -515,10 +525,11 @@ impl Supervisor {
             return None;
         }
         if now >= shutdown.deadline {
-            self.display.event(&format!(
+            let detail = format!(
                 "shutdown_timeout ({}) reached; killing what is left",
                 humantime::format_duration(self.spec.supervisor.shutdown_timeout)
-            ));
+            );
+            self.emit("killed", None, None, detail);
             self.force();
             return None;
         }
@@ -555,8 +566,8 @@ impl Supervisor {
         if self.shutdown.is_none() {
             self.begin_shutdown(&format!("received {name}"), 0, None);
         } else {
-            self.display
-                .event(&format!("received {name} again; killing all replicas now"));
+            let detail = format!("received {name} again; killing all replicas now");
+            self.emit("killed", None, None, detail);
             self.force();
         }
     }

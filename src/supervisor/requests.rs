@@ -36,7 +36,12 @@ impl Supervisor {
             Request::Down { timeout_ms } => {
                 let timeout = timeout_ms.map(Duration::from_millis);
                 self.begin_shutdown("asked to go down", exit::OK, timeout);
-                Answer::HoldUntilExit(Reply::ok(Reply_::Accepted))
+                let (written, sent) = tokio::sync::oneshot::channel();
+                self.farewells.push(sent);
+                Answer::HoldUntilExit {
+                    reply: Reply::ok(Reply_::Accepted),
+                    written,
+                }
             }
         };
         // A client that went away does not need its answer.

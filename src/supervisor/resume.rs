@@ -47,8 +47,11 @@ impl Supervisor {
         let mut found = Found::default();
         let ids: Vec<ReplicaId> = self.replicas.keys().cloned().collect();
         for id in ids {
+            // After a clean shutdown nothing runs and nothing is owed: only
+            // the desired state carries over.
             let memo = checkpoint
                 .as_ref()
+                .filter(|c| !c.clean_shutdown)
                 .and_then(|c| c.replicas.get(&id.to_string()));
             if let Some(memo) = memo {
                 restore(self.replicas.get_mut(&id).expect("listed above"), memo);
@@ -287,6 +290,7 @@ impl Supervisor {
     /// The checkpoint of the current state.
     pub(super) fn checkpoint(&self) -> Checkpoint {
         let mut checkpoint = Checkpoint::new(self.desired.clone());
+        checkpoint.clean_shutdown = self.clean_shutdown;
         for replica in self.replicas.values() {
             let memo = ReplicaMemo {
                 generation: replica.generation,
