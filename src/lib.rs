@@ -8,12 +8,15 @@
 //! - [`state_dir`]: the files a supervisor keeps (lock, logs, exit records);
 //! - [`control`]: the control socket: protocol, server, client;
 //! - [`cli`], [`commands`], [`exit`], [`progress`]: the command line.
+pub mod alerts;
 pub mod cli;
 pub mod commands;
 pub mod control;
 pub mod exit;
+pub mod metrics;
 pub mod procfs;
 pub mod progress;
+pub mod reaper;
 pub mod shim;
 pub mod spec;
 pub mod state_dir;

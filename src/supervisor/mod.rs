@@ -20,6 +20,7 @@ mod resume;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
@@ -29,10 +30,13 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use crate::alerts::Alerts;
 use crate::control::protocol::EventRecord;
 use crate::control::server;
 use crate::exit;
+use crate::metrics::{self, Metrics};
 use crate::procfs;
+use crate::reaper::Reaper;
 use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status, read_record};
 use crate::spec::{Condition, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
@@ -102,7 +106,16 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         .unwrap_or_default();
     let display = Display::new(width, options.quiet, options.show_output)
         .map_err(|e| setup("set up the output pipe", e))?;
-    let mut sup = Supervisor::new(spec, dir, options, display, tx);
+    let metrics = match spec.supervisor.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::default());
+            metrics::serve(addr, Arc::clone(&m))
+                .map_err(|e| setup(&format!("serve metrics on {addr}"), e))?;
+            Some(m)
+        }
+        None => None,
+    };
+    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics);
     sup.resume(checkpoint);
     sup.announce();
 
@@ -129,9 +142,12 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             Some(call) = calls.recv() => sup.on_call(call),
             _ = timer => {}
         }
-        // Whatever happened may matter to the checkpoint; an unchanged one
-        // is not rewritten.
+        // Whatever happened may matter to the checkpoint (an unchanged one
+        // is not rewritten) and to the metrics.
         sup.dirty = true;
+        if let Some(metrics) = &sup.metrics {
+            metrics.update(&sup.status_report());
+        }
     }
     let code = sup.exit_code();
     for written in std::mem::take(&mut sup.farewells) {
@@ -183,6 +199,10 @@ struct Supervisor {
     dirty: bool,
     /// Every replica has been stopped and the supervisor is exiting.
     clean_shutdown: bool,
+    reaper: Reaper,
+    alerts: Alerts,
+    /// Set when `[supervisor] metrics` is.
+    metrics: Option<Arc<Metrics>>,
     /// `down` replies still being written: exiting waits (briefly) for them.
     farewells: Vec<tokio::sync::oneshot::Receiver<()>>,
     last_save: Option<Instant>,
@@ -216,7 +236,10 @@ impl Supervisor {
         options: Options,
         display: Display,
         reports: mpsc::UnboundedSender<Message>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Supervisor {
+        let reaper = Reaper::default();
+        let alerts = Alerts::start(&spec, reaper.clone());
         Supervisor {
             spec,
             dir,
@@ -224,6 +247,9 @@ impl Supervisor {
             dirty: true,
             clean_shutdown: false,
             farewells: Vec::new(),
+            alerts,
+            metrics,
+            reaper,
             last_save: None,
             saved: Vec::new(),
             pidfds: HashMap::new(),
@@ -282,14 +308,19 @@ impl Supervisor {
         detail: String,
     ) {
         self.display.event(&detail);
-        self.journal.push(EventRecord {
+        let record = EventRecord {
             at: journal::rfc3339(SystemTime::now()),
             event: event.to_string(),
             service: service.map(str::to_string),
             replica,
             pid,
             detail,
-        });
+        };
+        self.alerts.on_event(&record);
+        if let Some(metrics) = &self.metrics {
+            metrics.on_event(&record);
+        }
+        self.journal.push(record);
     }
 
     /// Saves the checkpoint now (desired-state changes, which a request
@@ -747,7 +778,7 @@ impl Supervisor {
                     let Some(pid) = status.pid() else { continue };
                     if let Some(id) = self.shims.remove(&pid) {
                         self.on_shim_exit(&id, format!("{status:?}"));
-                    } else {
+                    } else if !self.reaper.deliver(pid, status) {
                         tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan");
                     }
                 }
