@@ -65,6 +65,7 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
 struct Stat {
     state: char,
     ppid: i32,
+    pgrp: i32,
     /// Clock ticks after boot at which it started: with the pid, its identity.
     start: u64,
 }
@@ -78,12 +79,18 @@ fn stat(pid: i32) -> Option<Stat> {
     Some(Stat {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
     stat(pid).map(|s| s.ppid)
+}
+
+/// The process group of `pid`.
+pub fn process_group(pid: u32) -> Option<u32> {
+    stat(i32::try_from(pid).ok()?).and_then(|s| u32::try_from(s.pgrp).ok())
 }
 
 /// When a live (not zombie) process started, in clock ticks after boot.

@@ -146,7 +146,11 @@ fn up_detached_runs_in_the_background_and_a_second_up_exits_4() {
     let ran = p.run(&["down"]);
     ran.expect(0);
     assert!(ran.stdout.contains("stopped"), "{ran:#?}");
-    assert!(p.marked().is_empty(), "left behind: {:?}", p.marked());
+    assert!(
+        wait_until(SOON, || p.marked().is_empty()),
+        "left behind: {:?}",
+        p.marked()
+    );
     p.run(&["status"]).expect(3);
 }
 
@@ -166,13 +170,15 @@ fn up_detached_exits_1_when_a_replica_fails_and_the_supervisor_stays() {
 [services.ok]
 command = ["sleep", "1000"]
 [services.broken]
-command = ["sh", "-c", "exit 3"]
+command = ["./no-such-program"]
 restart = { policy = "never" }
 "#,
     );
+    // A command that never runs is failed before it could ever look started
+    // (one that exits at once might be seen running first: a race).
     let ran = p.run(&["up", "-d"]);
     ran.expect(1);
-    assert!(ran.stderr.contains("broken.0 failed (code 3"), "{ran:#?}");
+    assert!(ran.stderr.contains("broken.0 failed (code 127"), "{ran:#?}");
     assert!(
         ran.stderr.contains("the supervisor keeps running"),
         "{ran:#?}"
@@ -219,7 +225,11 @@ fn up_detached_reports_a_supervisor_that_dies_before_it_is_ready() {
         "{ran:#?}"
     );
     assert!(ran.stderr.contains("control socket"), "{ran:#?}");
-    assert!(p.marked().is_empty(), "left behind: {:?}", p.marked());
+    assert!(
+        wait_until(SOON, || p.marked().is_empty()),
+        "left behind: {:?}",
+        p.marked()
+    );
 
     // A state dir that cannot be used at all is seen before anything starts.
     let state = p.dir().join("state-file");
@@ -247,7 +257,11 @@ stop_timeout = "30s"
         "{ran:#?}"
     );
     assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(p.marked().is_empty(), "left behind: {:?}", p.marked());
+    assert!(
+        wait_until(SOON, || p.marked().is_empty()),
+        "left behind: {:?}",
+        p.marked()
+    );
 }
 
 // ---------------------------------------------------------------- status
@@ -693,8 +707,15 @@ replicas = 3
     p.up(&[]);
     let before = p.replicas("web");
     let tap = EventTap::start(&p);
-    let history = tap.lines.wait_for(SOON, |l| l.contains("spawned web.2"));
-    assert!(history.is_some());
+    // The history ends with the three first spawns, in whatever order.
+    assert!(wait_until(SOON, || {
+        let texts = tap.lines.texts();
+        (0..3).all(|i| {
+            texts
+                .iter()
+                .any(|l| l.contains(&format!("spawned web.{i}")))
+        })
+    }));
     let from = tap.lines.texts().len();
 
     let ran = p.run(&["restart", "--rolling", "web"]);
@@ -735,19 +756,26 @@ fn rolling_restart_stops_at_a_replica_that_fails() {
     let p = Project::new(
         r#"
 [services.web]
-command = ["sh", "-c", "if [ -e fail.$SUPERVISE_REPLICA ]; then exit 3; fi; exec sleep 1000"]
+command = ["sleep", "1000"]
+cwd = "home{replica}"
 replicas = 3
 restart = { policy = "never" }
 "#,
     );
+    for i in 0..3 {
+        std::fs::create_dir(p.dir().join(format!("home{i}"))).unwrap();
+    }
     p.up(&[]);
     let before = p.replicas("web");
-    std::fs::write(p.dir().join("fail.1"), "").unwrap();
+    // web.1 cannot start again: it fails without ever running (a command
+    // that exits at once might be seen running first: a race).
+    std::fs::remove_dir(p.dir().join("home1")).unwrap();
     let ran = p.run(&["restart", "--rolling", "web"]);
     ran.expect(1);
     assert!(
-        ran.stderr
-            .contains("rolling restart stopped at web.1, the rest untouched: web.1 failed (code 3"),
+        ran.stderr.contains(
+            "rolling restart stopped at web.1, the rest untouched: web.1 failed (code 127"
+        ),
         "{ran:#?}"
     );
     let after = p.replicas("web");
@@ -795,7 +823,12 @@ fn scale_and_stop_are_kept_across_a_supervisor_restart() {
     p.run(&["stop", "web.0"]).expect(0);
 
     p.run(&["down"]).expect(0);
-    assert!(p.marked().is_empty());
+    // The connection closes as the supervisor exits, a moment before it is gone.
+    assert!(
+        wait_until(SOON, || p.marked().is_empty()),
+        "{:?}",
+        p.marked()
+    );
     p.up(&[]);
     let web = p.replicas("web");
     let states: Vec<&str> = web.iter().map(|r| r.2.as_str()).collect();

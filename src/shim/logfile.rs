@@ -45,6 +45,9 @@ pub struct LogWriter<'t> {
     pending: [Vec<u8>; 2],
     tee: Option<Tee<'t>>,
     pub dropped_lines: u64,
+    /// Until a line matches it (then None and `ready` is set).
+    ready_pattern: Option<regex::bytes::Regex>,
+    pub ready: bool,
 }
 
 struct Tee<'t> {
@@ -53,6 +56,11 @@ struct Tee<'t> {
 }
 
 impl<'t> LogWriter<'t> {
+    /// Watch the output for `pattern` (`health.log`); see `ready`.
+    pub fn watch_for(&mut self, pattern: Option<regex::bytes::Regex>) {
+        self.ready_pattern = pattern;
+    }
+
     pub fn open(config: LogConfig, tee: Option<(BorrowedFd<'t>, String)>) -> LogWriter<'t> {
         let mut writer = LogWriter {
             config,
@@ -61,6 +69,8 @@ impl<'t> LogWriter<'t> {
             pending: [Vec::new(), Vec::new()],
             tee: tee.map(|(fd, prefix)| Tee { fd, prefix }),
             dropped_lines: 0,
+            ready_pattern: None,
+            ready: false,
         };
         writer.reopen();
         writer
@@ -114,6 +124,14 @@ impl<'t> LogWriter<'t> {
 
     fn line(&mut self, stream: Stream, text: &[u8]) {
         let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if self
+            .ready_pattern
+            .as_ref()
+            .is_some_and(|p| p.is_match(text))
+        {
+            self.ready_pattern = None;
+            self.ready = true;
+        }
         let stamp = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let mut record = Vec::with_capacity(stamp.len() + text.len() + 6);
         record.extend_from_slice(stamp.as_bytes());

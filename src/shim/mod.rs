@@ -26,7 +26,7 @@ mod spawn;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -228,6 +228,13 @@ fn run(config: ShimConfig) -> i32 {
         Some((fd, prefix))
     });
     let mut log = LogWriter::open(config.log.clone(), tee);
+    // Validated by `check`; a pattern that does not compile here is ignored.
+    log.watch_for(
+        config
+            .ready_pattern
+            .as_deref()
+            .and_then(|p| regex::bytes::Regex::new(p).ok()),
+    );
 
     let started = claim(&config).and_then(|guard| Ok((guard, spawn::spawn(&config)?)));
     let (_guard, (child, out, err)) = match started {
@@ -249,6 +256,9 @@ fn run(config: ShimConfig) -> i32 {
         }
     };
     report(&Status::Started { pid: child.id() });
+    if config.ready_pattern.is_none() {
+        close_status_pipe();
+    }
     let running = RunningRecord {
         generation: config.generation,
         shim_pid: std::process::id(),
@@ -308,6 +318,10 @@ fn run(config: ShimConfig) -> i32 {
         }
         let gone = tree.reap();
         output.on_ready(&ready[1..]);
+        if std::mem::take(&mut output.log.ready) {
+            report(&Status::Ready);
+            close_status_pipe();
+        }
         if gone {
             break;
         }
@@ -397,18 +411,21 @@ fn drain(
     }
 }
 
-/// Tells the supervisor how the start went, on the shim's stdout, then lets
-/// go of that pipe: nothing else is ever written to it, so a supervisor that
-/// dies later cannot make the shim fail on a write.
+/// Tells the supervisor, on the shim's stdout, how the start went (and
+/// later, with a ready pattern, that the replica is ready). A supervisor that
+/// died meanwhile makes the write fail (EPIPE, SIGPIPE is ignored): no harm.
 fn report(status: &Status) {
     let mut line = serde_json::to_vec(status).unwrap_or_default();
     line.push(b'\n');
     let _ = std::io::stdout().write_all(&line);
     let _ = std::io::stdout().flush();
+}
+
+/// Lets go of the status pipe once nothing more will be said on it.
+fn close_status_pipe() {
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(null.as_fd());
     }
-    debug_assert!(std::io::stdout().as_raw_fd() == 1);
 }
 
 fn finish(config: &ShimConfig, record: &ExitRecord) -> i32 {

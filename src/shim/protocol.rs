@@ -34,6 +34,8 @@ pub struct ShimConfig {
     pub running_record: PathBuf,
     /// The replica's instance lock, held by its shim (see `shim::claim`).
     pub lock: PathBuf,
+    /// `health.log`: the replica is ready once an output line matches.
+    pub ready_pattern: Option<String>,
     /// When set, each output line is also written, behind this prefix, to
     /// [`TEE_FD`] (the foreground supervisor's display pipe).
     pub tee_prefix: Option<String>,
@@ -46,12 +48,19 @@ pub struct LogConfig {
     pub keep: u32,
 }
 
-/// The one line a shim writes on its stdout.
+/// A line a shim writes on its stdout: `Started` or `SpawnFailed`, then
+/// `Ready` if it watches for a ready pattern.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    Started { pid: u32 },
-    SpawnFailed { error: String },
+    Started {
+        pid: u32,
+    },
+    SpawnFailed {
+        error: String,
+    },
+    /// An output line matched `ready_pattern` (sent at most once, after `Started`).
+    Ready,
 }
 
 /// How a replica ended, written by its shim once no process of it is left.

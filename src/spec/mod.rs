@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use plan::render_plan;
-pub use template::expand;
+pub use template::{Vars, expand};
 
 use nix::sys::signal::Signal;
 

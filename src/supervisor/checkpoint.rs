@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::desired::Desired;
+use super::replica::Role;
 use super::restart::Outcome;
 
 pub const VERSION: u32 = 1;
@@ -51,6 +52,13 @@ pub struct ReplicaMemo {
     pub last_exit: Option<(Outcome, SystemTime)>,
     /// `exited`, `failed` or `stopped`: settled, not to be started again.
     pub settled: Option<String>,
+    /// Of the running incarnation, kept for adoption: an adopted active
+    /// stays the active, and a replica that said READY=1 (or matched its
+    /// log pattern) before the crash need not say it again.
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub healthy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

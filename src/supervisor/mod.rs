@@ -11,8 +11,11 @@
 mod checkpoint;
 mod desired;
 mod display;
+mod failover;
+mod health;
 mod journal;
 mod launch;
+mod notify;
 mod replica;
 mod requests;
 pub mod restart;
@@ -38,13 +41,13 @@ use crate::metrics::{self, Metrics};
 use crate::procfs;
 use crate::reaper::Reaper;
 use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status, read_record};
-use crate::spec::{Condition, Service, Spec};
+use crate::spec::{Condition, Probe, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
 use checkpoint::Checkpoint;
 use desired::Desired;
 use display::Display;
 use journal::Journal;
-use replica::{AfterStop, Phase, Replica, ReplicaId};
+use replica::{AfterStop, Health, Phase, Replica, ReplicaId};
 use restart::{Decision, Outcome};
 
 /// How `supervise up` was asked to run.
@@ -115,6 +118,14 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         }
         None => None,
     };
+    if spec
+        .services
+        .iter()
+        .any(|s| matches!(s.health.as_ref().map(|h| &h.probe), Some(Probe::Notify)))
+    {
+        notify::listen(&dir.notify_socket(), tx.clone())
+            .map_err(|e| setup("open the notify socket", e))?;
+    }
     let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics);
     sup.resume(checkpoint);
     sup.announce();
@@ -169,6 +180,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// What the I/O tasks tell the loop.
 enum Message {
     Status(Report),
+    Probe(health::ProbeResult),
+    /// A datagram on the notify socket, with its sender's pid.
+    Notify {
+        pid: u32,
+        text: String,
+    },
     /// An adopted shim (not our child: its exit comes from a pidfd) is gone.
     ShimGone(Pid),
 }
@@ -399,7 +416,8 @@ impl Supervisor {
         }
         self.ensure_replicas();
         self.retire_surplus();
-        let mut wake: Option<Instant> = None;
+        self.reconcile_roles();
+        let mut wake: Option<Instant> = self.check_watchdogs(now);
         for position in 0..self.spec.services.len() {
             let service = &self.spec.services[position];
             let name = service.name.clone();
@@ -479,6 +497,9 @@ impl Supervisor {
                 return;
             }
         };
+        // An active on its way down is active no more: a standby can take
+        // over now, not once this one is gone.
+        self.demote(id);
         let shown = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
         self.emit("stopping", Some(id), pid, format!("stopping {id}{shown}"));
         // The shim sends the stop signal to the whole tree and escalates to
@@ -494,7 +515,7 @@ impl Supervisor {
                     self.set_phase(id, Phase::Stopped);
                 }
             }
-            AfterStop::Start => {
+            AfterStop::Start | AfterStop::Judge => {
                 let replica = self.replica_mut(id);
                 replica.phase = Phase::Pending;
                 replica.history = Default::default();
@@ -513,8 +534,8 @@ impl Supervisor {
                         return Readiness::Blocked(format!("dependency {} failed", r.id));
                     }
                     (Phase::Exited, Condition::Completed) => {}
-                    // `healthy` means running until health checks exist.
-                    (Phase::Running { .. }, Condition::Started | Condition::Healthy) => {}
+                    (Phase::Running { .. }, Condition::Started) => {}
+                    (Phase::Running { .. }, Condition::Healthy) if r.health == Health::Healthy => {}
                     _ => return Readiness::Waiting,
                 }
             }
@@ -641,6 +662,25 @@ impl Supervisor {
             procfs::MARKER_VAR.into(),
             procfs::marker(&name, self.dir.root()),
         ));
+        if service.failover.is_some() {
+            // Every incarnation starts as a standby; promotion is announced
+            // through the promote hook or signal.
+            env.push(("SUPERVISE_ROLE".into(), "standby".into()));
+        }
+        let mut ready_pattern = None;
+        match service.health.as_ref().map(|h| (&h.probe, h.watchdog)) {
+            Some((Probe::Notify, watchdog)) => {
+                env.push((
+                    "NOTIFY_SOCKET".into(),
+                    self.dir.notify_socket().display().to_string(),
+                ));
+                if let Some(w) = watchdog {
+                    env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+                }
+            }
+            Some((Probe::Log(pattern), _)) => ready_pattern = Some(pattern.clone()),
+            _ => {}
+        }
         let config = ShimConfig {
             replica: name.clone(),
             generation,
@@ -663,6 +703,7 @@ impl Supervisor {
             exit_record: self.dir.exit_record(&name),
             running_record: self.dir.running_record(&name),
             lock: self.dir.instance_lock(&name),
+            ready_pattern,
             tee_prefix: self.display.prefix(&name, position),
         };
         let _ = std::fs::remove_file(&config.exit_record);
@@ -726,6 +767,8 @@ impl Supervisor {
     fn on_message(&mut self, message: Message) {
         match message {
             Message::Status(report) => self.on_report(report),
+            Message::Probe(result) => self.on_probe(result),
+            Message::Notify { pid, text } => self.on_notify(pid, &text),
             Message::ShimGone(shim) => {
                 self.pidfds.remove(&shim);
                 if let Some(id) = self.shims.remove(&shim) {
@@ -749,7 +792,9 @@ impl Supervisor {
                 replica.started_at = Some(SystemTime::now());
                 let detail = format!("spawned {} (pid {pid})", report.id);
                 self.emit("spawned", Some(&report.id), Some(pid), detail);
+                self.on_running(&report.id);
             }
+            (Some(Status::Ready), Phase::Running { .. }) => self.mark_healthy(&report.id),
             (Some(Status::Started { pid }), Phase::Stopping { shim, then, .. }) => {
                 // Asked to stop before its start was reported: keep the pid for status.
                 let (shim, then) = (*shim, *then);
@@ -852,12 +897,22 @@ impl Supervisor {
 
     /// A replica's processes are all gone: apply its restart policy.
     fn on_exit(&mut self, id: &ReplicaId, outcome: Outcome, now: Instant) {
+        self.end_health(id);
         let how = describe(&outcome);
         let replica = self.replica_mut(id);
+        replica.role = None;
         let pid = replica.phase.pid();
         replica.last_exit = Some((outcome.clone(), SystemTime::now()));
         replica.started_at = None;
         let since = match replica.phase {
+            Phase::Stopping {
+                then: AfterStop::Judge,
+                ..
+            } => {
+                self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
+                self.apply_policy(id, Outcome::Unhealthy, Duration::ZERO, now);
+                return;
+            }
             Phase::Stopping { then, .. } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
                 self.after_stop(id, then);
@@ -950,6 +1005,7 @@ fn describe(outcome: &Outcome) -> String {
         },
         Outcome::SpawnFailed => "could not start".into(),
         Outcome::Unknown => "ended (exit status unknown)".into(),
+        Outcome::Unhealthy => "was unhealthy".into(),
     }
 }
 

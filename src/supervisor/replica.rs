@@ -101,6 +101,26 @@ pub enum AfterStop {
     Start,
     /// Forgotten (scaled down, service removed by a reload).
     Remove,
+    /// Judged by the restart policy as a failure (it was unhealthy).
+    Judge,
+}
+
+/// What the health probe says of the current incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    /// No verdict yet (or no process).
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// Failover role (`mode = "active-standby"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Active,
+    Standby,
 }
 
 #[derive(Debug)]
@@ -116,6 +136,16 @@ pub struct Replica {
     pub started_at: Option<SystemTime>,
     /// Marked with `stop`: stays down until `start`/`restart`.
     pub stop_requested: bool,
+    /// Of the current incarnation; see `supervisor::health`.
+    pub health: Health,
+    /// Probe failures in a row (after `start_period`).
+    pub probe_failures: u32,
+    /// The current incarnation's probe task, aborted when it ends.
+    pub probe: Option<tokio::task::AbortHandle>,
+    /// notify services with `watchdog`: unhealthy if silent past this.
+    pub watchdog_until: Option<Instant>,
+    /// Failover services only.
+    pub role: Option<Role>,
 }
 
 impl Replica {
@@ -129,6 +159,11 @@ impl Replica {
             last_exit: None,
             started_at: None,
             stop_requested: false,
+            health: Health::Unknown,
+            probe_failures: 0,
+            probe: None,
+            watchdog_until: None,
+            role: None,
         }
     }
 }

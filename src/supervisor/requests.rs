@@ -17,7 +17,7 @@ use crate::spec::{self, Spec};
 use super::Supervisor;
 use super::desired::Scaled;
 use super::journal::rfc3339;
-use super::replica::{AfterStop, Phase, Replica, ReplicaId};
+use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId, Role};
 use super::restart::Outcome;
 
 impl Supervisor {
@@ -219,7 +219,10 @@ impl Supervisor {
                 let replicas: Vec<&Replica> = self.replicas_of(&service.name).collect();
                 ServiceStatus {
                     name: service.name.clone(),
-                    state: service_state(&replicas).into(),
+                    state: service_state(
+                        &replicas.iter().map(|r| shown_state(r)).collect::<Vec<_>>(),
+                    )
+                    .into(),
                     desired: self.desired.replicas(service),
                     replicas: replicas.iter().map(|r| replica_status(r)).collect(),
                 }
@@ -262,22 +265,32 @@ fn reload_plan(old: &Spec, new: &Spec, applied: bool) -> ReloadPlan {
     plan
 }
 
-/// SPEC.md §2 service states, from its replicas'.
-fn service_state(replicas: &[&Replica]) -> &'static str {
-    let all = |f: fn(&Phase) -> bool| replicas.iter().all(|r| f(&r.phase));
-    let any = |f: fn(&Phase) -> bool| replicas.iter().any(|r| f(&r.phase));
-    if any(|p| matches!(p, Phase::Failed)) {
+/// SPEC.md §2 service states, from its replicas' shown states.
+fn service_state(states: &[&str]) -> &'static str {
+    let all = |f: fn(&str) -> bool| states.iter().all(|s| f(s));
+    let any = |f: fn(&str) -> bool| states.iter().any(|s| f(s));
+    if any(|s| s == "failed") {
         "failed"
-    } else if all(|p| matches!(p, Phase::Stopped)) {
+    } else if all(|s| s == "stopped") {
         "stopped"
-    } else if all(|p| matches!(p, Phase::Exited)) {
+    } else if all(|s| s == "exited") {
         "completed"
-    } else if all(|p| matches!(p, Phase::Running { .. } | Phase::Exited)) {
+    } else if all(|s| s == "running" || s == "exited") {
         "running"
-    } else if any(|p| matches!(p, Phase::Running { .. })) {
+    } else if any(|s| s == "running") {
         "degraded"
     } else {
         "starting"
+    }
+}
+
+/// The state `status` shows: a running command is `starting` until its
+/// health probe first succeeds, and `unhealthy` after it fails for good.
+fn shown_state(r: &Replica) -> &'static str {
+    match (&r.phase, r.health) {
+        (Phase::Running { .. }, Health::Unknown) => "starting",
+        (Phase::Running { .. }, Health::Unhealthy) => "unhealthy",
+        (phase, _) => phase.name(),
     }
 }
 
@@ -285,15 +298,17 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
     ReplicaStatus {
         index: r.id.index,
         pid: r.phase.pid(),
-        state: r.phase.name().into(),
-        // Without probes a replica is healthy once its command runs.
-        health: if matches!(r.phase, Phase::Running { .. }) {
-            "healthy"
-        } else {
-            "unknown"
+        state: shown_state(r).into(),
+        health: match r.health {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Unknown => "unknown",
         }
         .into(),
-        role: None,
+        role: r.role.map(|role| match role {
+            Role::Active => "active".into(),
+            Role::Standby => "standby".into(),
+        }),
         restarts: r.restarts,
         started_at: r.started_at.map(rfc3339),
         last_exit: r.last_exit.as_ref().map(|(outcome, at)| LastExit {

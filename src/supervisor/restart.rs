@@ -17,6 +17,8 @@ pub enum Outcome {
     SpawnFailed,
     /// Its shim vanished without a record (it was killed).
     Unknown,
+    /// Stopped by us because its health checks failed.
+    Unhealthy,
 }
 
 impl Outcome {
@@ -31,7 +33,7 @@ impl Outcome {
             Outcome::Code(c) => *c,
             Outcome::Signal(s) => 128 + s,
             Outcome::SpawnFailed => 127,
-            Outcome::Unknown => 1,
+            Outcome::Unknown | Outcome::Unhealthy => 1,
         }
     }
 }

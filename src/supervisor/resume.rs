@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
 use super::checkpoint::{Checkpoint, ReplicaMemo};
-use super::replica::{AfterStop, Phase, Replica, ReplicaId};
+use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId};
 use super::restart::Outcome;
 use super::{Message, Supervisor};
 use crate::procfs;
@@ -56,7 +56,7 @@ impl Supervisor {
             if let Some(memo) = memo {
                 restore(self.replicas.get_mut(&id).expect("listed above"), memo);
             }
-            self.recover(&id, &mut found);
+            self.recover(&id, memo.cloned().unwrap_or_default(), &mut found);
         }
         // Processes of this state dir that no adopted shim accounts for
         // (their shim was killed while we were down) must not live on.
@@ -77,7 +77,7 @@ impl Supervisor {
     }
 
     /// Adopts replica `id` if it still runs, or records how it ended.
-    fn recover(&mut self, id: &ReplicaId, found: &mut Found) {
+    fn recover(&mut self, id: &ReplicaId, memo: ReplicaMemo, found: &mut Found) {
         let name = id.to_string();
         let running: Option<RunningRecord> = read_record(&self.dir.running_record(&name)).ok();
         let exited: Option<ExitRecord> = read_record(&self.dir.exit_record(&name)).ok();
@@ -85,7 +85,7 @@ impl Supervisor {
         if let (Some(shim), Some(record)) = (held, &running)
             && let Some(pidfd) = verified(shim, record)
         {
-            self.adopt(id, record, pidfd);
+            self.adopt(id, record, pidfd, &memo);
             found.adopted += 1;
             return;
         }
@@ -129,7 +129,13 @@ impl Supervisor {
         }
     }
 
-    fn adopt(&mut self, id: &ReplicaId, record: &RunningRecord, pidfd: OwnedFd) {
+    fn adopt(
+        &mut self,
+        id: &ReplicaId,
+        record: &RunningRecord,
+        pidfd: OwnedFd,
+        memo: &ReplicaMemo,
+    ) {
         let shim = Pid::from_raw(record.shim_pid as i32);
         let age = SystemTime::now()
             .duration_since(record.started_at)
@@ -148,6 +154,14 @@ impl Supervisor {
             record.pid, record.shim_pid
         );
         self.emit("adopted", Some(id), Some(record.pid), detail);
+        self.on_running(id);
+        let replica = self.replica_mut(id);
+        if memo.healthy {
+            replica.health = Health::Healthy;
+        }
+        if replica.role.is_some() && memo.role.is_some() {
+            replica.role = memo.role;
+        }
     }
 
     /// Takes an adopted shim on: it is watched (its exit comes through the
@@ -312,6 +326,8 @@ impl Supervisor {
                     .phase
                     .is_settled()
                     .then(|| replica.phase.name().to_string()),
+                role: replica.role,
+                healthy: replica.health == Health::Healthy,
             };
             checkpoint.replicas.insert(replica.id.to_string(), memo);
         }

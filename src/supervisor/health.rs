@@ -1,0 +1,376 @@
+//! Health: probes, readiness and the `unhealthy` verdict (SPEC.md §1
+//! `health`, §2 states).
+//!
+//! Each running incarnation of a replica with `health` gets one probe task
+//! (exec, http, tcp) that only does I/O: it runs the probe every `interval`,
+//! bounded by `timeout`, and reports the result to the loop with the
+//! incarnation it is about; stale results are dropped. `notify` services
+//! report themselves over the notify socket (see `notify.rs`), `log` ones
+//! through their shim (a matching output line). The loop turns results into
+//! state: `starting` until the first success, `running` while healthy,
+//! `unhealthy` after `retries` failures in a row (failures within
+//! `start_period` of the start do not count); with `action = "restart"` an
+//! unhealthy replica is stopped and its restart policy decides what follows,
+//! backoff included.
+
+use std::net::ToSocketAddrs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+
+use super::replica::{AfterStop, Health, Phase, ReplicaId, Role};
+use super::{Message, Supervisor};
+use crate::procfs;
+use crate::reaper::Reaper;
+use crate::spec::{self, HealthAction, Probe, Service};
+
+/// One probe's verdict on one incarnation.
+pub struct ProbeResult {
+    pub id: ReplicaId,
+    pub generation: u64,
+    pub ok: bool,
+    /// Why it failed, for the event line.
+    pub detail: String,
+    pub duration: Duration,
+}
+
+/// A probe with its templates expanded for one replica.
+enum Target {
+    Exec {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: std::path::PathBuf,
+    },
+    Http(String),
+    Tcp(String),
+}
+
+impl Supervisor {
+    /// Starts watching the health of `id`'s new incarnation (its command runs).
+    pub(super) fn start_health(&mut self, id: &ReplicaId) {
+        let Some(service) = self.spec.service(&id.service) else {
+            return;
+        };
+        let Some(health) = service.health.clone() else {
+            return;
+        };
+        let target = match &health.probe {
+            Probe::Notify => {
+                if let Some(watchdog) = health.watchdog {
+                    self.replica_mut(id).watchdog_until =
+                        Some(Instant::now() + health.start_period + watchdog);
+                }
+                return;
+            }
+            Probe::Log(_) => return,
+            probe => target_for(probe, service, &self.spec.dir, id.index),
+        };
+        let Some(target) = target else { return };
+        let generation = self.replicas[id].generation;
+        let messages = self.reports.clone();
+        let reaper = self.reaper.clone();
+        let id_for_task = id.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let started = Instant::now();
+                let (ok, detail) = match run(&target, &reaper, health.timeout).await {
+                    Ok(()) => (true, String::new()),
+                    Err(why) => (false, why),
+                };
+                let result = ProbeResult {
+                    id: id_for_task.clone(),
+                    generation,
+                    ok,
+                    detail,
+                    duration: started.elapsed(),
+                };
+                if messages.send(Message::Probe(result)).is_err() {
+                    return;
+                }
+                tokio::time::sleep(health.interval).await;
+            }
+        });
+        self.replica_mut(id).probe = Some(task.abort_handle());
+    }
+
+    /// The command of `id` runs: without `health` it counts as healthy at
+    /// once; with it, it is `starting` until its probe says otherwise.
+    pub(super) fn on_running(&mut self, id: &ReplicaId) {
+        let has_health = self
+            .spec
+            .service(&id.service)
+            .is_some_and(|s| s.health.is_some());
+        let failover = self
+            .spec
+            .service(&id.service)
+            .is_some_and(|s| s.failover.is_some());
+        let replica = self.replica_mut(id);
+        replica.role = failover.then_some(Role::Standby);
+        if has_health {
+            replica.health = Health::Unknown;
+            self.start_health(id);
+        } else {
+            replica.health = Health::Healthy;
+        }
+    }
+
+    /// A datagram on the notify socket: it counts for the replica whose
+    /// process group the sender is in, if that replica is a notify service.
+    pub(super) fn on_notify(&mut self, sender: u32, text: &str) {
+        let group = procfs::process_group(sender);
+        let found = self
+            .replicas
+            .values()
+            .find(|r| matches!(r.phase, Phase::Running { pid, .. } if Some(pid) == group));
+        let Some(id) = found.map(|r| r.id.clone()) else {
+            tracing::info!(
+                sender,
+                "notify: ignored a message from a process of no replica"
+            );
+            return;
+        };
+        let Some(health) = self
+            .spec
+            .service(&id.service)
+            .and_then(|s| s.health.clone())
+        else {
+            return;
+        };
+        if health.probe != Probe::Notify {
+            return;
+        }
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("READY", "1")) => self.mark_healthy(&id),
+                Some(("WATCHDOG", "1")) => {
+                    if let Some(w) = health.watchdog {
+                        self.replica_mut(&id).watchdog_until = Some(Instant::now() + w);
+                    }
+                }
+                Some(("WATCHDOG", "trigger")) => {
+                    self.replica_mut(&id).probe_failures = health.retries.saturating_sub(1);
+                    self.probe_failed(&id, "it sent WATCHDOG=trigger");
+                }
+                Some(("STATUS", status)) => {
+                    tracing::info!(replica = %id, status, "notify status");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The incarnation is over: no more probing, no verdict, no role.
+    pub(super) fn end_health(&mut self, id: &ReplicaId) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        if let Some(task) = replica.probe.take() {
+            task.abort();
+        }
+        replica.health = Health::Unknown;
+        replica.probe_failures = 0;
+        replica.watchdog_until = None;
+    }
+
+    pub(super) fn on_probe(&mut self, result: ProbeResult) {
+        if let Some(metrics) = &self.metrics {
+            metrics.probe_duration(&result.id.service, result.duration.as_secs_f64());
+        }
+        let Some(replica) = self.replicas.get(&result.id) else {
+            return;
+        };
+        if replica.generation != result.generation
+            || !matches!(replica.phase, Phase::Running { .. })
+        {
+            return;
+        }
+        if result.ok {
+            self.mark_healthy(&result.id);
+        } else {
+            self.probe_failed(&result.id, &result.detail);
+        }
+    }
+
+    pub(super) fn mark_healthy(&mut self, id: &ReplicaId) {
+        let replica = self.replica_mut(id);
+        replica.probe_failures = 0;
+        if replica.health != Health::Healthy {
+            replica.health = Health::Healthy;
+            let pid = replica.phase.pid();
+            self.emit("healthy", Some(id), pid, format!("{id} is healthy"));
+        }
+    }
+
+    /// One failed check: counts unless within `start_period`; `retries` in
+    /// a row make the replica unhealthy.
+    pub(super) fn probe_failed(&mut self, id: &ReplicaId, why: &str) {
+        let Some(health) = self
+            .spec
+            .service(&id.service)
+            .and_then(|s| s.health.clone())
+        else {
+            return;
+        };
+        let replica = self.replica_mut(id);
+        let since = match replica.phase {
+            Phase::Running { since, .. } => since,
+            _ => return,
+        };
+        if since.elapsed() < health.start_period {
+            return;
+        }
+        replica.probe_failures += 1;
+        if replica.probe_failures < health.retries || replica.health == Health::Unhealthy {
+            return;
+        }
+        replica.health = Health::Unhealthy;
+        let pid = replica.phase.pid();
+        let failures = replica.probe_failures;
+        self.demote(id);
+        let then = match health.action {
+            HealthAction::Restart => "; restarting it",
+            HealthAction::None => "",
+        };
+        self.emit(
+            "unhealthy",
+            Some(id),
+            pid,
+            format!("{id} is unhealthy after {failures} failed checks ({why}){then}"),
+        );
+        if health.action == HealthAction::Restart {
+            self.stop_replica(id, AfterStop::Judge);
+        }
+    }
+
+    /// notify services with a watchdog: a replica silent past its deadline
+    /// is unhealthy. Returns the next deadline.
+    pub(super) fn check_watchdogs(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let overdue: Vec<ReplicaId> = self
+            .replicas
+            .values()
+            .filter_map(|r| {
+                let until = r.watchdog_until?;
+                if until <= now {
+                    Some(r.id.clone())
+                } else {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                    None
+                }
+            })
+            .collect();
+        for id in overdue {
+            self.replica_mut(&id).watchdog_until = None;
+            // A watchdog miss is a verdict on its own, like `retries` failures.
+            let retries = self
+                .spec
+                .service(&id.service)
+                .and_then(|s| s.health.as_ref())
+                .map_or(1, |h| h.retries);
+            self.replica_mut(&id).probe_failures = retries.saturating_sub(1);
+            self.probe_failed(&id, "watchdog expired: no WATCHDOG=1 in time");
+        }
+        next
+    }
+}
+
+/// Expands a probe's templates for replica `index`.
+fn target_for(probe: &Probe, service: &Service, dir: &Path, index: u32) -> Option<Target> {
+    let plan = service.replica(dir, index);
+    let vars = spec::Vars {
+        service: &service.name,
+        replica: index,
+        port: plan.port,
+        pid: None,
+    };
+    Some(match probe {
+        Probe::Exec(argv) => Target::Exec {
+            argv: argv.iter().map(|a| spec::expand(a, &vars)).collect(),
+            env: plan.env,
+            cwd: plan.cwd,
+        },
+        Probe::Http(url) => Target::Http(spec::expand(url, &vars)),
+        Probe::Tcp(addr) => Target::Tcp(spec::expand(addr, &vars)),
+        Probe::Notify | Probe::Log(_) => return None,
+    })
+}
+
+fn too_slow(timeout: Duration) -> String {
+    format!("no answer within {}", humantime::format_duration(timeout))
+}
+
+/// Runs one check, bounded by `timeout`; Err says why it failed.
+async fn run(target: &Target, reaper: &Reaper, timeout: Duration) -> Result<(), String> {
+    match target {
+        Target::Tcp(addr) => {
+            let addrs: Vec<_> = addr
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+                .collect();
+            let first = addrs
+                .first()
+                .ok_or_else(|| format!("{addr} resolves to nothing"))?;
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(first)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
+                Err(_) => Err(too_slow(timeout)),
+            }
+        }
+        Target::Http(url) => {
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?;
+            let response = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let status = response.status();
+            if status.is_success() || status.is_redirection() {
+                Ok(())
+            } else {
+                Err(format!("GET {url}: {status}"))
+            }
+        }
+        Target::Exec { argv, env, cwd } => run_exec(argv, env, cwd, reaper, timeout).await,
+    }
+}
+
+/// An exec probe: exit 0 is healthy; killed at the timeout.
+async fn run_exec(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    reaper: &Reaper,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (program, args) = argv.split_first().ok_or("empty probe command")?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let (child, exited) = reaper
+        .spawn(&mut cmd)
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    // Our unreaped child: its pid cannot have been reused yet.
+    let pidfd = procfs::pidfd_open(child.id());
+    match tokio::time::timeout(timeout, exited).await {
+        Ok(Ok(WaitStatus::Exited(_, 0))) => Ok(()),
+        Ok(Ok(WaitStatus::Exited(_, code))) => Err(format!("{program} exited with code {code}")),
+        Ok(Ok(other)) => Err(format!("{program} ended: {other:?}")),
+        Ok(Err(_)) => Err(format!("{program}: exit status lost")),
+        Err(_) => {
+            if let Ok(fd) = &pidfd {
+                let _ = procfs::pidfd_signal(fd, Signal::SIGKILL);
+            }
+            Err(format!("{program}: {}", too_slow(timeout)))
+        }
+    }
+}
