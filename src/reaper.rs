@@ -53,4 +53,11 @@ impl Reaper {
             None => false,
         }
     }
+
+    /// The children still waited for (for tests that play the loop's part).
+    #[cfg(test)]
+    pub fn waiting_pids(&self) -> Vec<Pid> {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.keys().copied().collect()
+    }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use plan::render_plan;
-pub use template::{Vars, expand};
+pub use template::{Vars, expand, expand_with};
 
 use nix::sys::signal::Signal;
 

@@ -52,6 +52,18 @@ pub fn pieces(template: &str) -> Result<Vec<Piece<'_>>, usize> {
 /// Expands a validated template. Unknown placeholders (which validation
 /// rejects) are kept as written.
 pub fn expand(template: &str, vars: &Vars) -> String {
+    expand_with(template, |name| match name {
+        "service" => Some(vars.service.to_string()),
+        "replica" => Some(vars.replica.to_string()),
+        "port" => vars.port.map(|p| p.to_string()),
+        "pid" => vars.pid.map(|p| p.to_string()),
+        _ => None,
+    })
+}
+
+/// Expands a template with `value(name)` for each placeholder; one it has
+/// no value for is kept as written.
+pub fn expand_with(template: &str, value: impl Fn(&str) -> Option<String>) -> String {
     let Ok(pieces) = pieces(template) else {
         return template.to_string();
     };
@@ -59,19 +71,14 @@ pub fn expand(template: &str, vars: &Vars) -> String {
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Placeholder("service") => out.push_str(vars.service),
-            Piece::Placeholder("replica") => out.push_str(&vars.replica.to_string()),
-            Piece::Placeholder("port") if vars.port.is_some() => {
-                out.push_str(&vars.port.unwrap_or_default().to_string())
-            }
-            Piece::Placeholder("pid") if vars.pid.is_some() => {
-                out.push_str(&vars.pid.unwrap_or_default().to_string())
-            }
-            Piece::Placeholder(other) => {
-                out.push('{');
-                out.push_str(other);
-                out.push('}');
-            }
+            Piece::Placeholder(name) => match value(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    out.push('{');
+                    out.push_str(name);
+                    out.push('}');
+                }
+            },
         }
     }
     out
