@@ -11,8 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -22,20 +21,6 @@ use nix::unistd::Pid;
 
 fn kill9(pid: i32) {
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
-}
-
-/// `status` over the control socket, as JSON.
-fn status(state_dir: &Path) -> Option<serde_json::Value> {
-    let mut s = UnixStream::connect(state_dir.join("control.sock")).ok()?;
-    s.set_read_timeout(Some(SOON)).ok()?;
-    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"status\"}}\n")
-        .ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    serde_json::from_str::<serde_json::Value>(&line)
-        .ok()?
-        .get("result")
-        .cloned()
 }
 
 /// Live processes of this state dir running `comm`, by replica name.
@@ -110,7 +95,7 @@ fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
         // The chaos: SIGKILL at a random moment of the supervisor's life,
         // right after reading its restart counts (the newest it has shown).
         std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
-        if let Some(report) = status(&state_dir) {
+        if let Some(report) = socket_status(&state_dir) {
             check_restarts(round, &report);
         }
         let victim = guards.last_mut().unwrap();
@@ -161,10 +146,13 @@ fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
             .unwrap_or_else(|e| panic!("round {round}: torn checkpoint: {e}\n{text}"));
         assert_eq!(checkpoint["version"], 1);
         // I6: restart counts never go backwards.
-        check_restarts(round, &status(&state_dir).expect("status after resume"));
+        check_restarts(
+            round,
+            &socket_status(&state_dir).expect("status after resume"),
+        );
         guards.push(next);
     }
-    let report = status(&state_dir).unwrap();
+    let report = socket_status(&state_dir).unwrap();
     let flappy = report["services"]
         .as_array()
         .unwrap()
@@ -318,7 +306,7 @@ restart = { delay = "50ms" }
     let (line, _) = next.expect_event(r"^job\.0 exited with code 3; restart 1 in \d+ms$", SOON);
     let (_, again) = next.expect_spawned_from(line.index, "job.0");
     assert_ne!(again, pid);
-    let report = status(&next.state_dir()).unwrap();
+    let report = socket_status(&next.state_dir()).unwrap();
     let replica = &report["services"][0]["replicas"][0];
     assert_eq!(replica["last_exit"]["code"], 3, "{report}");
     assert_eq!(replica["restarts"], 1);

@@ -9,7 +9,7 @@
 //! through their shim (a matching output line). The loop turns results into
 //! state: `starting` until the first success, `running` while healthy,
 //! `unhealthy` after `retries` failures in a row (failures within
-//! `start_period` of the start do not count); with `action = "restart"` an
+//! `start_period` of the start do not count, until the first success); with `action = "restart"` an
 //! unhealthy replica is stopped and its restart policy decides what follows,
 //! backoff included.
 
@@ -219,7 +219,9 @@ impl Supervisor {
             Phase::Running { since, .. } => since,
             _ => return,
         };
-        if since.elapsed() < health.start_period {
+        // As with Docker: the start period shields a replica until its first
+        // success, not after.
+        if replica.health == Health::Unknown && since.elapsed() < health.start_period {
             return;
         }
         replica.probe_failures += 1;

@@ -727,26 +727,25 @@ impl Supervisor {
         }
     }
 
-    /// Reads the shim's one status line in a task and hands it to the loop.
+    /// Reads the shim's status lines (the start, then maybe readiness) in a
+    /// task and hands each to the loop; ends when the shim closes the pipe.
     fn watch_status(&self, id: ReplicaId, generation: u64, pipe: OwnedFd) {
         let reports = self.reports.clone();
         tokio::spawn(async move {
-            let mut status = None;
-            if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
-                let mut line = String::new();
-                if tokio::io::BufReader::new(rx)
-                    .read_line(&mut line)
-                    .await
-                    .is_ok()
-                {
-                    status = serde_json::from_str(&line).ok();
+            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
+                return;
+            };
+            let mut lines = tokio::io::BufReader::new(rx).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let report = Report {
+                    id: id.clone(),
+                    generation,
+                    status: serde_json::from_str(&line).ok(),
+                };
+                if reports.send(Message::Status(report)).is_err() {
+                    return;
                 }
             }
-            let _ = reports.send(Message::Status(Report {
-                id,
-                generation,
-                status,
-            }));
         });
     }
 

@@ -833,3 +833,33 @@ impl Drop for Project {
         }
     }
 }
+
+/// `status` over the raw control socket, as JSON (the `result` object):
+/// cheap enough to sample every few milliseconds.
+pub fn socket_status(state_dir: &Path) -> Option<serde_json::Value> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(state_dir.join("control.sock")).ok()?;
+    s.set_read_timeout(Some(SOON)).ok()?;
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"status\"}}\n")
+        .ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str::<serde_json::Value>(&line)
+        .ok()?
+        .get("result")
+        .cloned()
+}
+
+/// One replica's object in a status report.
+pub fn replica_in<'a>(
+    report: &'a serde_json::Value,
+    service: &str,
+    index: u64,
+) -> &'a serde_json::Value {
+    report["services"]
+        .as_array()
+        .and_then(|services| services.iter().find(|s| s["name"] == service))
+        .and_then(|s| s["replicas"].as_array())
+        .and_then(|rs| rs.iter().find(|r| r["index"] == index))
+        .unwrap_or(&serde_json::Value::Null)
+}

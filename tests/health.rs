@@ -1,0 +1,342 @@
+//! Health checks, readiness and failover against real children (SPEC.md §1
+//! `health`, `failover`; §2 states): every probe kind, `start_period`,
+//! unhealthy → restart, notify with its sender check and watchdog,
+//! dependency gating on `healthy`, and active-standby under repeated loss.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn state_of(sup: &Supervise, service: &str, index: u64) -> (String, String) {
+    let report = socket_status(&sup.state_dir()).unwrap_or_default();
+    let r = replica_in(&report, service, index);
+    (
+        r["state"].as_str().unwrap_or_default().to_string(),
+        r["health"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn wait_state(sup: &Supervise, service: &str, index: u64, state: &str, health: &str) {
+    let ok = wait_until(SOON, || {
+        state_of(sup, service, index) == (state.into(), health.into())
+    });
+    assert!(
+        ok,
+        "{service}.{index} never became {state}/{health}; it is {:?}\n{}",
+        state_of(sup, service, index),
+        sup.transcript()
+    );
+}
+
+#[test]
+fn http_probe_against_a_real_web_server() {
+    let port = free_port();
+    let sup = Supervise::start(&format!(
+        r#"
+[services.web]
+command = ["python3", "-m", "http.server", "{{port}}", "--bind", "127.0.0.1"]
+port = {port}
+[services.web.health]
+http = "http://127.0.0.1:{{port}}/"
+interval = "100ms"
+"#
+    ));
+    sup.expect_spawned("web.0");
+    wait_state(&sup, "web", 0, "running", "healthy");
+    sup.expect_event(r"^web\.0 is healthy$", SOON);
+}
+
+#[test]
+fn tcp_probe_sees_the_listener_and_its_loss_restarts_the_replica() {
+    let port = free_port();
+    // Listens, then stops listening (but keeps running) once `close` exists.
+    let sup = Supervise::start(&format!(
+        r#"
+[services.db]
+command = ["python3", "-c", '''
+import os, socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen()
+while not os.path.exists("close"): time.sleep(0.02)
+s.close(); time.sleep(1000)
+''']
+port = {port}
+[services.db.health]
+tcp = "127.0.0.1:{{port}}"
+interval = "100ms"
+retries = 2
+start_period = "3s"
+[services.db.restart]
+delay = "50ms"
+"#
+    ));
+    let first = sup.expect_spawned("db.0");
+    wait_state(&sup, "db", 0, "running", "healthy");
+    std::fs::write(sup.dir().join("close"), "").unwrap();
+    let (line, _) = sup.expect_event(
+        r"^db\.0 is unhealthy after 2 failed checks \(connect .*\); restarting it$",
+        SOON,
+    );
+    std::fs::remove_file(sup.dir().join("close")).unwrap();
+    sup.expect_event_from(
+        line.index,
+        r"^db\.0 was unhealthy; restart 1 in \d+ms$",
+        SOON,
+    );
+    let (_, second) = sup.expect_spawned_from(line.index, "db.0");
+    assert_ne!(second, first);
+    assert!(wait_until(SOON, || !is_alive(first)));
+    wait_state(&sup, "db", 0, "running", "healthy");
+}
+
+#[test]
+fn exec_probe_turns_unhealthy_on_a_signal_and_start_period_is_honoured() {
+    let sup = Supervise::start(
+        r#"
+[services.app]
+command = ["sh", "-c", "trap 'touch broken' USR1; echo ready; while :; do sleep 0.05; done"]
+[services.app.health]
+exec = ["sh", "-c", "test -e started-long-ago && ! test -e broken"]
+interval = "50ms"
+retries = 1
+start_period = "1s"
+action = "none"
+"#,
+    );
+    let pid = sup.expect_spawned("app.0");
+    // Failing from the start, but within start_period: still only `starting`.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        state_of(&sup, "app", 0),
+        ("starting".into(), "unknown".into())
+    );
+    assert!(sup.events().iter().all(|e| !e.contains("unhealthy")));
+    std::fs::write(sup.dir().join("started-long-ago"), "").unwrap();
+    wait_state(&sup, "app", 0, "running", "healthy");
+    kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
+    sup.expect_event(
+        r"^app\.0 is unhealthy after 1 failed checks \(sh exited with code 1\)$",
+        SOON,
+    );
+    wait_state(&sup, "app", 0, "unhealthy", "unhealthy");
+    // action = "none": reported, not restarted.
+    assert!(is_alive(pid));
+}
+
+const NOTIFY_CHILD: &str = r#"
+import os, socket, sys, time
+def notify(msg):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), os.environ["NOTIFY_SOCKET"])
+time.sleep(float(sys.argv[1]))
+notify("READY=1\nSTATUS=serving")
+for i in range(int(sys.argv[2])):
+    notify("WATCHDOG=1"); time.sleep(0.1)
+time.sleep(1000)
+"#;
+
+#[test]
+fn notify_service_is_starting_until_ready_and_unhealthy_when_its_watchdog_lapses() {
+    let sup = Supervise::start(&format!(
+        r#"
+[services.daemon]
+command = ["python3", "-c", '''{NOTIFY_CHILD}''', "0.8", "5"]
+[services.daemon.health]
+notify = true
+watchdog = "400ms"
+action = "none"
+"#
+    ));
+    let spawned_at = Instant::now();
+    sup.expect_spawned("daemon.0");
+    assert_eq!(
+        state_of(&sup, "daemon", 0),
+        ("starting".into(), "unknown".into())
+    );
+    let (ready, _) = sup.expect_event(r"^daemon\.0 is healthy$", SOON);
+    assert!(
+        ready.at.duration_since(spawned_at) >= Duration::from_millis(700),
+        "ready before the child said READY=1"
+    );
+    // Five watchdog pings, then silence: unhealthy once 400ms pass without one.
+    sup.expect_event(r"^daemon\.0 is unhealthy .*watchdog expired", SOON);
+    wait_state(&sup, "daemon", 0, "unhealthy", "unhealthy");
+}
+
+#[test]
+fn notify_from_an_unrelated_process_is_ignored() {
+    let sup = Supervise::start(&format!(
+        r#"
+[services.daemon]
+command = ["python3", "-c", '''{NOTIFY_CHILD}''', "1000", "0"]
+[services.daemon.health]
+notify = true
+"#
+    ));
+    sup.expect_spawned("daemon.0");
+    let socket = sup.state_dir().join("notify.sock");
+    // Another process (not in the replica's process group) claims readiness.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', sys.argv[1])",
+        ])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        state_of(&sup, "daemon", 0),
+        ("starting".into(), "unknown".into())
+    );
+}
+
+#[test]
+fn log_pattern_makes_a_replica_ready() {
+    let sup = Supervise::start(
+        r#"
+[services.app]
+command = ["sh", "-c", "echo booting; sleep 0.5; echo 'listening on :8080'; exec sleep 1000"]
+[services.app.health]
+log = "listening on :\\d+"
+"#,
+    );
+    sup.expect_spawned("app.0");
+    assert_eq!(state_of(&sup, "app", 0).0, "starting");
+    sup.expect_event(r"^app\.0 is healthy$", SOON);
+    wait_state(&sup, "app", 0, "running", "healthy");
+}
+
+#[test]
+fn a_dependant_waits_for_its_dependency_to_be_healthy() {
+    let sup = Supervise::start(
+        r#"
+[services.db]
+command = ["sh", "-c", "sleep 0.6; touch db-ready; exec sleep 1000"]
+[services.db.health]
+exec = ["test", "-e", "db-ready"]
+interval = "50ms"
+start_period = "5s"
+
+[services.api]
+command = ["sleep", "1000"]
+depends_on = { db = "healthy" }
+"#,
+    );
+    let (healthy, _) = sup.expect_event(r"^db\.0 is healthy$", SOON);
+    let (api, _) = sup.expect_event(r"^spawned api\.0 ", SOON);
+    assert!(
+        api.index > healthy.index,
+        "api spawned before db was healthy"
+    );
+    let (db, _) = sup.expect_event(r"^spawned db\.0 ", SOON);
+    assert!(
+        api.at.duration_since(db.at) >= Duration::from_millis(500),
+        "api started {:?} after db",
+        api.at.duration_since(db.at)
+    );
+}
+
+#[test]
+fn failover_promotes_a_standby_within_a_second_each_time_the_active_dies() {
+    let sup = Supervise::start(
+        r#"
+[services.kv]
+command = ["sh", "-c", "echo role $SUPERVISE_ROLE; exec sleep 1000"]
+replicas = 3
+[services.kv.restart]
+delay = "50ms"
+max_delay = "200ms"
+limit = 0
+[services.kv.failover]
+mode = "active-standby"
+promote = ["sh", "-c", "echo {replica} {pid} >> promoted.log"]
+"#,
+    );
+    for i in 0..3 {
+        sup.expect_spawned(&format!("kv.{i}"));
+    }
+    let state_dir = sup.state_dir();
+    let actives = |report: &serde_json::Value| -> Vec<(u64, i64)> {
+        (0..3)
+            .filter_map(|i| {
+                let r = replica_in(report, "kv", i);
+                (r["role"] == "active").then(|| (i, r["pid"].as_i64().unwrap_or(-1)))
+            })
+            .collect()
+    };
+    let active_now = || {
+        let mut found = None;
+        wait_until(SOON, || {
+            found = socket_status(&state_dir).and_then(|r| actives(&r).first().copied());
+            found.is_some()
+        });
+        found.expect("no active replica")
+    };
+    // A sampler watches status every 10 ms for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, state_dir) = (stop.clone(), state_dir.clone());
+        std::thread::spawn(move || {
+            let mut samples = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(report) = socket_status(&state_dir) {
+                    let n = (0..3)
+                        .filter(|&i| replica_in(&report, "kv", i)["role"] == "active")
+                        .count();
+                    assert!(n <= 1, "two actives at once: {report:#}");
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        })
+    };
+    let mut promoted = BTreeSet::new();
+    let (mut index, mut pid) = active_now();
+    for round in 0..20 {
+        // A standby must be there to take over (the others may be restarting).
+        assert!(wait_until(SOON, || socket_status(&state_dir)
+            .is_some_and(|r| (0..3)
+                .any(|i| replica_in(&r, "kv", i)["role"] == "standby"
+                    && replica_in(&r, "kv", i)["state"] == "running"))));
+        let killed_at = Instant::now();
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        let mut next = None;
+        let took_over = wait_until(Duration::from_secs(1), || {
+            next = socket_status(&state_dir)
+                .and_then(|r| actives(&r).first().copied())
+                .filter(|&(_, p)| p != pid);
+            next.is_some()
+        });
+        assert!(
+            took_over,
+            "round {round}: no standby took over within 1s of killing kv.{index}\n{}",
+            sup.transcript()
+        );
+        (index, pid) = next.unwrap();
+        assert!(killed_at.elapsed() < Duration::from_secs(1));
+        promoted.insert(index);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().expect("the sampler saw two actives");
+    assert!(samples > 20, "too few samples: {samples}");
+    // The hook ran with each promoted replica's index and pid.
+    let log = std::fs::read_to_string(sup.dir().join("promoted.log")).unwrap_or_default();
+    let last = log.lines().last().unwrap_or_default().to_string();
+    assert_eq!(last, format!("{index} {pid}"), "promote hook log:\n{log}");
+    assert!(log.lines().count() >= 21, "{log}");
+    // Replacements come back as standbys.
+    let roles: Vec<String> = sup
+        .output()
+        .into_iter()
+        .filter_map(|(_, text)| text.strip_prefix("role ").map(str::to_string))
+        .collect();
+    assert!(roles.iter().all(|r| r == "standby"), "{roles:?}");
+}
