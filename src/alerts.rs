@@ -634,6 +634,26 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_answering_non_2xx_fails_with_the_status() {
+        runtime().block_on(async {
+            // A real HTTP server at hand: the metrics endpoint, which
+            // answers a POST with 405.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            drop(listener);
+            crate::metrics::serve(addr, Default::default()).unwrap();
+            let hook =
+                WebhookTarget::new(&format!("http://{addr}/metrics"), Duration::from_secs(5))
+                    .unwrap();
+            let err = hook
+                .post(&event("failed", Some("api"), Some(0)))
+                .await
+                .unwrap_err();
+            assert_eq!(err, "HTTP 405 Method Not Allowed");
+        });
+    }
+
+    #[test]
     fn a_webhook_nobody_listens_to_fails_with_the_cause() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -220,6 +220,10 @@ webhook = "http://127.0.0.1:{port}/slow"
 [[alerts]]
 events = ["exited"]
 command = ["sleep", "30"]
+
+[[alerts]]
+events = ["spawned"]
+command = ["sh", "-c", "cat >> spawned.jsonl"]
 "#
     ));
     // Each cycle is 100ms of run and 100ms (±10%) of backoff; each alert
@@ -239,6 +243,12 @@ command = ["sleep", "30"]
             sup.transcript()
         );
     }
+    // A quick alert beside the stuck ones keeps up.
+    let quick = wait_until(SOON, || {
+        std::fs::read_to_string(sup.dir().join("spawned.jsonl"))
+            .is_ok_and(|text| text.lines().count() >= spawned.len())
+    });
+    assert!(quick, "the quick alert fell behind\n{}", sup.transcript());
     let line = expect_stderr(
         &sup,
         "failed for event spawned flap.0: timed out",
