@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -135,6 +135,64 @@ pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     let aside = path.with_extension(format!("bad-{}", stamp.replace(':', "")));
     std::fs::rename(path, &aside)?;
     Ok(aside)
+}
+
+/// Checkpoint writes are batched: at most one per this interval, so a
+/// restart storm is not an fsync storm.
+const BATCH: Duration = Duration::from_millis(20);
+
+impl super::Supervisor {
+    /// Saves the checkpoint now (desired-state changes, which a request
+    /// acknowledges, and shutdown).
+    pub(super) fn save_checkpoint(&mut self) {
+        let bytes = match serde_json::to_vec(&self.checkpoint()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serialise the checkpoint");
+                return;
+            }
+        };
+        self.last_save = Some(Instant::now());
+        if bytes == self.saved {
+            self.dirty = false;
+            return;
+        }
+        match self.checkpoint().save(&self.dir.checkpoint()) {
+            Ok(()) => {
+                self.saved = bytes;
+                self.dirty = false;
+            }
+            Err(e) => {
+                // Supervision goes on with the state in memory; the write is
+                // retried with the next batch.
+                self.display.event(&format!(
+                    "checkpoint: cannot write {}: {e}; retrying",
+                    self.dir.checkpoint().display()
+                ));
+            }
+        }
+    }
+
+    /// When the batched checkpoint write is due, if one is pending; writes
+    /// it if that is now.
+    pub(super) fn checkpoint_due(&mut self, now: Instant) -> Option<Instant> {
+        if !self.dirty {
+            return None;
+        }
+        // A failed write is retried after a second, not every batch.
+        let pause = if self.saved.is_empty() && self.last_save.is_some() {
+            Duration::from_secs(1)
+        } else {
+            BATCH
+        };
+        match self.last_save.map(|t| t + pause) {
+            Some(due) if due > now => Some(due),
+            _ => {
+                self.save_checkpoint();
+                self.dirty.then(|| now + Duration::from_secs(1))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 mod checkpoint;
 mod desired;
 mod display;
+mod exits;
 mod failover;
 mod health;
 mod journal;
@@ -26,21 +27,17 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::alerts::Alerts;
 use crate::control::protocol::EventRecord;
 use crate::control::server;
-use crate::exit;
 use crate::metrics::{self, Metrics};
-use crate::procfs;
 use crate::reaper::Reaper;
-use crate::shim::protocol::{ExitRecord, LogConfig, ShimConfig, Status, read_record};
+use crate::shim::protocol::Status;
 use crate::spec::{Condition, Probe, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
 use checkpoint::Checkpoint;
@@ -48,7 +45,6 @@ use desired::Desired;
 use display::Display;
 use journal::Journal;
 use replica::{AfterStop, Health, Phase, Replica, ReplicaId};
-use restart::{Decision, Outcome};
 
 /// How `supervise up` was asked to run.
 #[derive(Debug, Clone, Default)]
@@ -203,10 +199,6 @@ struct Shutdown {
     exit_code: i32,
 }
 
-/// Checkpoint writes are batched: at most one per this interval, so a
-/// restart storm is not an fsync storm.
-const CHECKPOINT_BATCH: Duration = Duration::from_millis(20);
-
 struct Supervisor {
     spec: Spec,
     dir: StateDir,
@@ -338,58 +330,6 @@ impl Supervisor {
             metrics.on_event(&record);
         }
         self.journal.push(record);
-    }
-
-    /// Saves the checkpoint now (desired-state changes, which a request
-    /// acknowledges, and shutdown).
-    fn save_checkpoint(&mut self) {
-        let bytes = match serde_json::to_vec(&self.checkpoint()) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise the checkpoint");
-                return;
-            }
-        };
-        self.last_save = Some(Instant::now());
-        if bytes == self.saved {
-            self.dirty = false;
-            return;
-        }
-        match self.checkpoint().save(&self.dir.checkpoint()) {
-            Ok(()) => {
-                self.saved = bytes;
-                self.dirty = false;
-            }
-            Err(e) => {
-                // Supervision goes on with the state in memory; the write is
-                // retried with the next batch.
-                self.display.event(&format!(
-                    "checkpoint: cannot write {}: {e}; retrying",
-                    self.dir.checkpoint().display()
-                ));
-            }
-        }
-    }
-
-    /// When the batched checkpoint write is due, if one is pending; writes
-    /// it if that is now.
-    fn checkpoint_due(&mut self, now: Instant) -> Option<Instant> {
-        if !self.dirty {
-            return None;
-        }
-        // A failed write is retried after a second, not every batch.
-        let pause = if self.saved.is_empty() && self.last_save.is_some() {
-            Duration::from_secs(1)
-        } else {
-            CHECKPOINT_BATCH
-        };
-        match self.last_save.map(|t| t + pause) {
-            Some(due) if due > now => Some(due),
-            _ => {
-                self.save_checkpoint();
-                self.dirty.then(|| now + Duration::from_secs(1))
-            }
-        }
     }
 
     fn announce(&self) {
@@ -646,123 +586,6 @@ impl Supervisor {
         self.replica_mut(id).phase = phase;
     }
 
-    fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
-        let service = &self.spec.services[position];
-        let plan = service.replica(&self.spec.dir, id.index);
-        let name = id.to_string();
-        let replica = self
-            .replicas
-            .get_mut(id)
-            .expect("replica ids come from the map");
-        replica.generation += 1;
-        let generation = replica.generation;
-        let restarts = replica.restarts;
-        let mut env = plan.env;
-        env.push((
-            procfs::MARKER_VAR.into(),
-            procfs::marker(&name, self.dir.root()),
-        ));
-        if service.failover.is_some() {
-            // Every incarnation starts as a standby; promotion is announced
-            // through the promote hook or signal.
-            env.push(("SUPERVISE_ROLE".into(), "standby".into()));
-        }
-        let mut ready_pattern = None;
-        match service.health.as_ref().map(|h| (&h.probe, h.watchdog)) {
-            Some((Probe::Notify, watchdog)) => {
-                env.push((
-                    "NOTIFY_SOCKET".into(),
-                    self.dir.notify_socket().display().to_string(),
-                ));
-                if let Some(w) = watchdog {
-                    env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
-                }
-            }
-            Some((Probe::Log(pattern), _)) => ready_pattern = Some(pattern.clone()),
-            _ => {}
-        }
-        let config = ShimConfig {
-            replica: name.clone(),
-            generation,
-            argv: plan.argv,
-            env,
-            cwd: plan.cwd,
-            uid: service.user.as_ref().map(|u| u.uid),
-            gid: service
-                .group
-                .as_ref()
-                .map(|g| g.gid)
-                .or(service.user.as_ref().map(|u| u.gid)),
-            stop_signal: service.stop_signal as i32,
-            stop_timeout_ms: service.stop_timeout.as_millis() as u64,
-            log: LogConfig {
-                path: self.dir.log_file(&name),
-                max_size: self.spec.supervisor.log_max_size,
-                keep: self.spec.supervisor.log_keep,
-            },
-            exit_record: self.dir.exit_record(&name),
-            running_record: self.dir.running_record(&name),
-            lock: self.dir.instance_lock(&name),
-            ready_pattern,
-            tee_prefix: self.display.prefix(&name, position),
-        };
-        let _ = std::fs::remove_file(&config.exit_record);
-        match launch::spawn_shim(&config, self.display.tee_fd()) {
-            Ok((shim, status_pipe)) => {
-                self.shims.insert(shim, id.clone());
-                self.set_phase(id, Phase::Starting { shim, since: now });
-                if restarts > 0 {
-                    let detail = format!("restarting {id} (restart {restarts})");
-                    self.emit("restarted", Some(id), None, detail);
-                }
-                self.watch_status(id.clone(), generation, status_pipe);
-            }
-            Err(e) => {
-                // Could not even fork the shim (EAGAIN, ENOMEM): the same as a
-                // command that did not start, so the restart policy decides.
-                let detail = format!("{id} could not be started: {e}");
-                self.emit("spawn_failed", Some(id), None, detail);
-                self.on_exit(id, Outcome::SpawnFailed, now);
-            }
-        }
-    }
-
-    /// Reads the shim's status lines (the start, then maybe readiness) in a
-    /// task and hands each to the loop; ends when the shim closes the pipe.
-    fn watch_status(&self, id: ReplicaId, generation: u64, pipe: OwnedFd) {
-        let reports = self.reports.clone();
-        tokio::spawn(async move {
-            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
-                return;
-            };
-            let mut lines = tokio::io::BufReader::new(rx).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let report = Report {
-                    id: id.clone(),
-                    generation,
-                    status: serde_json::from_str(&line).ok(),
-                };
-                if reports.send(Message::Status(report)).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-
-    /// Signals a shim: through its pidfd when it was adopted (a pid that is
-    /// not our child could be reused the moment it exits), else by pid (our
-    /// own child's pid stays reserved until we reap it).
-    fn signal_shim(&self, shim: Pid, signal: Signal) {
-        match self.pidfds.get(&shim) {
-            Some(pidfd) => {
-                let _ = procfs::pidfd_signal(pidfd, signal);
-            }
-            None => {
-                let _ = kill(shim, signal);
-            }
-        }
-    }
-
     fn on_message(&mut self, message: Message) {
         match message {
             Message::Status(report) => self.on_report(report),
@@ -811,203 +634,4 @@ impl Supervisor {
             _ => {}
         }
     }
-
-    /// Reaps every child that has exited: shims (whose replica then exited)
-    /// and orphans that were re-parented to us.
-    fn reap(&mut self) {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
-                    if let Some(id) = self.shims.remove(&pid) {
-                        self.on_shim_exit(&id, format!("{status:?}"));
-                    } else if !self.reaper.deliver(pid, status) {
-                        tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan");
-                    }
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "waitpid failed");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// A shim is gone; `how` says how, for when it left no exit record.
-    fn on_shim_exit(&mut self, id: &ReplicaId, how: String) {
-        let path = self.dir.exit_record(&id.to_string());
-        let record: Option<ExitRecord> = read_record(&path).ok();
-        let _ = std::fs::remove_file(&path);
-        let generation = self.replicas[id].generation;
-        // A replica that ended before its shim's start report was read is
-        // announced now, so that every incarnation has its `spawned` event
-        // (the late report is then ignored: the phase is no longer Starting).
-        if let Some(ExitRecord {
-            generation: g,
-            pid: Some(pid),
-            spawn_error: None,
-            ..
-        }) = &record
-            && *g == generation
-            && matches!(self.replicas[id].phase, Phase::Starting { .. })
-        {
-            let pid = *pid;
-            self.emit(
-                "spawned",
-                Some(id),
-                Some(pid),
-                format!("spawned {id} (pid {pid})"),
-            );
-        }
-        let outcome = match record {
-            Some(r) if r.generation == generation => match (r.spawn_error, r.code, r.signal) {
-                (Some(_), _, _) => Outcome::SpawnFailed,
-                (None, Some(code), _) => Outcome::Code(code),
-                (None, None, Some(sig)) => Outcome::Signal(sig),
-                (None, None, None) => Outcome::Unknown,
-            },
-            _ => {
-                let detail =
-                    format!("the shim of {id} ended without saying how its replica ended ({how})");
-                self.emit("shim_lost", Some(id), None, detail);
-                self.kill_leftovers(id);
-                Outcome::Unknown
-            }
-        };
-        self.on_exit(id, outcome, Instant::now());
-    }
-
-    /// A shim that was killed could not stop its replica's tree. Its main
-    /// process died with it (PDEATHSIG), but descendants that left the
-    /// process group live on, re-parented to us: find them by the replica's
-    /// marker and kill them, so the restart meets no predecessor.
-    fn kill_leftovers(&mut self, id: &ReplicaId) {
-        let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
-        for &pid in &leftovers {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        if !leftovers.is_empty() {
-            let detail = format!("killed {} leftover process(es) of {id}", leftovers.len());
-            self.emit("leftovers_killed", Some(id), None, detail);
-        }
-    }
-
-    /// A replica's processes are all gone: apply its restart policy.
-    fn on_exit(&mut self, id: &ReplicaId, outcome: Outcome, now: Instant) {
-        self.end_health(id);
-        let how = describe(&outcome);
-        let replica = self.replica_mut(id);
-        replica.role = None;
-        let pid = replica.phase.pid();
-        replica.last_exit = Some((outcome.clone(), SystemTime::now()));
-        replica.started_at = None;
-        let since = match replica.phase {
-            Phase::Stopping {
-                then: AfterStop::Judge,
-                ..
-            } => {
-                self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
-                self.apply_policy(id, Outcome::Unhealthy, Duration::ZERO, now);
-                return;
-            }
-            Phase::Stopping { then, .. } => {
-                self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
-                self.after_stop(id, then);
-                return;
-            }
-            Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
-            _ => now,
-        };
-        self.apply_policy(id, outcome, now.saturating_duration_since(since), now);
-    }
-
-    /// Decides, by its restart policy, what follows an exit after `uptime`.
-    fn apply_policy(&mut self, id: &ReplicaId, outcome: Outcome, uptime: Duration, now: Instant) {
-        let Some(service) = self.spec.service(&id.service) else {
-            // Its service was removed by a reload while it was exiting.
-            self.replicas.remove(id);
-            return;
-        };
-        let policy = service.restart.clone();
-        let how = describe(&outcome);
-        let replica = self.replica_mut(id);
-        let pid = replica.phase.pid();
-        let jitter = fastrand::f64() * 2.0 - 1.0;
-        let next_restart = replica.restarts + 1;
-        let (phase, event, detail) = match replica
-            .history
-            .on_exit(&policy, &outcome, uptime, now, jitter)
-        {
-            Decision::Restart { delay } => (
-                Phase::Backoff { until: now + delay },
-                "exited",
-                format!(
-                    "{id} {how}; restart {next_restart} in {}",
-                    humantime::format_duration(round_ms(delay))
-                ),
-            ),
-            Decision::Done => (Phase::Exited, "exited", format!("{id} {how}; done")),
-            Decision::GiveUp { reason } => (
-                Phase::Failed,
-                "failed",
-                format!("{id} {how}; failed ({reason})"),
-            ),
-        };
-        replica.phase = phase;
-        self.emit(event, Some(id), pid, detail);
-        self.check_exit_with(&id.service);
-    }
-
-    /// `--exit-with SVC`: once all of SVC's replicas are settled, shut down
-    /// with SVC's exit code (the first failure's, else 0).
-    fn check_exit_with(&mut self, service: &str) {
-        if self.options.exit_with.as_deref() != Some(service) {
-            return;
-        }
-        if !self.replicas_of(service).all(|r| r.phase.is_settled()) {
-            return;
-        }
-        let policy = &self
-            .spec
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .expect("checked at start")
-            .restart;
-        // A replica that failed without ever running (its dependency failed)
-        // has no exit of its own, and must not read as a success.
-        let code = self
-            .replicas_of(service)
-            .map(|r| match (&r.phase, &r.last_exit) {
-                (_, Some((outcome, _))) if !outcome.is_success(policy) => outcome.shell_code(),
-                (Phase::Failed, None) => exit::FAILED,
-                _ => exit::OK,
-            })
-            .find(|&code| code != exit::OK)
-            .unwrap_or(exit::OK);
-        self.begin_shutdown(
-            &format!("{service} has finished with exit code {code}"),
-            code,
-            None,
-        );
-    }
-}
-
-fn describe(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Code(c) => format!("exited with code {c}"),
-        Outcome::Signal(s) => match Signal::try_from(*s) {
-            Ok(sig) => format!("was killed by {}", sig.as_str()),
-            Err(_) => format!("was killed by signal {s}"),
-        },
-        Outcome::SpawnFailed => "could not start".into(),
-        Outcome::Unknown => "ended (exit status unknown)".into(),
-        Outcome::Unhealthy => "was unhealthy".into(),
-    }
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }

@@ -1,0 +1,223 @@
+//! How a replica's end is learned and judged: reaping (SIGCHLD, or a
+//! pidfd for adopted shims), reading the shim's exit record, sweeping what a
+//! killed shim left behind, and applying the restart policy — plus the
+//! `--exit-with` rule that may end the whole run.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+use super::Supervisor;
+use super::replica::{AfterStop, Phase, ReplicaId};
+use super::restart::{Decision, Outcome};
+use crate::exit;
+use crate::procfs;
+use crate::shim::protocol::{ExitRecord, read_record};
+
+impl Supervisor {
+    /// Reaps every child that has exited: shims (whose replica then exited)
+    /// and orphans that were re-parented to us.
+    pub(super) fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    if let Some(id) = self.shims.remove(&pid) {
+                        self.on_shim_exit(&id, format!("{status:?}"));
+                    } else if !self.reaper.deliver(pid, status) {
+                        tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan");
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A shim is gone; `how` says how, for when it left no exit record.
+    pub(super) fn on_shim_exit(&mut self, id: &ReplicaId, how: String) {
+        let path = self.dir.exit_record(&id.to_string());
+        let record: Option<ExitRecord> = read_record(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        let generation = self.replicas[id].generation;
+        // A replica that ended before its shim's start report was read is
+        // announced now, so that every incarnation has its `spawned` event
+        // (the late report is then ignored: the phase is no longer Starting).
+        if let Some(ExitRecord {
+            generation: g,
+            pid: Some(pid),
+            spawn_error: None,
+            ..
+        }) = &record
+            && *g == generation
+            && matches!(self.replicas[id].phase, Phase::Starting { .. })
+        {
+            let pid = *pid;
+            self.emit(
+                "spawned",
+                Some(id),
+                Some(pid),
+                format!("spawned {id} (pid {pid})"),
+            );
+        }
+        let outcome = match record {
+            Some(r) if r.generation == generation => match (r.spawn_error, r.code, r.signal) {
+                (Some(_), _, _) => Outcome::SpawnFailed,
+                (None, Some(code), _) => Outcome::Code(code),
+                (None, None, Some(sig)) => Outcome::Signal(sig),
+                (None, None, None) => Outcome::Unknown,
+            },
+            _ => {
+                let detail =
+                    format!("the shim of {id} ended without saying how its replica ended ({how})");
+                self.emit("shim_lost", Some(id), None, detail);
+                self.kill_leftovers(id);
+                Outcome::Unknown
+            }
+        };
+        self.on_exit(id, outcome, Instant::now());
+    }
+
+    /// A shim that was killed could not stop its replica's tree. Its main
+    /// process died with it (PDEATHSIG), but descendants that left the
+    /// process group live on, re-parented to us: find them by the replica's
+    /// marker and kill them, so the restart meets no predecessor.
+    pub(super) fn kill_leftovers(&mut self, id: &ReplicaId) {
+        let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
+        for &pid in &leftovers {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if !leftovers.is_empty() {
+            let detail = format!("killed {} leftover process(es) of {id}", leftovers.len());
+            self.emit("leftovers_killed", Some(id), None, detail);
+        }
+    }
+
+    /// A replica's processes are all gone: apply its restart policy.
+    pub(super) fn on_exit(&mut self, id: &ReplicaId, outcome: Outcome, now: Instant) {
+        self.end_health(id);
+        let how = describe(&outcome);
+        let replica = self.replica_mut(id);
+        replica.role = None;
+        let pid = replica.phase.pid();
+        replica.last_exit = Some((outcome.clone(), SystemTime::now()));
+        replica.started_at = None;
+        let since = match replica.phase {
+            Phase::Stopping {
+                then: AfterStop::Judge,
+                ..
+            } => {
+                self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
+                self.apply_policy(id, Outcome::Unhealthy, Duration::ZERO, now);
+                return;
+            }
+            Phase::Stopping { then, .. } => {
+                self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
+                self.after_stop(id, then);
+                return;
+            }
+            Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
+            _ => now,
+        };
+        self.apply_policy(id, outcome, now.saturating_duration_since(since), now);
+    }
+
+    /// Decides, by its restart policy, what follows an exit after `uptime`.
+    pub(super) fn apply_policy(
+        &mut self,
+        id: &ReplicaId,
+        outcome: Outcome,
+        uptime: Duration,
+        now: Instant,
+    ) {
+        let Some(service) = self.spec.service(&id.service) else {
+            // Its service was removed by a reload while it was exiting.
+            self.replicas.remove(id);
+            return;
+        };
+        let policy = service.restart.clone();
+        let how = describe(&outcome);
+        let replica = self.replica_mut(id);
+        let pid = replica.phase.pid();
+        let jitter = fastrand::f64() * 2.0 - 1.0;
+        let next_restart = replica.restarts + 1;
+        let (phase, event, detail) = match replica
+            .history
+            .on_exit(&policy, &outcome, uptime, now, jitter)
+        {
+            Decision::Restart { delay } => (
+                Phase::Backoff { until: now + delay },
+                "exited",
+                format!(
+                    "{id} {how}; restart {next_restart} in {}",
+                    humantime::format_duration(round_ms(delay))
+                ),
+            ),
+            Decision::Done => (Phase::Exited, "exited", format!("{id} {how}; done")),
+            Decision::GiveUp { reason } => (
+                Phase::Failed,
+                "failed",
+                format!("{id} {how}; failed ({reason})"),
+            ),
+        };
+        replica.phase = phase;
+        self.emit(event, Some(id), pid, detail);
+        self.check_exit_with(&id.service);
+    }
+
+    /// `--exit-with SVC`: once all of SVC's replicas are settled, shut down
+    /// with SVC's exit code (the first failure's, else 0).
+    pub(super) fn check_exit_with(&mut self, service: &str) {
+        if self.options.exit_with.as_deref() != Some(service) {
+            return;
+        }
+        if !self.replicas_of(service).all(|r| r.phase.is_settled()) {
+            return;
+        }
+        let policy = &self
+            .spec
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .expect("checked at start")
+            .restart;
+        // A replica that failed without ever running (its dependency failed)
+        // has no exit of its own, and must not read as a success.
+        let code = self
+            .replicas_of(service)
+            .map(|r| match (&r.phase, &r.last_exit) {
+                (_, Some((outcome, _))) if !outcome.is_success(policy) => outcome.shell_code(),
+                (Phase::Failed, None) => exit::FAILED,
+                _ => exit::OK,
+            })
+            .find(|&code| code != exit::OK)
+            .unwrap_or(exit::OK);
+        self.begin_shutdown(
+            &format!("{service} has finished with exit code {code}"),
+            code,
+            None,
+        );
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Code(c) => format!("exited with code {c}"),
+        Outcome::Signal(s) => match Signal::try_from(*s) {
+            Ok(sig) => format!("was killed by {}", sig.as_str()),
+            Err(_) => format!("was killed by signal {s}"),
+        },
+        Outcome::SpawnFailed => "could not start".into(),
+        Outcome::Unknown => "ended (exit status unknown)".into(),
+        Outcome::Unhealthy => "was unhealthy".into(),
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
