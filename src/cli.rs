@@ -246,6 +246,37 @@ Exit status: 0; 3 when no supervisor runs; 124 when the timeout passed before ev
 replica had stopped (the rest was killed).")]
     Down(DownArgs),
 
+    /// Translate the spec into Kubernetes manifests or systemd units
+    #[command(
+        long_about = "Translate the spec for an engine made for many machines. \
+--format kubernetes writes one YAML stream: per service a Deployment (a StatefulSet when \
+the service uses {replica}, a Job for restart.policy = \"never\"), probes from `health`, \
+and a Service when `port` is set; every service needs an `image`. --format systemd writes \
+into -o DIR one template unit per service (<service>@.service, the instance is the replica \
+index), a drop-in per replica for its {port}, and <project>.target, which wants every \
+replica.
+
+Whatever the target cannot express is reported on stderr, one `warning:` line per key, \
+naming the service; nothing is dropped silently. Keys left at their default are not \
+reported: the target's own default applies. The project name (label \
+app.kubernetes.io/part-of, the systemd target) is --project, else the spec file's name \
+without .toml, or its directory's name for supervise.toml.",
+        after_help = "\
+Examples:
+  supervise export --format kubernetes > app.yaml   ./supervise.toml as manifests
+  kubectl apply -f app.yaml
+  supervise export --format kubernetes prod.toml -o k8s/   writes k8s/prod.yaml
+  supervise export --format systemd -o units/       a unit per service, a target
+  sudo cp -r units/. /etc/systemd/system/ && sudo systemctl daemon-reload
+  sudo systemctl start app.target                   every replica, in order
+  supervise export --format systemd -o units/ --strict   exit 1 if anything is left out
+
+Exit status: 0 when written (warnings may have been printed); 1 with --strict when \
+there were warnings (nothing is written then); 2 for an invalid spec, a usage error \
+(--format systemd without -o), or a service Kubernetes cannot run (no `image`)."
+    )]
+    Export(ExportArgs),
+
     /// Print a shell completion script
     #[command(after_help = "\
 Examples:
@@ -407,6 +438,38 @@ pub struct EventsArgs {
     pub follow: bool,
 }
 
+/// What `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Kubernetes manifests: one YAML stream
+    Kubernetes,
+    /// systemd unit files, into a directory (-o DIR)
+    Systemd,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Spec file [default: -f, else supervise.toml]
+    pub spec: Option<PathBuf>,
+
+    /// The target engine
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: ExportFormat,
+
+    /// Where to write: kubernetes, a file (or DIR/<project>.yaml for an existing
+    /// directory) [default: stdout]; systemd, a directory (required)
+    #[arg(short = 'o', long = "output", value_name = "FILE|DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Fail (exit 1, write nothing) when anything cannot be expressed
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Project name: the part-of label, the systemd target [default: from the spec file name]
+    #[arg(long, value_name = "NAME", value_parser = project_name)]
+    pub project: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Replaces shutdown_timeout: kill whatever still runs after this long
@@ -451,6 +514,21 @@ fn scale_count(s: &str) -> Result<(String, u32), String> {
         .parse()
         .map_err(|_| format!("`{count}` is not a replica count (0 or more)"))?;
     Ok((service.to_string(), count))
+}
+
+/// `--project`: a name that is valid as a Kubernetes label value and a
+/// systemd unit name.
+fn project_name(s: &str) -> Result<String, String> {
+    let valid = s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err("use lowercase letters, digits and `-` (at most 63, e.g. shop-api)".into())
+    }
 }
 
 #[cfg(test)]

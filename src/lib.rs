@@ -7,12 +7,14 @@
 //!   exit status and process tree, so they survive the supervisor;
 //! - [`state_dir`]: the files a supervisor keeps (lock, logs, exit records);
 //! - [`control`]: the control socket: protocol, server, client;
+//! - [`export`]: the spec translated to Kubernetes manifests or systemd units;
 //! - [`cli`], [`commands`], [`exit`], [`progress`]: the command line.
 pub mod alerts;
 pub mod cli;
 pub mod commands;
 pub mod control;
 pub mod exit;
+pub mod export;
 pub mod metrics;
 pub mod procfs;
 pub mod progress;

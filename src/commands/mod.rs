@@ -9,6 +9,7 @@ mod act;
 mod detach;
 mod down;
 mod events;
+mod export;
 mod format;
 mod logs;
 mod reload;
@@ -86,6 +87,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Wait(args) => wait::run(cli, args),
         Command::Events(args) => events::run(cli, args),
         Command::Down(args) => down::run(cli, args),
+        Command::Export(args) => export::run(cli, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
