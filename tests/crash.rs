@@ -46,6 +46,8 @@ const CHAOS_SPEC: &str = r#"
 [services.steady]
 command = ["sleep", "1000"]
 replicas = 3
+[services.steady.failover]
+mode = "active-standby"
 
 [services.flappy]
 command = ["sh", "-c", "sleep 0.2; exit 1"]
@@ -146,9 +148,23 @@ fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
             .unwrap_or_else(|e| panic!("round {round}: torn checkpoint: {e}\n{text}"));
         assert_eq!(checkpoint["version"], 1);
         // I6: restart counts never go backwards.
-        check_restarts(
-            round,
-            &socket_status(&state_dir).expect("status after resume"),
+        let report = socket_status(&state_dir).expect("status after resume");
+        check_restarts(round, &report);
+        // The failover service keeps exactly one active: never two (an
+        // adopted active stays the only one), and one again at once.
+        let actives = |r: &serde_json::Value| {
+            (0..3)
+                .filter(|&i| replica_in(r, "steady", i)["role"] == "active")
+                .count()
+        };
+        assert!(
+            actives(&report) <= 1,
+            "round {round} (seed {seed}): two actives: {report:#}"
+        );
+        assert!(
+            wait_until(SOON, || socket_status(&state_dir)
+                .is_some_and(|r| actives(&r) == 1)),
+            "round {round} (seed {seed}): no active after resume"
         );
         guards.push(next);
     }

@@ -155,12 +155,16 @@ impl Supervisor {
         );
         self.emit("adopted", Some(id), Some(record.pid), detail);
         self.on_running(id);
-        let replica = self.replica_mut(id);
-        if memo.healthy {
-            replica.health = Health::Healthy;
-        }
-        if replica.role.is_some() && memo.role.is_some() {
-            replica.role = memo.role;
+        // What the checkpoint says of health and role is about this very
+        // incarnation only if the generations agree (it may lag behind).
+        if memo.generation == record.generation {
+            let replica = self.replica_mut(id);
+            if memo.healthy {
+                replica.health = Health::Healthy;
+            }
+            if replica.role.is_some() && memo.role.is_some() {
+                replica.role = memo.role;
+            }
         }
     }
 
