@@ -35,10 +35,17 @@ impl Supervisor {
             .map(|s| s.name.clone())
             .collect();
         for service in services {
-            if self
+            let actives: Vec<ReplicaId> = self
                 .replicas_of(&service)
-                .any(|r| r.role == Some(Role::Active))
-            {
+                .filter(|r| r.role == Some(Role::Active))
+                .map(|r| r.id.clone())
+                .collect();
+            // Only one may be active: should two ever be (say, both adopted
+            // from a confused checkpoint), the lowest index keeps the role.
+            for extra in actives.iter().skip(1) {
+                self.demote(extra);
+            }
+            if !actives.is_empty() {
                 continue;
             }
             let candidate = self
