@@ -358,16 +358,7 @@ struct WebhookTarget {
 
 impl WebhookTarget {
     fn new(url: &str, timeout: Duration) -> Result<WebhookTarget, String> {
-        // reqwest is built without a crypto provider of its own (no
-        // aws-lc C build): it uses the process default, ring. Installing
-        // twice is a harmless error.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("supervise/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| chain(&e))?;
+        let client = crate::http::client(timeout).map_err(|e| chain(&e))?;
         Ok(WebhookTarget {
             url: url.to_string(),
             client,

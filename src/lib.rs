@@ -15,6 +15,7 @@ pub mod commands;
 pub mod control;
 pub mod exit;
 pub mod export;
+pub mod http;
 pub mod metrics;
 pub mod procfs;
 pub mod progress;

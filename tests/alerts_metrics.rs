@@ -413,3 +413,36 @@ command = ["sleep", "30"]
     );
     drop(taken);
 }
+
+#[test]
+fn the_last_events_are_delivered_before_the_supervisor_exits() {
+    let receiver = Receiver::start();
+    let mut sup = Supervise::builder(&format!(
+        r#"
+[services.job]
+command = ["sh", "-c", "exit 3"]
+restart = {{ policy = "never" }}
+
+[[alerts]]
+events = ["failed"]
+webhook = "http://127.0.0.1:{}/hook"
+
+[[alerts]]
+events = ["failed"]
+command = ["sh", "-c", "sleep 0.3; cat > last.json"]
+"#,
+        receiver.port
+    ))
+    .arg("--exit-with")
+    .arg("job")
+    .start();
+    assert_eq!(sup.expect_exit(SOON), 3, "{}", sup.transcript());
+    let (_, event) = receiver.expect_post("failed");
+    assert_eq!(event["service"], "job");
+    let written = std::fs::read_to_string(sup.dir().join("last.json")).unwrap_or_default();
+    assert!(
+        written.contains(r#""event":"failed""#),
+        "{written:?}\n{}",
+        sup.transcript()
+    );
+}

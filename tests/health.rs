@@ -44,6 +44,7 @@ port = {port}
 [services.web.health]
 http = "http://127.0.0.1:{{port}}/"
 interval = "100ms"
+start_period = "10s"
 "#
     ));
     sup.expect_spawned("web.0");

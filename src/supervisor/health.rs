@@ -44,7 +44,8 @@ enum Target {
         env: Vec<(String, String)>,
         cwd: std::path::PathBuf,
     },
-    Http(String),
+    /// The client is made once per incarnation and reused by every check.
+    Http(String, reqwest::Client),
     Tcp(String),
 }
 
@@ -66,7 +67,7 @@ impl Supervisor {
                 return;
             }
             Probe::Log(_) => return,
-            probe => target_for(probe, service, &self.spec.dir, id.index),
+            probe => target_for(probe, service, &self.spec.dir, id.index, health.timeout),
         };
         let Some(target) = target else { return };
         let generation = self.replicas[id].generation;
@@ -280,7 +281,13 @@ impl Supervisor {
 }
 
 /// Expands a probe's templates for replica `index`.
-fn target_for(probe: &Probe, service: &Service, dir: &Path, index: u32) -> Option<Target> {
+fn target_for(
+    probe: &Probe,
+    service: &Service,
+    dir: &Path,
+    index: u32,
+    timeout: Duration,
+) -> Option<Target> {
     let plan = service.replica(dir, index);
     let vars = spec::Vars {
         service: &service.name,
@@ -294,7 +301,9 @@ fn target_for(probe: &Probe, service: &Service, dir: &Path, index: u32) -> Optio
             env: plan.env,
             cwd: plan.cwd,
         },
-        Probe::Http(url) => Target::Http(spec::expand(url, &vars)),
+        Probe::Http(url) => {
+            Target::Http(spec::expand(url, &vars), crate::http::client(timeout).ok()?)
+        }
         Probe::Tcp(addr) => Target::Tcp(spec::expand(addr, &vars)),
         Probe::Notify | Probe::Log(_) => return None,
     })
@@ -321,11 +330,7 @@ async fn run(target: &Target, reaper: &Reaper, timeout: Duration) -> Result<(), 
                 Err(_) => Err(too_slow(timeout)),
             }
         }
-        Target::Http(url) => {
-            let client = reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?;
+        Target::Http(url, client) => {
             let response = client
                 .get(url)
                 .send()

@@ -65,6 +65,9 @@ pub enum RunError {
     Setup(String),
 }
 
+/// How long an exiting supervisor waits for alerts still being delivered.
+const ALERT_FLUSH: Duration = Duration::from_secs(2);
+
 /// Exit code of a forced shutdown (a second Ctrl-C), as a shell reports SIGINT.
 const FORCED_EXIT: i32 = 130;
 
@@ -159,6 +162,23 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let code = sup.exit_code();
     for written in std::mem::take(&mut sup.farewells) {
         let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
+    }
+    // The last events (the `failed` that ended an --exit-with run) still
+    // reach their alerts, within a bound, unless the user forced the exit;
+    // alert commands are reaped meanwhile.
+    if !sup.shutdown.as_ref().is_some_and(|s| s.forced) {
+        let flushed = sup.alerts.finish();
+        let deadline = tokio::time::sleep(ALERT_FLUSH);
+        tokio::pin!(flushed, deadline);
+        loop {
+            tokio::select! {
+                _ = &mut flushed => break,
+                _ = sigchld.recv() => sup.reap(),
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = &mut deadline => break,
+            }
+        }
     }
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
