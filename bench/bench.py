@@ -1005,12 +1005,6 @@ def fmt_ms(x):
     return f"{x:.2f}"
 
 
-def summary(xs):
-    if not xs:
-        return None
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
 def ratio(mine, best):
     if mine is None or best is None:
         return "–"
