@@ -4,9 +4,10 @@ use clap::Parser;
 use supervise::cli::Cli;
 
 fn main() -> ExitCode {
-    // The shim is this binary in a hidden mode; it must not pay for clap or tokio.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
-        return code(supervise::shim::main());
+    // The zygote, which forks the shims, is this binary in a hidden mode; it
+    // must not pay for clap or tokio.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__zygote") {
+        return code(supervise::shim::zygote::main());
     }
     let cli = Cli::parse();
     init_tracing(cli.verbose);

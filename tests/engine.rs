@@ -98,7 +98,7 @@ restart = { delay = "100ms" }
     let (_, second) = sup.expect_spawned_from(restart.index, "web.0");
     assert_ne!(second, first, "the restarted replica has the old pid");
     assert!(is_alive(second));
-    // The old replica was reaped by its shim, the old shim by the supervisor.
+    // The old replica was reaped by its shim, the old shim by the zygote.
     assert!(
         wait_until(SOON, || proc_stat(first).is_none()
             && proc_stat(old_shim).is_none()),
@@ -669,6 +669,49 @@ restart = { delay = "100ms" }
 }
 
 #[test]
+fn a_killed_zygote_leaves_running_replicas_alone_and_is_replaced_at_the_next_start() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+replicas = 2
+restart = { delay = "0s" }
+"#,
+    );
+    let first = sup.expect_spawned("web.0");
+    let other = sup.expect_spawned("web.1");
+    let (_, shim) = proc_stat(first).unwrap();
+    let (_, zygote) = proc_stat(shim).unwrap();
+    assert_eq!(proc_stat(zygote).map(|s| s.1), Some(sup.pid));
+    kill9(zygote);
+    assert!(
+        wait_until(SOON, || proc_stat(zygote).is_none()),
+        "the killed zygote {zygote} was not reaped"
+    );
+    // Its shims were re-parented to the supervisor (a subreaper) and run on.
+    assert_eq!(proc_stat(shim).map(|s| s.1), Some(sup.pid));
+    assert!(is_alive(first) && is_alive(other));
+
+    kill9(first);
+    let (restart, _) = sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in 0s$", SOON);
+    let (_, second) = sup.expect_spawned_from(restart.index, "web.0");
+    let (_, new_shim) = proc_stat(second).unwrap();
+    let (_, new_zygote) = proc_stat(new_shim).unwrap();
+    assert_ne!(new_zygote, zygote);
+    assert_eq!(proc_stat(new_zygote).map(|s| s.1), Some(sup.pid));
+    assert!(is_alive(other), "web.1 was disturbed");
+    // A re-parented shim's end is seen and judged like any other.
+    kill9(other);
+    let (restart, _) = sup.expect_event(r"^web\.1 was killed by SIGKILL; restart 1 in 0s$", SOON);
+    sup.expect_spawned_from(restart.index, "web.1");
+    assert!(
+        wait_until(SOON, || zombies_under(sup.pid).is_empty()),
+        "zombies under the supervisor: {:?}",
+        zombies_under(sup.pid)
+    );
+}
+
+#[test]
 fn up_after_a_killed_supervisor_adopts_running_replicas_without_duplicates() {
     let mut first = Supervise::start(
         r#"
@@ -864,10 +907,11 @@ restart = { delay = "100ms" }
     let grandchild =
         host_pid_of(sup.marker(), ns_grandchild).expect("the grandchild in this namespace");
     let (_, shim) = proc_stat(replica).unwrap();
+    let (_, zygote) = proc_stat(shim).unwrap();
     assert_eq!(
-        proc_stat(shim).map(|s| s.1),
+        proc_stat(zygote).map(|s| s.1),
         Some(sup.pid),
-        "shim is not the supervisor's child"
+        "the shim's parent (the zygote) is not the supervisor's child"
     );
     assert_eq!(proc_stat(grandchild).map(|s| s.1), Some(replica));
 

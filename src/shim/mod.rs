@@ -1,5 +1,5 @@
 //! The shim: one small process per replica, between the supervisor and the
-//! replica (the same binary, started as `supervise __shim`).
+//! replica (forked from the zygote, see [`zygote`]).
 //!
 //! Why it exists (see README, "Design: the shim"): a supervisor that is
 //! killed must not take its children's output or exit status with it. The
@@ -23,6 +23,7 @@
 mod logfile;
 pub mod protocol;
 mod spawn;
+pub mod zygote;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -42,24 +43,12 @@ use crate::procfs;
 use logfile::{LogWriter, Stream};
 use protocol::{ExitRecord, RunningRecord, ShimConfig, Status, TEE_FD, write_record};
 
+/// How much of a pipe is read at once: small, as it is part of every
+/// idle shim's memory, yet one syscall per 16 KiB keeps up with any replica.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// While killing, the tree is swept again this often (new forks, slow exits).
 const KILL_SWEEP: Duration = Duration::from_millis(50);
-
-/// Entry point of `supervise __shim`; returns the process exit code.
-pub fn main() -> i32 {
-    let mut input = Vec::new();
-    let config = std::io::stdin()
-        .read_to_end(&mut input)
-        .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_slice::<ShimConfig>(&input).map_err(|e| e.to_string()));
-    match config {
-        Ok(config) => run(config),
-        Err(e) => {
-            eprintln!("supervise: shim started without a valid configuration: {e}");
-            2
-        }
-    }
-}
 
 enum Phase {
     Running,
@@ -110,14 +99,19 @@ impl Tree {
     fn reap(&mut self) -> bool {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => return false,
-                Ok(status) if status.pid() == Some(self.main) => {
-                    self.main_status = Some(status);
-                    // What the main process leaves behind is part of the
-                    // replica and goes with it (systemd's KillMode=control-group).
-                    self.stop();
+                Ok(WaitStatus::StillAlive) => {
+                    if self.main_status.is_some() {
+                        // What the main process left behind is part of the
+                        // replica and goes with it (systemd's
+                        // KillMode=control-group).
+                        self.stop();
+                    }
+                    return false;
                 }
+                Ok(status) if status.pid() == Some(self.main) => self.main_status = Some(status),
                 Ok(_) | Err(Errno::EINTR) => {}
+                // ECHILD: no child left, hence (as their subreaper) no
+                // descendant either; no need to look through /proc.
                 Err(_) => return self.main_status.is_some(),
             }
         }
@@ -167,6 +161,7 @@ impl Tree {
 struct Output<'t> {
     pipes: [Option<OwnedFd>; 2],
     log: LogWriter<'t>,
+    /// Allocated at the first output: a quiet replica's shim does without.
     buf: Vec<u8>,
 }
 
@@ -204,6 +199,7 @@ impl Output<'_> {
     }
 }
 
+/// Runs the replica of `config` to its end; returns the shim's exit code.
 fn run(config: ShimConfig) -> i32 {
     let signals = match watch_signals() {
         Ok(fd) => fd,
@@ -292,8 +288,12 @@ fn run(config: ShimConfig) -> i32 {
     let mut output = Output {
         pipes: [out, err],
         log,
-        buf: vec![0u8; 64 * 1024],
+        buf: Vec::new(),
     };
+    // What setting up took (the configuration, the command's environment)
+    // goes back to the system: a hundred idle shims must cost little.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { nix::libc::malloc_trim(0) };
 
     loop {
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
@@ -384,10 +384,13 @@ fn drain(
     pipe: &mut Option<OwnedFd>,
     stream: Stream,
     log: &mut LogWriter,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     to_end: bool,
 ) {
     let Some(fd) = pipe.as_ref() else { return };
+    if buf.is_empty() {
+        buf.resize(READ_CHUNK, 0);
+    }
     if to_end {
         let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     }

@@ -16,17 +16,16 @@ use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
 
 impl Supervisor {
-    /// Reaps every child that has exited: shims (whose replica then exited)
-    /// and orphans that were re-parented to us.
+    /// Reaps every child that has exited: probe and alert commands, the
+    /// zygote, and orphans that were re-parented to us (among them shims
+    /// whose zygote died: their exit is handled through their pidfd).
     pub(super) fn reap(&mut self) {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
-                    if let Some(id) = self.shims.remove(&pid) {
-                        self.on_shim_exit(&id, format!("{status:?}"));
-                    } else if !self.reaper.deliver(pid, status) {
+                    if !self.reaper.deliver(pid, status) {
                         tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan");
                     }
                 }
@@ -39,8 +38,8 @@ impl Supervisor {
         }
     }
 
-    /// A shim is gone; `how` says how, for when it left no exit record.
-    pub(super) fn on_shim_exit(&mut self, id: &ReplicaId, how: String) {
+    /// A shim is gone: its exit record says how its replica ended.
+    pub(super) fn on_shim_exit(&mut self, id: &ReplicaId) {
         let path = self.dir.exit_record(&id.to_string());
         let record: Option<ExitRecord> = read_record(&path).ok();
         let _ = std::fs::remove_file(&path);
@@ -73,8 +72,9 @@ impl Supervisor {
                 (None, None, None) => Outcome::Unknown,
             },
             _ => {
-                let detail =
-                    format!("the shim of {id} ended without saying how its replica ended ({how})");
+                let detail = format!(
+                    "the shim of {id} ended without saying how its replica ended (it was killed?)"
+                );
                 self.emit("shim_lost", Some(id), None, detail);
                 self.kill_leftovers(id);
                 Outcome::Unknown

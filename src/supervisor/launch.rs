@@ -1,64 +1,23 @@
 //! Starting a replica: its shim (see `crate::shim` for why there is one),
-//! with the configuration and environment the spec asks for, and the task
-//! that listens to what the shim reports.
+//! forked by the zygote with the configuration and environment the spec
+//! asks for, and the tasks that listen to the shim: its status lines, and
+//! its pidfd, which says when it is gone.
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-
-use nix::unistd::Pid;
-
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
+use tokio::io::unix::AsyncFd;
 
 use super::replica::{Phase, ReplicaId};
 use super::restart::Outcome;
 use super::{Message, Report, Supervisor};
 use crate::procfs;
-use crate::shim::protocol::{LogConfig, ShimConfig, TEE_FD};
+use crate::shim::protocol::{LogConfig, ShimConfig};
+use crate::shim::zygote::{StartError, Started, Zygote};
 use crate::spec::Probe;
-
-/// Spawns `supervise __shim` for one replica and hands it its configuration.
-/// Returns the shim's pid and the pipe on which it reports the start.
-pub fn spawn_shim(config: &ShimConfig, tee: Option<BorrowedFd>) -> std::io::Result<(Pid, OwnedFd)> {
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("supervise")
-        .args(["__shim", &config.replica])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let tee = tee.map(|fd| fd.as_raw_fd());
-    // SAFETY: setsid and dup2 are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Its own session: Ctrl-C and terminal hangups aimed at the
-            // supervisor must not reach the replicas.
-            nix::unistd::setsid()?;
-            if let Some(fd) = tee
-                && nix::libc::dup2(fd, TEE_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn()?;
-    let pid = Pid::from_raw(child.id() as i32);
-    let config_json = serde_json::to_vec(config)?;
-    let written = child
-        .stdin
-        .take()
-        .expect("stdin was piped")
-        .write_all(&config_json);
-    let status = child.stdout.take().expect("stdout was piped");
-    // The shim is reaped by the supervisor's waitpid(-1) loop, not through
-    // this handle; dropping a std Child neither waits nor kills.
-    written?;
-    Ok((pid, status.into()))
-}
 
 impl Supervisor {
     pub(super) fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
@@ -122,15 +81,21 @@ impl Supervisor {
             tee_prefix: self.display.prefix(&name, position),
         };
         let _ = std::fs::remove_file(&config.exit_record);
-        match spawn_shim(&config, self.display.tee_fd()) {
-            Ok((shim, status_pipe)) => {
-                self.shims.insert(shim, id.clone());
-                self.set_phase(id, Phase::Starting { shim, since: now });
+        match self.start_shim(&config) {
+            Ok(Started { pid, pidfd, status }) => {
+                self.watch(id, pid, pidfd);
+                self.set_phase(
+                    id,
+                    Phase::Starting {
+                        shim: pid,
+                        since: now,
+                    },
+                );
                 if restarts > 0 {
                     let detail = format!("restarting {id} (restart {restarts})");
                     self.emit("restarted", Some(id), None, detail);
                 }
-                self.watch_status(id.clone(), generation, status_pipe);
+                self.watch_status(id.clone(), generation, status);
             }
             Err(e) => {
                 // Could not even fork the shim (EAGAIN, ENOMEM): the same as a
@@ -140,6 +105,57 @@ impl Supervisor {
                 self.on_exit(id, Outcome::SpawnFailed, now);
             }
         }
+    }
+
+    /// Has the zygote fork a shim, starting a zygote first if there is none
+    /// (the first start) or the last one is gone.
+    fn start_shim(&mut self, config: &ShimConfig) -> Result<Started, StartError> {
+        let mut retried = false;
+        loop {
+            let zygote = match self.zygote.take() {
+                Some(zygote) => zygote,
+                None => Zygote::spawn(self.display.tee_fd()).map_err(StartError::Broken)?,
+            };
+            match zygote.start(config) {
+                Err(StartError::Gone) if !retried => {
+                    tracing::warn!("the zygote is gone; starting another");
+                    retried = true;
+                }
+                // A broken zygote is dropped here, which closes its socket
+                // and so tells it to go; the next start has a new one.
+                Err(e @ (StartError::Gone | StartError::Broken(_))) => return Err(e),
+                result => {
+                    self.zygote = Some(zygote);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Takes a shim on: it is watched through its pidfd (it is not our
+    /// child, but the zygote's, or an old supervisor's if adopted) and
+    /// signalled through it.
+    pub(super) fn watch(&mut self, id: &ReplicaId, shim: Pid, pidfd: OwnedFd) {
+        self.shims.insert(shim, id.clone());
+        match pidfd.try_clone() {
+            Ok(watch) => self.watch_pidfd(shim, watch),
+            Err(e) => tracing::warn!(error = %e, "cannot duplicate a pidfd"),
+        }
+        self.pidfds.insert(shim, pidfd);
+    }
+
+    /// Tells the loop when a shim is gone.
+    fn watch_pidfd(&self, shim: Pid, pidfd: OwnedFd) {
+        let messages = self.reports.clone();
+        tokio::spawn(async move {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
+            // same descriptor until the AsyncFd is dropped.
+            if let Ok(fd) = unsafe { AsyncFd::register(pidfd) } {
+                // Readable means the process has exited.
+                let _ = fd.readable().await;
+            }
+            let _ = messages.send(Message::ShimGone(shim));
+        });
     }
 
     /// Reads the shim's status lines (the start, then maybe readiness) in a
@@ -164,17 +180,11 @@ impl Supervisor {
         });
     }
 
-    /// Signals a shim: through its pidfd when it was adopted (a pid that is
-    /// not our child could be reused the moment it exits), else by pid (our
-    /// own child's pid stays reserved until we reap it).
+    /// Signals a shim through its pidfd: its pid could be reused the moment
+    /// it exits, as it is not our child.
     pub(super) fn signal_shim(&self, shim: Pid, signal: Signal) {
-        match self.pidfds.get(&shim) {
-            Some(pidfd) => {
-                let _ = procfs::pidfd_signal(pidfd, signal);
-            }
-            None => {
-                let _ = kill(shim, signal);
-            }
+        if let Some(pidfd) = self.pidfds.get(&shim) {
+            let _ = procfs::pidfd_signal(pidfd, signal);
         }
     }
 }

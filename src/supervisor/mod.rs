@@ -38,6 +38,7 @@ use crate::control::server;
 use crate::metrics::{self, Metrics};
 use crate::reaper::Reaper;
 use crate::shim::protocol::Status;
+use crate::shim::zygote::Zygote;
 use crate::spec::{Condition, Probe, Service, Spec};
 use crate::state_dir::{LockError, StateDir};
 use checkpoint::Checkpoint;
@@ -182,6 +183,8 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     }
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
+    // The zygote holds the display pipe until it sees its socket close.
+    drop(sup.zygote.take());
     sup.display.finish().await;
     Ok(code)
 }
@@ -202,7 +205,7 @@ enum Message {
         pid: u32,
         text: String,
     },
-    /// An adopted shim (not our child: its exit comes from a pidfd) is gone.
+    /// A shim (not our child: its exit comes from a pidfd) is gone.
     ShimGone(Pid),
 }
 
@@ -237,9 +240,11 @@ struct Supervisor {
     last_save: Option<Instant>,
     /// The bytes last written, to skip writes that would change nothing.
     saved: Vec<u8>,
-    /// Pidfds of adopted shims (not our children), for signals without a
+    /// Pidfds of the shims (not our children), for signals without a
     /// pid-reuse race.
     pidfds: HashMap<Pid, OwnedFd>,
+    /// Forks the shims; started with the first replica.
+    zygote: Option<Zygote>,
     options: Options,
     display: Display,
     journal: Journal,
@@ -282,6 +287,7 @@ impl Supervisor {
             last_save: None,
             saved: Vec::new(),
             pidfds: HashMap::new(),
+            zygote: None,
             options,
             display,
             journal: Journal::new(),
@@ -614,7 +620,7 @@ impl Supervisor {
             Message::ShimGone(shim) => {
                 self.pidfds.remove(&shim);
                 if let Some(id) = self.shims.remove(&shim) {
-                    self.on_shim_exit(&id, "an adopted shim".into());
+                    self.on_shim_exit(&id);
                 }
             }
         }

@@ -16,12 +16,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
 
+use super::Supervisor;
 use super::checkpoint::{Checkpoint, ReplicaMemo};
 use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId};
 use super::restart::Outcome;
-use super::{Message, Supervisor};
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, RunningRecord, read_record};
 
@@ -166,31 +165,6 @@ impl Supervisor {
                 replica.role = memo.role;
             }
         }
-    }
-
-    /// Takes an adopted shim on: it is watched (its exit comes through the
-    /// pidfd, as it is not our child) and signalled through the pidfd.
-    fn watch(&mut self, id: &ReplicaId, shim: Pid, pidfd: OwnedFd) {
-        self.shims.insert(shim, id.clone());
-        match pidfd.try_clone() {
-            Ok(watch) => self.watch_pidfd(shim, watch),
-            Err(e) => tracing::warn!(error = %e, "cannot duplicate a pidfd"),
-        }
-        self.pidfds.insert(shim, pidfd);
-    }
-
-    /// Tells the loop when an adopted shim is gone.
-    fn watch_pidfd(&self, shim: Pid, pidfd: OwnedFd) {
-        let messages = self.reports.clone();
-        tokio::spawn(async move {
-            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
-            // same descriptor until the AsyncFd is dropped.
-            if let Ok(fd) = unsafe { AsyncFd::register(pidfd) } {
-                // Readable means the process has exited.
-                let _ = fd.readable().await;
-            }
-            let _ = messages.send(Message::ShimGone(shim));
-        });
     }
 
     /// A replica ended while no supervisor ran: its policy decides now.
