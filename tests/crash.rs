@@ -56,6 +56,14 @@ replicas = 2
 delay = "10ms"
 max_delay = "50ms"
 limit = 0
+
+# Restarted by its shim (delay 0s), whose leave a resuming supervisor revokes.
+[services.quick]
+command = ["sh", "-c", "sleep 0.1; exit 1"]
+replicas = 2
+[services.quick.restart]
+delay = "0s"
+limit = 0
 "#;
 
 /// Kills the supervisor at random moments and checks, after every resume,
@@ -136,8 +144,11 @@ fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
         // I3: no marked process outside a known replica.
         for (pid, replica) in supervise::procfs::marked_by_state_dir(&state_dir) {
             assert!(
-                ["steady.0", "steady.1", "steady.2", "flappy.0", "flappy.1"]
-                    .contains(&replica.as_str()),
+                [
+                    "steady.0", "steady.1", "steady.2", "flappy.0", "flappy.1", "quick.0",
+                    "quick.1"
+                ]
+                .contains(&replica.as_str()),
                 "round {round} (seed {seed}): stray process {pid} of {replica:?}"
             );
         }
@@ -169,17 +180,15 @@ fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
         guards.push(next);
     }
     let report = socket_status(&state_dir).unwrap();
-    let flappy = report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "flappy")
-        .unwrap();
-    let flappy_restarts = flappy["replicas"][0]["restarts"].as_u64().unwrap();
-    assert!(
-        flappy_restarts > 0,
-        "flappy never restarted: the test exercised nothing"
-    );
+    for service in ["flappy", "quick"] {
+        assert!(
+            replica_in(&report, service, 0)["restarts"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{service} never restarted: the test exercised nothing"
+        );
+    }
     let last = guards.last_mut().unwrap();
     last.signal(Signal::SIGINT);
     assert_eq!(last.expect_exit(SOON), 0, "{}", last.transcript());

@@ -301,6 +301,80 @@ restart = { delay = "50ms", max_delay = "100ms", limit = 3, window = "10s" }
     );
 }
 
+// With `delay = "0s"` the shim restarts the replica itself, under a leave
+// no wider than the policy, and the supervisor hears of it afterwards.
+
+#[test]
+fn zero_delay_restarts_come_from_the_same_shim_and_the_limit_still_holds() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "0s", limit = 3, window = "1h" }
+"#,
+    );
+    let mut pid = sup.expect_spawned("web.0");
+    let (_, shim) = proc_stat(pid).unwrap();
+    for n in 1..=3 {
+        kill9(pid);
+        let (restart, _) = sup.expect_event(
+            &format!(r"^web\.0 was killed by SIGKILL; restart {n} in 0s$"),
+            SOON,
+        );
+        sup.expect_event_from(
+            restart.index,
+            &format!(r"^restarting web\.0 \(restart {n}\)$"),
+            SOON,
+        );
+        let (_, next) = sup.expect_spawned_from(restart.index, "web.0");
+        assert_eq!(
+            proc_stat(next).map(|s| s.1),
+            Some(shim),
+            "restart {n} did not come from the same shim"
+        );
+        let report = socket_status(&sup.state_dir()).unwrap();
+        let replica = replica_in(&report, "web", 0);
+        assert_eq!(replica["pid"], next, "{report:#}");
+        assert_eq!(replica["restarts"], n, "{report:#}");
+        pid = next;
+    }
+    // The leave is spent: the fourth end is the supervisor's to judge.
+    kill9(pid);
+    sup.expect_event(
+        r"^web\.0 was killed by SIGKILL; failed \(3 restarts within 1h\)$",
+        SOON,
+    );
+    assert!(
+        wait_until(SOON, || proc_stat(shim).is_none()),
+        "the shim of a failed replica is still there"
+    );
+    let report = socket_status(&sup.state_dir()).unwrap();
+    assert_eq!(
+        replica_in(&report, "web", 0)["state"],
+        "failed",
+        "{report:#}"
+    );
+}
+
+#[test]
+fn zero_delay_on_failure_is_not_restarted_after_a_success() {
+    let sup = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "if [ -e ran ]; then exit 0; fi; touch ran; exit 3"]
+restart = { policy = "on-failure", delay = "0s" }
+"#,
+    );
+    let (failure, _) = sup.expect_event(r"^job\.0 exited with code 3; restart 1 in 0s$", SOON);
+    sup.expect_event_from(failure.index, r"^job\.0 exited with code 0; done$", SOON);
+    assert!(
+        sup.event_from(failure.index, r"restart 2", Duration::from_millis(300))
+            .is_none(),
+        "{}",
+        sup.transcript()
+    );
+}
+
 #[test]
 fn every_incarnation_is_announced_even_when_it_exits_at_once() {
     let mut sup = Supervise::start(
@@ -675,7 +749,7 @@ fn a_killed_zygote_leaves_running_replicas_alone_and_is_replaced_at_the_next_sta
 [services.web]
 command = ["sleep", "1000"]
 replicas = 2
-restart = { delay = "0s" }
+restart = { delay = "10ms" }
 "#,
     );
     let first = sup.expect_spawned("web.0");
@@ -693,7 +767,8 @@ restart = { delay = "0s" }
     assert!(is_alive(first) && is_alive(other));
 
     kill9(first);
-    let (restart, _) = sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in 0s$", SOON);
+    let (restart, _) =
+        sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in \d+ms$", SOON);
     let (_, second) = sup.expect_spawned_from(restart.index, "web.0");
     let (_, new_shim) = proc_stat(second).unwrap();
     let (_, new_zygote) = proc_stat(new_shim).unwrap();
@@ -702,13 +777,44 @@ restart = { delay = "0s" }
     assert!(is_alive(other), "web.1 was disturbed");
     // A re-parented shim's end is seen and judged like any other.
     kill9(other);
-    let (restart, _) = sup.expect_event(r"^web\.1 was killed by SIGKILL; restart 1 in 0s$", SOON);
+    let (restart, _) =
+        sup.expect_event(r"^web\.1 was killed by SIGKILL; restart 1 in \d+ms$", SOON);
     sup.expect_spawned_from(restart.index, "web.1");
     assert!(
         wait_until(SOON, || zombies_under(sup.pid).is_empty()),
         "zombies under the supervisor: {:?}",
         zombies_under(sup.pid)
     );
+}
+
+#[test]
+fn an_adopted_shim_leaves_its_zero_delay_restarts_to_the_new_supervisor() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "0s" }
+"#,
+    );
+    let pid = first.expect_spawned("web.0");
+    let (_, shim) = proc_stat(pid).unwrap();
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+
+    let second = first.another().start();
+    second.expect_event(r"^adopted web\.0 ", SOON);
+    kill9(pid);
+    let (restart, _) =
+        second.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in 0s$", SOON);
+    let (_, again) = second.expect_spawned_from(restart.index, "web.0");
+    // The adopted shim could not have told this supervisor of a restart of
+    // its own: it ended, and the restart came through the zygote.
+    let (_, new_shim) = proc_stat(again).unwrap();
+    assert_ne!(new_shim, shim);
+    assert!(wait_until(SOON, || proc_stat(shim).is_none()));
+    let report = socket_status(&second.state_dir()).unwrap();
+    assert_eq!(replica_in(&report, "web", 0)["pid"], again, "{report:#}");
+    assert_eq!(replica_in(&report, "web", 0)["restarts"], 1, "{report:#}");
 }
 
 #[test]

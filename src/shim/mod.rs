@@ -18,7 +18,8 @@
 //!
 //! Requests come as signals: SIGTERM (or SIGINT/SIGHUP) = stop gracefully
 //! (stop signal to the whole tree, SIGKILL after the stop timeout), SIGUSR1 =
-//! kill the tree now.
+//! kill the tree now, SIGUSR2 = give up the respawn leave (exit when the
+//! replica ends, as without one).
 
 mod logfile;
 pub mod protocol;
@@ -68,9 +69,26 @@ struct Tree {
     stop_signal: Signal,
     stop_timeout: Duration,
     phase: Phase,
+    /// The supervisor asked for the stop: what ends is not respawned.
+    asked_to_stop: bool,
+    /// SIGUSR2: the respawn leave is revoked.
+    leave_revoked: bool,
 }
 
 impl Tree {
+    fn new(config: &ShimConfig, main: u32) -> Tree {
+        Tree {
+            me: Pid::this(),
+            main: Pid::from_raw(main as i32),
+            main_status: None,
+            stop_signal: Signal::try_from(config.stop_signal).unwrap_or(Signal::SIGTERM),
+            stop_timeout: Duration::from_millis(config.stop_timeout_ms),
+            phase: Phase::Running,
+            asked_to_stop: false,
+            leave_revoked: false,
+        }
+    }
+
     /// Stop signal to every process of the replica; SIGKILL after the timeout.
     fn stop(&mut self) {
         if let Phase::Running = self.phase {
@@ -89,8 +107,15 @@ impl Tree {
     fn on_signal(&mut self, signal: Signal) {
         match signal {
             Signal::SIGCHLD => {}
-            Signal::SIGUSR1 => self.kill(),
-            _ => self.stop(),
+            Signal::SIGUSR2 => self.leave_revoked = true,
+            Signal::SIGUSR1 => {
+                self.asked_to_stop = true;
+                self.kill();
+            }
+            _ => {
+                self.asked_to_stop = true;
+                self.stop();
+            }
         }
     }
 
@@ -140,12 +165,17 @@ impl Tree {
             .unwrap_or(PollTimeout::MAX)
     }
 
-    fn record(&self, generation: u64) -> ExitRecord {
-        let (code, signal) = match self.main_status {
+    /// The main process's exit code or signal.
+    fn outcome(&self) -> (Option<i32>, Option<i32>) {
+        match self.main_status {
             Some(WaitStatus::Exited(_, code)) => (Some(code), None),
             Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
             _ => (None, None),
-        };
+        }
+    }
+
+    fn record(&self, generation: u64) -> ExitRecord {
+        let (code, signal) = self.outcome();
         ExitRecord {
             generation,
             pid: Some(self.main.as_raw() as u32),
@@ -184,17 +214,16 @@ impl Output<'_> {
         }
     }
 
-    /// Every writer is gone: whatever is still in the pipes is the last output.
+    /// Every writer of this incarnation is gone: whatever is still in the
+    /// pipes is its last output.
     fn finish(&mut self, replica: &str) {
         for (pipe, stream) in self.pipes.iter_mut().zip(STREAMS) {
             drain(pipe, stream, &mut self.log, &mut self.buf, true);
         }
         self.log.flush_partial();
-        if self.log.dropped_lines > 0 {
-            eprintln!(
-                "supervise: {replica}: {} log lines could not be written",
-                self.log.dropped_lines
-            );
+        let dropped = std::mem::take(&mut self.log.dropped_lines);
+        if dropped > 0 {
+            eprintln!("supervise: {replica}: {dropped} log lines could not be written");
         }
     }
 }
@@ -252,36 +281,16 @@ fn run(config: ShimConfig) -> i32 {
         }
     };
     report(&Status::Started { pid: child.id() });
-    if config.ready_pattern.is_none() {
+    if config.ready_pattern.is_none() && config.respawn.is_none() {
         close_status_pipe();
     }
-    let running = RunningRecord {
-        generation: config.generation,
-        shim_pid: std::process::id(),
-        shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
-        pid: child.id(),
-        pid_start: procfs::start_time(child.id()).unwrap_or_default(),
-        boot_id: procfs::boot_id(),
-        started_at: SystemTime::now(),
-    };
-    if let Err(e) = write_record(&running, &config.running_record) {
-        // The replica runs all the same; only a resuming supervisor could not
-        // recognise it (it would then count it as gone and sweep it).
-        eprintln!(
-            "supervise: {}: cannot write {}: {e}",
-            config.replica,
-            config.running_record.display()
-        );
-    }
-
-    let mut tree = Tree {
-        me: Pid::this(),
-        main: Pid::from_raw(child.id() as i32),
-        main_status: None,
-        stop_signal: Signal::try_from(config.stop_signal).unwrap_or(Signal::SIGTERM),
-        stop_timeout: Duration::from_millis(config.stop_timeout_ms),
-        phase: Phase::Running,
-    };
+    write_running(
+        &config,
+        config.generation,
+        child.id(),
+        config.respawn.is_some(),
+    );
+    let mut tree = Tree::new(&config, child.id());
     // The Child handle is dropped: the shim reaps with waitpid(-1), which
     // sees every descendant, not only the main process.
     drop(child);
@@ -295,6 +304,53 @@ fn run(config: ShimConfig) -> i32 {
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { nix::libc::malloc_trim(0) };
 
+    let mut generation = config.generation;
+    let mut respawn = config.respawn.clone();
+    loop {
+        if let Err(code) = supervise_tree(&mut tree, &mut output, &signals, &config.replica) {
+            return code;
+        }
+        output.finish(&config.replica);
+        if tree.leave_revoked {
+            respawn = None;
+        }
+        let (code, signal) = tree.outcome();
+        if tree.asked_to_stop || !respawn.as_mut().is_some_and(|leave| leave.take(code)) {
+            break;
+        }
+        match spawn::spawn(&config) {
+            Ok((child, out, err)) => {
+                generation += 1;
+                report(&Status::Respawned {
+                    generation,
+                    pid: child.id(),
+                    code,
+                    signal,
+                });
+                write_running(&config, generation, child.id(), true);
+                tree = Tree::new(&config, child.id());
+                output.pipes = [out, err];
+            }
+            Err(error) => {
+                // Ended as any end: the supervisor decides, and its own
+                // start will say what is wrong.
+                output.log.note(&error);
+                break;
+            }
+        }
+    }
+    finish(&config, &tree.record(generation))
+}
+
+/// Runs one incarnation of the replica: drains its output, passes on stop
+/// requests, and returns once no process of it is left (Err: the shim's exit
+/// code, when it cannot go on).
+fn supervise_tree(
+    tree: &mut Tree,
+    output: &mut Output,
+    signals: &SignalFd,
+    replica: &str,
+) -> Result<(), i32> {
     loop {
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         for pipe in output.pipes.iter().flatten() {
@@ -303,8 +359,8 @@ fn run(config: ShimConfig) -> i32 {
         if let Err(e) = poll(&mut fds, tree.poll_timeout())
             && e != Errno::EINTR
         {
-            eprintln!("supervise: {}: poll failed: {e}", config.replica);
-            return 1;
+            eprintln!("supervise: {replica}: poll failed: {e}");
+            return Err(1);
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
@@ -323,12 +379,33 @@ fn run(config: ShimConfig) -> i32 {
             close_status_pipe();
         }
         if gone {
-            break;
+            return Ok(());
         }
         tree.tick();
     }
-    output.finish(&config.replica);
-    finish(&config, &tree.record(config.generation))
+}
+
+/// Says who runs now, for a resuming supervisor.
+fn write_running(config: &ShimConfig, generation: u64, pid: u32, respawns: bool) {
+    let running = RunningRecord {
+        generation,
+        shim_pid: std::process::id(),
+        shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
+        pid,
+        pid_start: procfs::start_time(pid).unwrap_or_default(),
+        boot_id: procfs::boot_id(),
+        started_at: SystemTime::now(),
+        respawns,
+    };
+    if let Err(e) = write_record(&running, &config.running_record) {
+        // The replica runs all the same; only a resuming supervisor could not
+        // recognise it (it would then count it as gone and sweep it).
+        eprintln!(
+            "supervise: {}: cannot write {}: {e}",
+            config.replica,
+            config.running_record.display()
+        );
+    }
 }
 
 /// Takes the replica's instance lock, held for the shim's lifetime: a second
@@ -371,6 +448,7 @@ fn watch_signals() -> nix::Result<SignalFd> {
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGUSR1,
+        Signal::SIGUSR2,
     ] {
         set.add(s);
     }

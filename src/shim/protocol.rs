@@ -1,10 +1,11 @@
 //! What the supervisor and a replica's shim tell each other.
 //!
-//! The supervisor writes a [`ShimConfig`] as JSON on the shim's stdin. The
-//! shim answers one [`Status`] line on its stdout once the replica is running
-//! (or could not be started) and writes a [`RunningRecord`] file; when the
-//! replica's whole process tree is gone it writes an [`ExitRecord`] file and
-//! exits. Records are files, not messages, so that they outlive a supervisor
+//! The supervisor hands a [`ShimConfig`] (as JSON, through the zygote). The
+//! shim answers one [`Status`] line on its status pipe once the replica is
+//! running (or could not be started) and writes a [`RunningRecord`] file;
+//! when the replica's whole process tree is gone it writes an [`ExitRecord`]
+//! file and exits (or, under a [`Respawn`] leave, starts it again and says
+//! so on the status pipe). Records are files, not messages, so that they outlive a supervisor
 //! that died in the meantime: a new one finds the running replicas and the
 //! exits it missed there.
 
@@ -39,6 +40,42 @@ pub struct ShimConfig {
     /// When set, each output line is also written, behind this prefix, to
     /// [`TEE_FD`] (the foreground supervisor's display pipe).
     pub tee_prefix: Option<String>,
+    /// Leave to start the command again, at once, when it ends.
+    pub respawn: Option<Respawn>,
+}
+
+/// The supervisor's leave for a shim to start its command again, at once,
+/// when it ends, and report it afterwards ([`Status::Respawned`]) instead of
+/// exiting and waiting for a new shim: the fast path of `delay = "0s"`.
+/// The supervisor grants only what its restart policy would decide anyway,
+/// so the policy stays the supervisor's (see `supervisor::launch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Respawn {
+    /// `on-failure`: exit codes that count as success and end the replica.
+    /// None (`always`): every end is restarted.
+    pub unless_codes: Option<Vec<i32>>,
+    /// How many times, at most; None: no limit (`limit = 0`).
+    pub budget: Option<u32>,
+}
+
+impl Respawn {
+    /// Takes one restart of the leave, if it covers an end with this exit
+    /// code (None: killed by a signal).
+    pub fn take(&mut self, code: Option<i32>) -> bool {
+        let covered = match (code, &self.unless_codes) {
+            (Some(code), Some(success)) => !success.contains(&code),
+            _ => true,
+        };
+        match &mut self.budget {
+            _ if !covered => false,
+            None => true,
+            Some(0) => false,
+            Some(left) => {
+                *left -= 1;
+                true
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +98,14 @@ pub enum Status {
     },
     /// An output line matched `ready_pattern` (sent at most once, after `Started`).
     Ready,
+    /// Under a [`Respawn`] leave: the command ended as said and was started
+    /// again as `generation`, with `pid`.
+    Respawned {
+        generation: u64,
+        pid: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 /// How a replica ended, written by its shim once no process of it is left.
@@ -89,6 +134,11 @@ pub struct RunningRecord {
     pub boot_id: String,
     #[serde(with = "humantime_serde_compat")]
     pub started_at: SystemTime,
+    /// The shim holds a [`Respawn`] leave. A supervisor that adopts it
+    /// revokes it with SIGUSR2, as it cannot hear of respawns (the status
+    /// pipe went with the supervisor that started the shim).
+    #[serde(default)]
+    pub respawns: bool,
 }
 
 /// Writes `value` as JSON so that a reader sees all of it or none of it.
@@ -117,5 +167,29 @@ mod humantime_serde_compat {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Respawn;
+
+    #[test]
+    fn a_respawn_leave_covers_failures_only_under_on_failure_and_runs_out() {
+        let mut on_failure = Respawn {
+            unless_codes: Some(vec![0, 3]),
+            budget: Some(2),
+        };
+        assert!(!on_failure.take(Some(0)), "a success is not restarted");
+        assert!(!on_failure.take(Some(3)), "exit_codes are successes");
+        assert!(on_failure.take(Some(1)));
+        assert!(on_failure.take(None), "a signal is a failure");
+        assert!(!on_failure.take(Some(1)), "the budget is spent");
+
+        let mut always = Respawn {
+            unless_codes: None,
+            budget: None,
+        };
+        assert!((0..1000).all(|_| always.take(Some(0))));
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 
 use super::Supervisor;
 use super::replica::{AfterStop, Phase, ReplicaId};
@@ -43,7 +44,14 @@ impl Supervisor {
         let path = self.dir.exit_record(&id.to_string());
         let record: Option<ExitRecord> = read_record(&path).ok();
         let _ = std::fs::remove_file(&path);
-        let generation = self.replicas[id].generation;
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        // An adopted shim may have respawned once before it got our SIGUSR2.
+        if let Some(record) = &record {
+            super::resume::catch_up(replica, record.generation);
+        }
+        let generation = replica.generation;
         // A replica that ended before its shim's start report was read is
         // announced now, so that every incarnation has its `spawned` event
         // (the late report is then ignored: the phase is no longer Starting).
@@ -65,12 +73,7 @@ impl Supervisor {
             );
         }
         let outcome = match record {
-            Some(r) if r.generation == generation => match (r.spawn_error, r.code, r.signal) {
-                (Some(_), _, _) => Outcome::SpawnFailed,
-                (None, Some(code), _) => Outcome::Code(code),
-                (None, None, Some(sig)) => Outcome::Signal(sig),
-                (None, None, None) => Outcome::Unknown,
-            },
+            Some(r) if r.generation == generation => Outcome::of_record(&r),
             _ => {
                 let detail = format!(
                     "the shim of {id} ended without saying how its replica ended (it was killed?)"
@@ -96,6 +99,62 @@ impl Supervisor {
             let detail = format!("killed {} leftover process(es) of {id}", leftovers.len());
             self.emit("leftovers_killed", Some(id), None, detail);
         }
+    }
+
+    /// A shim started its replica again by itself, under the leave it was
+    /// given (see `launch::respawn_leave`): the end is judged as any other,
+    /// then the new incarnation is taken on.
+    pub(super) fn on_respawned(
+        &mut self,
+        id: &ReplicaId,
+        shim: Pid,
+        generation: u64,
+        pid: u32,
+        outcome: Outcome,
+    ) {
+        let replica = self.replica_mut(id);
+        replica.generation = generation;
+        if let Phase::Stopping { pid: shown, .. } = &mut replica.phase {
+            // It started again before our stop reached the shim; the stop
+            // takes the new incarnation down.
+            *shown = Some(pid);
+            replica.restarts += 1;
+            return;
+        }
+        let now = Instant::now();
+        self.on_exit(id, outcome, now);
+        let Some(replica) = self.replicas.get_mut(id) else {
+            // Its service was removed meanwhile.
+            self.signal_shim(shim, Signal::SIGTERM);
+            return;
+        };
+        if !matches!(replica.phase, Phase::Backoff { .. }) {
+            // The policy did not restart it after all (the spec changed
+            // meanwhile): take the new incarnation down again.
+            replica.phase = Phase::Stopping {
+                shim,
+                pid: Some(pid),
+                then: AfterStop::Stay,
+            };
+            self.signal_shim(shim, Signal::SIGTERM);
+            return;
+        }
+        replica.restarts += 1;
+        replica.phase = Phase::Running {
+            shim,
+            pid,
+            since: now,
+        };
+        replica.started_at = Some(SystemTime::now());
+        let detail = format!("restarting {id} (restart {})", replica.restarts);
+        self.emit("restarted", Some(id), None, detail);
+        self.emit(
+            "spawned",
+            Some(id),
+            Some(pid),
+            format!("spawned {id} (pid {pid})"),
+        );
+        self.on_running(id);
     }
 
     /// A replica's processes are all gone: apply its restart policy.

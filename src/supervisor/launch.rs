@@ -12,12 +12,12 @@ use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
 use super::replica::{Phase, ReplicaId};
-use super::restart::Outcome;
+use super::restart::{History, Outcome};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
-use crate::shim::protocol::{LogConfig, ShimConfig};
+use crate::shim::protocol::{LogConfig, Respawn, ShimConfig};
 use crate::shim::zygote::{StartError, Started, Zygote};
-use crate::spec::Probe;
+use crate::spec::{Policy, Probe, Service};
 
 impl Supervisor {
     pub(super) fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
@@ -31,6 +31,7 @@ impl Supervisor {
         replica.generation += 1;
         let generation = replica.generation;
         let restarts = replica.restarts;
+        let history = replica.history.clone();
         let mut env = plan.env;
         env.push((
             procfs::MARKER_VAR.into(),
@@ -79,11 +80,12 @@ impl Supervisor {
             lock: self.dir.instance_lock(&name),
             ready_pattern,
             tee_prefix: self.display.prefix(&name, position),
+            respawn: respawn_leave(service, &history),
         };
         let _ = std::fs::remove_file(&config.exit_record);
         match self.start_shim(&config) {
             Ok(Started { pid, pidfd, status }) => {
-                self.watch(id, pid, pidfd);
+                self.watch(id, pid, pidfd, Some((generation, status)));
                 self.set_phase(
                     id,
                     Phase::Starting {
@@ -95,7 +97,6 @@ impl Supervisor {
                     let detail = format!("restarting {id} (restart {restarts})");
                     self.emit("restarted", Some(id), None, detail);
                 }
-                self.watch_status(id.clone(), generation, status);
             }
             Err(e) => {
                 // Could not even fork the shim (EAGAIN, ENOMEM): the same as a
@@ -132,51 +133,53 @@ impl Supervisor {
         }
     }
 
-    /// Takes a shim on: it is watched through its pidfd (it is not our
-    /// child, but the zygote's, or an old supervisor's if adopted) and
-    /// signalled through it.
-    pub(super) fn watch(&mut self, id: &ReplicaId, shim: Pid, pidfd: OwnedFd) {
+    /// Takes a shim on: it is signalled through its pidfd (it is not our
+    /// child, but the zygote's, or an old supervisor's if adopted), and a
+    /// task hands the loop its status lines, if we have its status pipe, and
+    /// then its end. The lines come first: the shim writes them before it
+    /// exits, so the loop never hears of an end before what preceded it.
+    pub(super) fn watch(
+        &mut self,
+        id: &ReplicaId,
+        shim: Pid,
+        pidfd: OwnedFd,
+        status: Option<(u64, OwnedFd)>,
+    ) {
         self.shims.insert(shim, id.clone());
-        match pidfd.try_clone() {
-            Ok(watch) => self.watch_pidfd(shim, watch),
-            Err(e) => tracing::warn!(error = %e, "cannot duplicate a pidfd"),
-        }
+        let watched = pidfd.try_clone();
         self.pidfds.insert(shim, pidfd);
-    }
-
-    /// Tells the loop when a shim is gone.
-    fn watch_pidfd(&self, shim: Pid, pidfd: OwnedFd) {
+        let watched = match watched {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot duplicate a pidfd");
+                return;
+            }
+        };
         let messages = self.reports.clone();
+        let id = id.clone();
         tokio::spawn(async move {
+            if let Some((generation, pipe)) = status
+                && let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
+            {
+                let mut lines = tokio::io::BufReader::new(rx).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let report = Report {
+                        id: id.clone(),
+                        generation,
+                        status: serde_json::from_str(&line).ok(),
+                    };
+                    if messages.send(Message::Status(report)).is_err() {
+                        return;
+                    }
+                }
+            }
             // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
             // same descriptor until the AsyncFd is dropped.
-            if let Ok(fd) = unsafe { AsyncFd::register(pidfd) } {
+            if let Ok(fd) = unsafe { AsyncFd::register(watched) } {
                 // Readable means the process has exited.
                 let _ = fd.readable().await;
             }
             let _ = messages.send(Message::ShimGone(shim));
-        });
-    }
-
-    /// Reads the shim's status lines (the start, then maybe readiness) in a
-    /// task and hands each to the loop; ends when the shim closes the pipe.
-    pub(super) fn watch_status(&self, id: ReplicaId, generation: u64, pipe: OwnedFd) {
-        let reports = self.reports.clone();
-        tokio::spawn(async move {
-            let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
-                return;
-            };
-            let mut lines = tokio::io::BufReader::new(rx).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let report = Report {
-                    id: id.clone(),
-                    generation,
-                    status: serde_json::from_str(&line).ok(),
-                };
-                if reports.send(Message::Status(report)).is_err() {
-                    return;
-                }
-            }
         });
     }
 
@@ -186,5 +189,89 @@ impl Supervisor {
         if let Some(pidfd) = self.pidfds.get(&shim) {
             let _ = procfs::pidfd_signal(pidfd, signal);
         }
+    }
+}
+
+/// What a shim may restart by itself (see [`Respawn`]): only where the
+/// restart policy would restart at once whatever the history, i.e. with
+/// `delay = "0s"` (the backoff of a zero delay is zero), and no more often
+/// than the limit allows now. The budget is never larger than what the
+/// policy allows when the report arrives: entries only leave the window, and
+/// a long uptime only clears the history. Services with health checks or
+/// failover are left to the supervisor: a new incarnation changes their
+/// health and role, which only the loop may decide.
+fn respawn_leave(service: &Service, history: &History) -> Option<Respawn> {
+    let policy = &service.restart;
+    if !policy.delay.is_zero() || service.health.is_some() || service.failover.is_some() {
+        return None;
+    }
+    let unless_codes = match policy.policy {
+        Policy::Never => return None,
+        Policy::OnFailure => Some(policy.exit_codes.clone()),
+        Policy::Always => None,
+    };
+    let budget = match policy.limit {
+        0 => None,
+        limit => {
+            Some(limit.saturating_sub(u32::try_from(history.recent.len()).unwrap_or(u32::MAX)))
+        }
+    };
+    (budget != Some(0)).then_some(Respawn {
+        unless_codes,
+        budget,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn service(restart: &str) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            format!("[services.s]\ncommand = \"true\"\nrestart = {restart}\n"),
+        )
+        .unwrap();
+        let spec = crate::spec::load(&path).unwrap();
+        spec.services.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn the_respawn_leave_is_no_wider_than_the_policy() {
+        let empty = History::default();
+        assert_eq!(
+            respawn_leave(&service(r#"{ delay = "100ms" }"#), &empty),
+            None
+        );
+        assert_eq!(
+            respawn_leave(&service(r#"{ delay = "0s", policy = "never" }"#), &empty),
+            None
+        );
+        assert_eq!(
+            respawn_leave(&service(r#"{ delay = "0s", limit = 0 }"#), &empty),
+            Some(Respawn {
+                unless_codes: None,
+                budget: None
+            })
+        );
+        let on_failure =
+            service(r#"{ delay = "0s", policy = "on-failure", exit_codes = [0, 2], limit = 3 }"#);
+        let mut history = History::default();
+        history
+            .recent
+            .push_back(Instant::now() - Duration::from_secs(1));
+        assert_eq!(
+            respawn_leave(&on_failure, &history),
+            Some(Respawn {
+                unless_codes: Some(vec![0, 2]),
+                budget: Some(2)
+            })
+        );
+        history.recent.extend([Instant::now(), Instant::now()]);
+        assert_eq!(respawn_leave(&on_failure, &history), None, "limit reached");
     }
 }

@@ -630,10 +630,30 @@ impl Supervisor {
         let Some(replica) = self.replicas.get_mut(&report.id) else {
             return;
         };
-        if replica.generation != report.generation {
+        // A respawn says which incarnation it started; other lines are about
+        // the one the shim was started for.
+        let current = match &report.status {
+            Some(Status::Respawned { generation, .. }) => *generation == replica.generation + 1,
+            _ => replica.generation == report.generation,
+        };
+        if !current {
             return;
         }
         match (report.status, &replica.phase) {
+            (
+                Some(Status::Respawned {
+                    generation,
+                    pid,
+                    code,
+                    signal,
+                }),
+                phase,
+            ) => {
+                if let Some(shim) = phase.shim() {
+                    let outcome = restart::Outcome::ended(code, signal);
+                    self.on_respawned(&report.id, shim, generation, pid, outcome);
+                }
+            }
             (Some(Status::Started { pid }), Phase::Starting { shim, since }) => {
                 let (shim, since) = (*shim, *since);
                 replica.phase = Phase::Running { shim, pid, since };

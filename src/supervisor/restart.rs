@@ -22,6 +22,23 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The end of a command that ran: by its exit code, else its signal.
+    pub fn ended(code: Option<i32>, signal: Option<i32>) -> Outcome {
+        match (code, signal) {
+            (Some(code), _) => Outcome::Code(code),
+            (None, Some(signal)) => Outcome::Signal(signal),
+            (None, None) => Outcome::Unknown,
+        }
+    }
+
+    /// What a shim's exit record says.
+    pub fn of_record(record: &crate::shim::protocol::ExitRecord) -> Outcome {
+        match record.spawn_error {
+            Some(_) => Outcome::SpawnFailed,
+            None => Outcome::ended(record.code, record.signal),
+        }
+    }
+
     pub fn is_success(&self, policy: &RestartPolicy) -> bool {
         matches!(self, Outcome::Code(c) if policy.exit_codes.contains(c))
     }

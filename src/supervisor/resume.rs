@@ -96,7 +96,7 @@ impl Supervisor {
             // and start afresh once it is gone, never beside it.
             let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR1);
             let shim = Pid::from_raw(shim as i32);
-            self.watch(id, shim, pidfd);
+            self.watch(id, shim, pidfd, None);
             self.replica_mut(id).phase = Phase::Stopping {
                 shim,
                 pid: None,
@@ -116,7 +116,7 @@ impl Supervisor {
                 let _ = std::fs::remove_file(self.dir.exit_record(&name));
                 let _ = std::fs::remove_file(self.dir.running_record(&name));
                 found.exited += 1;
-                let outcome = outcome_of(&record);
+                let outcome = Outcome::of_record(&record);
                 self.exited_while_down(id, outcome, record.at);
             }
             _ if was_live => {
@@ -147,7 +147,11 @@ impl Supervisor {
             pid: record.pid,
             since: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
         };
-        self.watch(id, shim, pidfd);
+        if record.respawns {
+            // We would not hear of its respawns: it is to leave restarts to us.
+            let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR2);
+        }
+        self.watch(id, shim, pidfd, None);
         let detail = format!(
             "adopted {id} (pid {}, shim {})",
             record.pid, record.shim_pid
@@ -218,15 +222,6 @@ fn verified(shim: u32, record: &RunningRecord) -> Option<OwnedFd> {
     (same_shim && command_ok).then_some(pidfd)
 }
 
-fn outcome_of(record: &ExitRecord) -> Outcome {
-    match (&record.spawn_error, record.code, record.signal) {
-        (Some(_), _, _) => Outcome::SpawnFailed,
-        (None, Some(code), _) => Outcome::Code(code),
-        (None, None, Some(signal)) => Outcome::Signal(signal),
-        (None, None, None) => Outcome::Unknown,
-    }
-}
-
 fn since_wall(t: SystemTime) -> Instant {
     let age = SystemTime::now().duration_since(t).unwrap_or_default();
     Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
@@ -244,7 +239,7 @@ fn wall_of(t: Instant) -> SystemTime {
 /// A shim's record may be newer than the checkpoint (written in batches):
 /// each generation beyond the checkpoint's was one more restart, so the
 /// count never goes backwards across a crash.
-fn catch_up(replica: &mut Replica, generation: u64) {
+pub(super) fn catch_up(replica: &mut Replica, generation: u64) {
     if replica.generation == 0 {
         // No checkpoint to go by: every incarnation after the first was a restart.
         replica.restarts = u32::try_from(generation.saturating_sub(1)).unwrap_or(u32::MAX);
