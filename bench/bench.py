@@ -1153,7 +1153,8 @@ def main():
     ap.add_argument("--fs", default=None, help="tmpfs,disk (default both; --quick: tmpfs)")
     ap.add_argument("--tmpfs-dir", default="/dev/shm", help="a directory on tmpfs")
     ap.add_argument("--disk-dir", default="/var/tmp", help="a directory on a disk file system")
-    ap.add_argument("--supervise", default=str(REPO / "target" / "release" / "supervise"))
+    built = sorted((REPO / "target").glob("*/release/supervise"))  # target/<triple>/release
+    ap.add_argument("--supervise", default=str(built[0] if built else REPO / "target" / "release" / "supervise"))
     ap.add_argument("--stamp", required=True, help="the compiled bench/stamp.c")
     ap.add_argument("--tools-dir", default=str(HERE / ".tools"), help="where peers are installed")
     ap.add_argument("--no-install", action="store_true", help="skip what is not installed")

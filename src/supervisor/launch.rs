@@ -19,6 +19,9 @@ use crate::shim::protocol::{LogConfig, Respawn, ShimConfig};
 use crate::shim::zygote::{StartError, Started, Zygote};
 use crate::spec::{Policy, Probe, Service};
 
+/// Read buffer of a shim's status pipe.
+const STATUS_BUFFER: usize = 256;
+
 impl Supervisor {
     pub(super) fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
         let service = &self.spec.services[position];
@@ -161,7 +164,9 @@ impl Supervisor {
             if let Some((generation, pipe)) = status
                 && let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
             {
-                let mut lines = tokio::io::BufReader::new(rx).lines();
+                // Status lines are short, and a hundred shims' readers must
+                // not cost a hundred default 8 KiB buffers.
+                let mut lines = tokio::io::BufReader::with_capacity(STATUS_BUFFER, rx).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let report = Report {
                         id: id.clone(),
