@@ -59,6 +59,10 @@ pub fn spawn(config: &ShimConfig) -> Result<Spawned, String> {
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {}", plain_io_error(&e)))?;
+    // The replica has just exec'd and our bookkeeping (records, the report
+    // that wakes the supervisor) can wait: let it have the CPU first. On a
+    // busy core this is a third of a restart (BENCHMARKS.md).
+    let _ = nix::sched::sched_yield();
     Ok((child, Some(out_r), Some(err_r)))
 }
 
