@@ -477,6 +477,51 @@ stop_timeout = "500ms"
 }
 
 #[test]
+fn the_replica_starts_with_no_blocked_and_no_ignored_signals() {
+    // As under nohup (and a shell's background job), the supervisor starts
+    // with SIGHUP and SIGQUIT ignored, which exec passes on.
+    let sup = Supervise::builder(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "0s" }
+"#,
+    )
+    .wrapped(&["sh", "-c", "trap '' HUP QUIT; \"$@\"; exit $?", "sh"])
+    .start();
+    let check = |incarnation: &str, pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let mask = |key: &str| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .trim();
+            u64::from_str_radix(hex, 16).unwrap()
+        };
+        assert_eq!(
+            mask("SigBlk:"),
+            0,
+            "{incarnation}: blocked signals\n{status}"
+        );
+        // Signals 1-31; glibc's own 32 and 33 are its business.
+        assert_eq!(
+            mask("SigIgn:") & 0x7fff_ffff,
+            0,
+            "{incarnation}: ignored signals\n{status}"
+        );
+    };
+    let first = sup.expect_spawned("web.0");
+    check("the first start", first);
+    kill9(first);
+    let (restart, _) = sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in 0s$", SOON);
+    check(
+        "a restart by the shim",
+        sup.expect_spawned_from(restart.index, "web.0").1,
+    );
+}
+
+#[test]
 fn stop_signal_is_what_the_child_receives() {
     let mut sup = Supervise::start(
         r#"
@@ -730,8 +775,9 @@ restart = { delay = "100ms" }
     let (_, shim) = proc_stat(replica).unwrap();
     assert!(is_alive(escaped));
     kill9(shim);
-    // The main process dies with its shim (PDEATHSIG); the one that left the
-    // session is found by the replica's environment marker and killed.
+    // What the shim leaves (the main process, re-parented to the supervisor,
+    // and the one that left the session) is found by the replica's
+    // environment marker and killed.
     sup.expect_event(r"^killed \d+ leftover process\(es\) of web\.0$", SOON);
     let (restart, _) =
         sup.expect_event(r"^web\.0 ended \(exit status unknown\); restart 1 in", SOON);
@@ -1021,8 +1067,8 @@ restart = { delay = "100ms" }
     );
     assert_eq!(proc_stat(grandchild).map(|s| s.1), Some(replica));
 
-    // With its shim gone, the replica dies (parent-death signal) and its
-    // child is orphaned: re-parented to PID 1, which must reap it.
+    // With its shim gone, the replica is re-parented to PID 1, which kills
+    // it and its child (found by their marker) and must reap both.
     kill9(shim);
     assert!(
         wait_until(SOON, || proc_stat(grandchild)

@@ -12,9 +12,11 @@
 //!   it exits only once every one of them is gone. A restart can therefore
 //!   never meet its predecessor's ghost on a port.
 //!
-//! It is single-threaded and blocking (poll over a signalfd and two pipes):
-//! no tokio, no threads, so `PR_SET_PDEATHSIG` on the replica is reliable
-//! (it fires on the death of the parent *thread*) and the shim stays small.
+//! It is single-threaded and blocking (poll over a self-pipe woken by its
+//! signal handlers, and the replica's two output pipes): no tokio, no
+//! threads, so it can be forked and stays small. Its signals are caught, not
+//! blocked: a blocked mask would be inherited by the replica, which std
+//! starts with `posix_spawn` (see `spawn`), while handlers are reset by exec.
 //!
 //! Requests come as signals: SIGTERM (or SIGINT/SIGHUP) = stop gracefully
 //! (stop signal to the whole tree, SIGKILL after the stop timeout), SIGUSR1 =
@@ -28,14 +30,15 @@ pub mod zygote;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, Flock, FlockArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -120,7 +123,7 @@ impl Tree {
     }
 
     /// Reaps whatever exited; true once no process of the replica is left.
-    /// Called on every wake-up, not only on SIGCHLD, as signalfd coalesces.
+    /// Called on every wake-up, not only on SIGCHLD, as signals coalesce.
     fn reap(&mut self) -> bool {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -348,11 +351,11 @@ fn run(config: ShimConfig) -> i32 {
 fn supervise_tree(
     tree: &mut Tree,
     output: &mut Output,
-    signals: &SignalFd,
+    signals: &Signals,
     replica: &str,
 ) -> Result<(), i32> {
     loop {
-        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
@@ -366,10 +369,8 @@ fn supervise_tree(
         drop(fds);
 
         if ready[0] {
-            while let Ok(Some(info)) = signals.read_signal() {
-                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
-                    tree.on_signal(signal);
-                }
+            for signal in signals.take() {
+                tree.on_signal(signal);
             }
         }
         let gone = tree.reap();
@@ -438,22 +439,55 @@ fn claim(config: &ShimConfig) -> Result<Flock<File>, String> {
     Ok(lock)
 }
 
-/// Blocks the signals the shim handles and returns a signalfd for them.
-/// The replica starts with an empty mask (std resets it in the child).
-fn watch_signals() -> nix::Result<SignalFd> {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(s);
+/// The signals the shim acts on.
+const WATCHED: [Signal; 6] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// The shim's signals, caught: each handler sets its flag and writes a byte
+/// to the self-pipe that the poll loop watches (signal-hook's handlers).
+struct Signals {
+    wake: OwnedFd,
+    /// The write end, which the handlers use (by number) for the shim's life.
+    _wake_writer: OwnedFd,
+    flags: Vec<(Signal, Arc<AtomicBool>)>,
+}
+
+impl Signals {
+    /// The signals that came since the last call; empties the self-pipe.
+    fn take(&self) -> Vec<Signal> {
+        let mut buf = [0u8; 64];
+        while matches!(nix::unistd::read(self.wake.as_fd(), &mut buf), Ok(n) if n > 0) {}
+        self.flags
+            .iter()
+            .filter(|(_, flag)| flag.swap(false, Ordering::SeqCst))
+            .map(|(signal, _)| *signal)
+            .collect()
     }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// Installs the shim's signal handlers, after making every other signal's
+/// disposition the default (what the replica inherits).
+fn watch_signals() -> std::io::Result<Signals> {
+    spawn::default_dispositions();
+    let (wake, writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    let mut flags = Vec::new();
+    for signal in WATCHED {
+        let flag = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal as i32, Arc::clone(&flag))?;
+        signal_hook::low_level::pipe::register_raw(signal as i32, writer.as_raw_fd())?;
+        flags.push((signal, flag));
+    }
+    Ok(Signals {
+        wake,
+        _wake_writer: writer,
+        flags,
+    })
 }
 
 /// Reads what is available from a pipe into the log; closes it at end of

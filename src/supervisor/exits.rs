@@ -86,10 +86,9 @@ impl Supervisor {
         self.on_exit(id, outcome, Instant::now());
     }
 
-    /// A shim that was killed could not stop its replica's tree. Its main
-    /// process died with it (PDEATHSIG), but descendants that left the
-    /// process group live on, re-parented to us: find them by the replica's
-    /// marker and kill them, so the restart meets no predecessor.
+    /// A shim that was killed could not stop its replica's tree, which lives
+    /// on, re-parented to us: find its processes by the replica's marker and
+    /// kill them, so the restart meets no predecessor.
     pub(super) fn kill_leftovers(&mut self, id: &ReplicaId) {
         let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
         for &pid in &leftovers {
