@@ -44,21 +44,54 @@ pub fn with_marker(marker: &str) -> Vec<Pid> {
 
 /// Every live descendant of `root`, parents before children.
 pub fn descendants(root: Pid) -> Vec<Pid> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    for pid in all_pids() {
-        if let Some(ppid) = parent_of(pid) {
+    Parents::scan().descendants(root)
+}
+
+/// Every process's parent, read from `/proc` in one pass: ask it many
+/// questions rather than scanning once per question.
+pub struct Parents(HashMap<i32, i32>);
+
+impl Parents {
+    pub fn scan() -> Parents {
+        Parents(
+            all_pids()
+                .filter_map(|pid| Some((pid, parent_of(pid)?)))
+                .collect(),
+        )
+    }
+
+    /// Every descendant of `root`, parents before children.
+    pub fn descendants(&self, root: Pid) -> Vec<Pid> {
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for (&pid, &ppid) in &self.0 {
             children.entry(ppid).or_default().push(pid);
         }
-    }
-    let mut out = Vec::new();
-    let mut queue = vec![root.as_raw()];
-    while let Some(p) = queue.pop() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
-            out.push(Pid::from_raw(c));
-            queue.push(c);
+        let mut out = Vec::new();
+        let mut queue = vec![root.as_raw()];
+        while let Some(p) = queue.pop() {
+            for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+                out.push(Pid::from_raw(c));
+                queue.push(c);
+            }
         }
+        out
     }
-    out
+
+    /// Is `pid` `root` itself or one of its descendants?
+    pub fn is_within(&self, pid: Pid, root: Pid) -> bool {
+        let mut at = pid.as_raw();
+        // Bounded: a pid read mid-change could make the map cyclic.
+        for _ in 0..self.0.len() + 1 {
+            if at == root.as_raw() {
+                return true;
+            }
+            match self.0.get(&at) {
+                Some(&parent) if parent > 0 => at = parent,
+                _ => return false,
+            }
+        }
+        false
+    }
 }
 
 /// What `/proc/<pid>/stat` says of a process.
@@ -188,6 +221,11 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         assert_eq!(found.len(), 1, "the sleep under sh: {found:?}");
+        let parents = Parents::scan();
+        assert!(parents.is_within(found[0], sh));
+        assert!(parents.is_within(sh, sh));
+        assert!(!parents.is_within(sh, found[0]));
+        assert!(!parents.is_within(Pid::this(), sh));
         assert_eq!(signal_descendants(sh, Signal::SIGKILL), 1);
         child.wait().unwrap();
     }

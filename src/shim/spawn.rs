@@ -61,16 +61,16 @@ pub fn spawn(config: &ShimConfig) -> Result<Spawned, String> {
     Ok((child, Some(out_r), Some(err_r)))
 }
 
-/// Makes every signal's disposition the default in the shim, which handles
-/// its own signals through a signalfd: the replica then starts with default
-/// dispositions whatever the supervisor was started with (`nohup` ignores
-/// SIGHUP, say), as ignored ones are inherited across exec. SIGPIPE stays
-/// ignored in the shim; std restores its default in the replica.
+/// Makes every signal's disposition the default in the shim (which then
+/// installs handlers for its own, and exec resets handlers): the replica
+/// starts with default dispositions whatever the supervisor was started with
+/// (`nohup` ignores SIGHUP, say), as ignored ones are inherited across exec.
+/// SIGPIPE stays ignored in the shim; std restores its default in the replica.
 pub fn default_dispositions() {
     for signal in Signal::iterator() {
         if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGPIPE) {
             // SAFETY: installing SIG_DFL cannot break any invariant: the shim
-            // has no handlers of its own.
+            // has no handlers of its own yet.
             let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigDfl) };
         }
     }

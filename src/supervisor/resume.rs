@@ -188,14 +188,17 @@ impl Supervisor {
     /// adopted shim, or that are not in that shim's tree.
     fn sweep_strays(&self) -> usize {
         let mut killed = 0;
-        for (pid, replica) in procfs::marked_by_state_dir(self.dir.root()) {
+        let marked = procfs::marked_by_state_dir(self.dir.root());
+        // Read after the markers: a process that exists in `marked` is in
+        // the map (unless it has exited), wherever it forked from.
+        let parents = procfs::Parents::scan();
+        for (pid, replica) in marked {
             let owner = self
                 .replicas
                 .values()
                 .find(|r| r.id.to_string() == replica)
                 .and_then(|r| r.phase.shim());
-            let owned =
-                owner.is_some_and(|shim| shim == pid || procfs::descendants(shim).contains(&pid));
+            let owned = owner.is_some_and(|shim| parents.is_within(pid, shim));
             if !owned && pid != Pid::this() {
                 let _ = kill(pid, Signal::SIGKILL);
                 killed += 1;
