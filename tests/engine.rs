@@ -522,6 +522,37 @@ restart = { delay = "0s" }
 }
 
 #[test]
+fn forty_replicas_start_under_a_soft_limit_of_64_open_files_which_they_get_back() {
+    // Three descriptors per replica in the supervisor do not fit in 64: it
+    // lifts its own soft limit to the hard one, and restores it for replicas.
+    let sup = Supervise::builder(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+replicas = 40
+"#,
+    )
+    .wrapped(&["sh", "-c", "ulimit -S -n 64; \"$@\"; exit $?", "sh"])
+    .start();
+    let pids: Vec<i32> = (0..40)
+        .map(|i| sup.expect_spawned(&format!("web.{i}")))
+        .collect();
+    assert!(
+        sup.event_from(0, r"could not be started", Duration::from_millis(200))
+            .is_none(),
+        "{}",
+        sup.transcript()
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pids[39])).unwrap();
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert_eq!(soft, "64", "{limits}");
+}
+
+#[test]
 fn stop_signal_is_what_the_child_receives() {
     let mut sup = Supervise::start(
         r#"

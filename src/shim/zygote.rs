@@ -30,6 +30,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
@@ -71,8 +72,13 @@ pub struct Zygote {
 
 impl Zygote {
     /// Execs the zygote. `tee` (the foreground display's pipe) is passed on
-    /// to every shim as [`TEE_FD`].
-    pub fn spawn(tee: Option<BorrowedFd>) -> std::io::Result<Zygote> {
+    /// to every shim as [`TEE_FD`]; `open_files` (soft, hard) is the limit
+    /// the zygote, the shims and the replicas get back (the supervisor
+    /// raised its own, see `supervisor::raise_open_files_limit`).
+    pub fn spawn(
+        tee: Option<BorrowedFd>,
+        open_files: Option<(u64, u64)>,
+    ) -> std::io::Result<Zygote> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -91,7 +97,7 @@ impl Zygote {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let tee = tee.map(|fd| fd.as_raw_fd());
-        // SAFETY: setsid and dup2 are async-signal-safe.
+        // SAFETY: setsid, dup2 and setrlimit are async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
                 // Its own session, which its shims inherit: Ctrl-C and
@@ -102,6 +108,9 @@ impl Zygote {
                     && nix::libc::dup2(fd, TEE_FD) < 0
                 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some((soft, hard)) = open_files {
+                    setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
                 }
                 Ok(())
             });

@@ -118,7 +118,8 @@ impl Supervisor {
         loop {
             let zygote = match self.zygote.take() {
                 Some(zygote) => zygote,
-                None => Zygote::spawn(self.display.tee_fd()).map_err(StartError::Broken)?,
+                None => Zygote::spawn(self.display.tee_fd(), self.open_files)
+                    .map_err(StartError::Broken)?,
             };
             match zygote.start(config) {
                 Err(StartError::Gone) if !retried => {

@@ -189,6 +189,21 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     Ok(code)
 }
 
+/// Lifts the soft limit on open files to the hard one: the supervisor holds
+/// three descriptors per replica (the shim's pidfd, its watch, its status
+/// pipe), and 1024, a common default, would stop it near 340 replicas.
+/// Returns the limit as it was, for the zygote to restore in what it starts:
+/// programs that still use select() must not see descriptors past 1024.
+fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        Some((soft, hard))
+    } else {
+        None
+    }
+}
+
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -245,6 +260,8 @@ struct Supervisor {
     pidfds: HashMap<Pid, OwnedFd>,
     /// Forks the shims; started with the first replica.
     zygote: Option<Zygote>,
+    /// The open-files limit we started with, which the zygote restores.
+    open_files: Option<(u64, u64)>,
     options: Options,
     display: Display,
     journal: Journal,
@@ -288,6 +305,7 @@ impl Supervisor {
             saved: Vec::new(),
             pidfds: HashMap::new(),
             zygote: None,
+            open_files: raise_open_files_limit(),
             options,
             display,
             journal: Journal::new(),
