@@ -406,19 +406,8 @@ mod tests {
 
     fn replica(index: u32, state: &str, restarts: u32) -> ReplicaStatus {
         ReplicaStatus {
-            index,
-            pid: (state == "running" || state == "starting").then_some(100 + index),
-            state: state.into(),
-            health: if state == "running" {
-                "healthy"
-            } else {
-                "unknown"
-            }
-            .into(),
-            role: None,
             restarts,
-            started_at: None,
-            last_exit: None,
+            ..crate::commands::select::tests::replica(index, state)
         }
     }
 

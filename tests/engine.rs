@@ -523,7 +523,7 @@ restart = { delay = "0s" }
 
 #[test]
 fn forty_replicas_start_under_a_soft_limit_of_64_open_files_which_they_get_back() {
-    // Three descriptors per replica in the supervisor do not fit in 64: it
+    // Two descriptors per replica in the supervisor do not fit in 64: it
     // lifts its own soft limit to the hard one, and restores it for replicas.
     let sup = Supervise::builder(
         r#"

@@ -14,7 +14,7 @@ mod format;
 mod logs;
 mod reload;
 mod scale;
-mod select;
+pub(crate) mod select;
 mod status;
 mod up;
 mod wait;

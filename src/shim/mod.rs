@@ -287,12 +287,18 @@ fn run(config: ShimConfig) -> i32 {
     if config.ready_pattern.is_none() && config.respawn.is_none() {
         close_status_pipe();
     }
-    write_running(
-        &config,
-        config.generation,
-        child.id(),
-        config.respawn.is_some(),
-    );
+    // What identifies the shim is read once; each incarnation adds its own.
+    let mut running = RunningRecord {
+        generation: config.generation,
+        shim_pid: std::process::id(),
+        shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
+        pid: child.id(),
+        pid_start: 0,
+        boot_id: procfs::boot_id(),
+        started_at: SystemTime::now(),
+        respawns: config.respawn.is_some(),
+    };
+    write_running(&config, &mut running, config.generation, child.id());
     let mut tree = Tree::new(&config, child.id());
     // The Child handle is dropped: the shim reaps with waitpid(-1), which
     // sees every descendant, not only the main process.
@@ -330,7 +336,7 @@ fn run(config: ShimConfig) -> i32 {
                     code,
                     signal,
                 });
-                write_running(&config, generation, child.id(), true);
+                write_running(&config, &mut running, generation, child.id());
                 tree = Tree::new(&config, child.id());
                 output.pipes = [out, err];
             }
@@ -387,18 +393,12 @@ fn supervise_tree(
 }
 
 /// Says who runs now, for a resuming supervisor.
-fn write_running(config: &ShimConfig, generation: u64, pid: u32, respawns: bool) {
-    let running = RunningRecord {
-        generation,
-        shim_pid: std::process::id(),
-        shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
-        pid,
-        pid_start: procfs::start_time(pid).unwrap_or_default(),
-        boot_id: procfs::boot_id(),
-        started_at: SystemTime::now(),
-        respawns,
-    };
-    if let Err(e) = write_record(&running, &config.running_record) {
+fn write_running(config: &ShimConfig, running: &mut RunningRecord, generation: u64, pid: u32) {
+    running.generation = generation;
+    running.pid = pid;
+    running.pid_start = procfs::start_time(pid).unwrap_or_default();
+    running.started_at = SystemTime::now();
+    if let Err(e) = write_record(running, &config.running_record) {
         // The replica runs all the same; only a resuming supervisor could not
         // recognise it (it would then count it as gone and sweep it).
         eprintln!(

@@ -4,6 +4,7 @@
 //! its pidfd, which says when it is gone.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
@@ -18,6 +19,13 @@ use crate::procfs;
 use crate::shim::protocol::{LogConfig, Respawn, ShimConfig};
 use crate::shim::zygote::{StartError, Started, Zygote};
 use crate::spec::{Policy, Probe, Service};
+
+/// A live shim: whose it is, and the pidfd that signals it and says when it
+/// is gone (shared with the task that watches it).
+pub(super) struct Shim {
+    pub id: ReplicaId,
+    pidfd: Arc<OwnedFd>,
+}
 
 /// Read buffer of a shim's status pipe.
 const STATUS_BUFFER: usize = 256;
@@ -149,16 +157,12 @@ impl Supervisor {
         pidfd: OwnedFd,
         status: Option<(u64, OwnedFd)>,
     ) {
-        self.shims.insert(shim, id.clone());
-        let watched = pidfd.try_clone();
-        self.pidfds.insert(shim, pidfd);
-        let watched = match watched {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot duplicate a pidfd");
-                return;
-            }
+        let pidfd = Arc::new(pidfd);
+        let shim_entry = Shim {
+            id: id.clone(),
+            pidfd: Arc::clone(&pidfd),
         };
+        self.shims.insert(shim, shim_entry);
         let messages = self.reports.clone();
         let id = id.clone();
         tokio::spawn(async move {
@@ -179,9 +183,9 @@ impl Supervisor {
                     }
                 }
             }
-            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
-            // same descriptor until the AsyncFd is dropped.
-            if let Ok(fd) = unsafe { AsyncFd::register(watched) } {
+            // SAFETY: the AsyncFd holds a reference to the OwnedFd, which
+            // stays open and the same descriptor until the AsyncFd is dropped.
+            if let Ok(fd) = unsafe { AsyncFd::register(pidfd) } {
                 // Readable means the process has exited.
                 let _ = fd.readable().await;
             }
@@ -192,8 +196,8 @@ impl Supervisor {
     /// Signals a shim through its pidfd: its pid could be reused the moment
     /// it exits, as it is not our child.
     pub(super) fn signal_shim(&self, shim: Pid, signal: Signal) {
-        if let Some(pidfd) = self.pidfds.get(&shim) {
-            let _ = procfs::pidfd_signal(pidfd, signal);
+        if let Some(entry) = self.shims.get(&shim) {
+            let _ = procfs::pidfd_signal(&entry.pidfd, signal);
         }
     }
 }

@@ -23,7 +23,6 @@ pub mod restart;
 mod resume;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -45,6 +44,7 @@ use checkpoint::Checkpoint;
 use desired::Desired;
 use display::Display;
 use journal::Journal;
+use launch::Shim;
 use replica::{AfterStop, Health, Phase, Replica, ReplicaId};
 
 /// How `supervise up` was asked to run.
@@ -190,8 +190,8 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
 }
 
 /// Lifts the soft limit on open files to the hard one: the supervisor holds
-/// three descriptors per replica (the shim's pidfd, its watch, its status
-/// pipe), and 1024, a common default, would stop it near 340 replicas.
+/// two descriptors per replica (the shim's pidfd and its status
+/// pipe), and 1024, a common default, would stop it near 500 replicas.
 /// Returns the limit as it was, for the zygote to restore in what it starts:
 /// programs that still use select() must not see descriptors past 1024.
 fn raise_open_files_limit() -> Option<(u64, u64)> {
@@ -255,9 +255,6 @@ struct Supervisor {
     last_save: Option<Instant>,
     /// The bytes last written, to skip writes that would change nothing.
     saved: Vec<u8>,
-    /// Pidfds of the shims (not our children), for signals without a
-    /// pid-reuse race.
-    pidfds: HashMap<Pid, OwnedFd>,
     /// Forks the shims; started with the first replica.
     zygote: Option<Zygote>,
     /// The open-files limit we started with, which the zygote restores.
@@ -267,8 +264,8 @@ struct Supervisor {
     journal: Journal,
     started_at: SystemTime,
     replicas: BTreeMap<ReplicaId, Replica>,
-    /// Live shims, by pid: the reaper's way back to a replica.
-    shims: HashMap<Pid, ReplicaId>,
+    /// Live shims, by pid.
+    shims: HashMap<Pid, Shim>,
     shutdown: Option<Shutdown>,
     reports: mpsc::UnboundedSender<Message>,
 }
@@ -303,7 +300,6 @@ impl Supervisor {
             reaper,
             last_save: None,
             saved: Vec::new(),
-            pidfds: HashMap::new(),
             zygote: None,
             open_files: raise_open_files_limit(),
             options,
@@ -636,8 +632,7 @@ impl Supervisor {
             Message::Probe(result) => self.on_probe(result),
             Message::Notify { pid, text } => self.on_notify(pid, &text),
             Message::ShimGone(shim) => {
-                self.pidfds.remove(&shim);
-                if let Some(id) = self.shims.remove(&shim) {
+                if let Some(Shim { id, .. }) = self.shims.remove(&shim) {
                     self.on_shim_exit(&id);
                 }
             }
