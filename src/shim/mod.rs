@@ -374,10 +374,11 @@ fn supervise_tree(
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
 
-        if ready[0] {
-            for signal in signals.take() {
-                tree.on_signal(signal);
-            }
+        // Not only when the self-pipe is ready: a signal that interrupted
+        // poll leaves no readiness behind, and a stop or revoke that came
+        // with the replica's death must be seen before it is respawned.
+        for signal in signals.take() {
+            tree.on_signal(signal);
         }
         let gone = tree.reap();
         output.on_ready(&ready[1..]);
