@@ -114,18 +114,20 @@ impl Checkpoint {
             .map(Some)
             .map_err(|e| damaged(e.to_string()))
     }
+}
 
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+/// Replaces the file at `path` with `bytes` so that a crash at any point
+/// leaves either the old or the new content, durably.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
     }
+    Ok(())
 }
 
 /// Moves a damaged checkpoint out of the way (never overwritten silently),
@@ -145,7 +147,7 @@ impl super::Supervisor {
     /// Saves the checkpoint now (desired-state changes, which a request
     /// acknowledges, and shutdown).
     pub(super) fn save_checkpoint(&mut self) {
-        let bytes = match serde_json::to_vec(&self.checkpoint()) {
+        let bytes = match serde_json::to_vec_pretty(&self.checkpoint()) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise the checkpoint");
@@ -157,7 +159,7 @@ impl super::Supervisor {
             self.dirty = false;
             return;
         }
-        match self.checkpoint().save(&self.dir.checkpoint()) {
+        match write_atomically(&self.dir.checkpoint(), &bytes) {
             Ok(()) => {
                 self.saved = bytes;
                 self.dirty = false;
@@ -199,6 +201,10 @@ impl super::Supervisor {
 mod tests {
     use super::*;
 
+    fn save(checkpoint: &Checkpoint, path: &Path) {
+        write_atomically(path, &serde_json::to_vec_pretty(checkpoint).unwrap()).unwrap();
+    }
+
     #[test]
     fn round_trips_and_a_missing_file_is_none() {
         let dir = tempfile::tempdir().unwrap();
@@ -214,7 +220,7 @@ mod tests {
                 ..ReplicaMemo::default()
             },
         );
-        cp.save(&path).unwrap();
+        save(&cp, &path);
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(cp));
     }
 
@@ -222,7 +228,7 @@ mod tests {
     fn truncated_corrupt_and_future_files_are_damaged_and_can_be_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoint.json");
-        Checkpoint::new(Desired::default()).save(&path).unwrap();
+        save(&Checkpoint::new(Desired::default()), &path);
         let good = std::fs::read(&path).unwrap();
         for bad in [
             good[..good.len() / 2].to_vec(),
