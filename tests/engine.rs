@@ -878,9 +878,15 @@ restart = { delay = "0s" }
     kill9(first.pid);
     assert!(first.wait_exit(SOON).is_some());
 
+    // The revoke and the replica's death reach the shim at the same wake-up
+    // (it is stopped meanwhile): the revoke must win all the same.
+    kill(Pid::from_raw(shim), Signal::SIGSTOP).unwrap();
+    assert!(wait_until(SOON, || proc_stat(shim).is_some_and(|s| s.0 == 'T')));
     let second = first.another().start();
     second.expect_event(r"^adopted web\.0 ", SOON);
     kill9(pid);
+    assert!(wait_until(SOON, || proc_stat(pid).is_some_and(|s| s.0 == 'Z')));
+    kill(Pid::from_raw(shim), Signal::SIGCONT).unwrap();
     let (restart, _) =
         second.expect_event(r"^web\.0 was killed by SIGKILL; restart 1 in 0s$", SOON);
     let (_, again) = second.expect_spawned_from(restart.index, "web.0");
