@@ -283,10 +283,6 @@ fn run(config: ShimConfig) -> i32 {
             return finish(&config, &record);
         }
     };
-    report(&Status::Started { pid: child.id() });
-    if config.ready_pattern.is_none() && config.respawn.is_none() {
-        close_status_pipe();
-    }
     // What identifies the shim is read once; each incarnation adds its own.
     let mut running = RunningRecord {
         generation: config.generation,
@@ -298,7 +294,13 @@ fn run(config: ShimConfig) -> i32 {
         started_at: SystemTime::now(),
         respawns: config.respawn.is_some(),
     };
+    // The record is written before the supervisor hears of the replica: a
+    // supervisor killed after it heard finds the record when it resumes.
     write_running(&config, &mut running, config.generation, child.id());
+    report(&Status::Started { pid: child.id() });
+    if config.ready_pattern.is_none() && config.respawn.is_none() {
+        close_status_pipe();
+    }
     let mut tree = Tree::new(&config, child.id());
     // The Child handle is dropped: the shim reaps with waitpid(-1), which
     // sees every descendant, not only the main process.
@@ -330,13 +332,14 @@ fn run(config: ShimConfig) -> i32 {
         match spawn::spawn(&config) {
             Ok((child, out, err)) => {
                 generation += 1;
+                // Record first, as at the start.
+                write_running(&config, &mut running, generation, child.id());
                 report(&Status::Respawned {
                     generation,
                     pid: child.id(),
                     code,
                     signal,
                 });
-                write_running(&config, &mut running, generation, child.id());
                 tree = Tree::new(&config, child.id());
                 output.pipes = [out, err];
             }
