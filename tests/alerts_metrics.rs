@@ -238,7 +238,7 @@ command = ["sh", "-c", "cat >> spawned.jsonl"]
     for pair in spawned.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap < Duration::from_secs(1),
+            gap < Duration::from_secs(3),
             "a restart took {gap:?}\n{}",
             sup.transcript()
         );

@@ -585,11 +585,14 @@ fn logs_follow_picks_up_new_lines_rotation_and_new_replicas() {
 fn logs_show_what_real_replicas_wrote() {
     let p = Project::new(SPEC);
     p.up(&[]);
-    let ran = p.run(&["logs"]);
-    let out = &ran.expect(0).stdout;
-    for line in ["job.0 │ ", "migrated", "hello from 0", "hello from 1"] {
-        assert!(out.contains(line), "{line:?} in {out}");
-    }
+    // Running does not mean written yet: the shims log what they read.
+    let wanted = ["job.0 │ ", "migrated", "hello from 0", "hello from 1"];
+    let mut out = String::new();
+    let all_there = wait_until(SOON, || {
+        out = p.run(&["logs"]).expect(0).stdout.clone();
+        wanted.iter().all(|line| out.contains(line))
+    });
+    assert!(all_there, "{wanted:?} in {out}");
 }
 
 // ---------------------------------------------------------------- start, stop, restart
@@ -874,8 +877,12 @@ fn reload_restarts_only_the_changed_service() {
         b0,
         "the unchanged service keeps its process"
     );
-    let logs = p.run(&["logs", "a"]);
-    assert!(logs.expect(0).stdout.contains("a v2"), "{logs:#?}");
+    let mut logs = String::new();
+    let logged = wait_until(SOON, || {
+        logs = p.run(&["logs", "a"]).expect(0).stdout.clone();
+        logs.contains("a v2")
+    });
+    assert!(logged, "{logs}");
 }
 
 #[test]
@@ -1000,17 +1007,29 @@ fn wait_for_each_condition() {
         ran.expect(0);
         assert_eq!(ran.stdout, "", "{args:?}");
     }
-    // Wait for a stop that another command brings about.
-    let waiter = p.command(&["wait", "web", "--for", "stopped", "--timeout", "20s"]);
-    let waiter = std::thread::spawn(move || run_bounded(waiter, COMMAND_TIMEOUT));
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for a stop that another command brings about: the stop is sent
+    // once the waiter says what it waits for (it follows events by then).
+    let mut waiter = p
+        .command(&["wait", "web", "--for", "stopped", "--timeout", "20s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = Lines::reading(waiter.stderr.take().unwrap());
+    let waiting = said.wait_for(SOON, |l| l.contains("waiting for: web.0 (running)"));
+    assert!(waiting.is_some(), "{:?}", said.texts());
     p.run(&["stop", "web", "--no-wait"]).expect(0);
-    let ran = waiter.join().unwrap();
-    ran.expect(0);
-    assert!(
-        ran.stderr.contains("waiting for: web.0 (running)"),
-        "{ran:#?}"
-    );
+    let mut status = None;
+    let ended = wait_until(COMMAND_TIMEOUT, || {
+        status = waiter.try_wait().unwrap();
+        status.is_some()
+    });
+    if !ended {
+        let _ = waiter.kill();
+        let _ = waiter.wait();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{:?}", said.texts());
 }
 
 // ---------------------------------------------------------------- events

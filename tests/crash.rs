@@ -350,7 +350,8 @@ restart = { delay = "50ms" }
     let state_dir = sup.state_dir();
     // The temp file's name taken by a directory: every write fails.
     let blocker = state_dir.join("checkpoint.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    // (A save may hold the name for a moment as a file of its own.)
+    assert!(wait_until(SOON, || std::fs::create_dir(&blocker).is_ok()));
     kill9(first);
     sup.expect_event(r"^checkpoint: cannot write .*; retrying$", SOON);
     let (restart, _) = sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1", SOON);
@@ -380,7 +381,7 @@ command = ["sleep", "1000"]
     assert!(first.wait_exit(SOON).is_some());
     kill9(shim);
     kill9(replica);
-    assert!(wait_until(SOON, || !is_alive(replica)));
+    assert!(wait_until(SOON, || !is_alive(replica) && !is_alive(shim)));
 
     // A stranger now holds what looks like the replica's identity: its pid
     // and start time are in the record (as if the pid had been recycled).

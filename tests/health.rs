@@ -105,7 +105,9 @@ command = ["sh", "-c", "trap 'touch broken' USR1; echo ready; while :; do sleep 
 exec = ["sh", "-c", "test -e started-long-ago && ! test -e broken"]
 interval = "50ms"
 retries = 1
-start_period = "1s"
+# Far longer than the check below takes on a loaded machine; the first
+# success ends it all the same.
+start_period = "5s"
 action = "none"
 "#,
     );
@@ -307,7 +309,6 @@ promote = ["sh", "-c", "echo {replica} {pid} >> promoted.log"]
             .is_some_and(|r| (0..3)
                 .any(|i| replica_in(&r, "kv", i)["role"] == "standby"
                     && replica_in(&r, "kv", i)["state"] == "running"))));
-        let killed_at = Instant::now();
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         let mut next = None;
         let took_over = wait_until(Duration::from_secs(1), || {
@@ -322,17 +323,24 @@ promote = ["sh", "-c", "echo {replica} {pid} >> promoted.log"]
             sup.transcript()
         );
         (index, pid) = next.unwrap();
-        assert!(killed_at.elapsed() < Duration::from_secs(1));
         promoted.insert(index);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.join().expect("the sampler saw two actives");
     assert!(samples > 20, "too few samples: {samples}");
-    // The hook ran with each promoted replica's index and pid.
-    let log = std::fs::read_to_string(sup.dir().join("promoted.log")).unwrap_or_default();
-    let last = log.lines().last().unwrap_or_default().to_string();
-    assert_eq!(last, format!("{index} {pid}"), "promote hook log:\n{log}");
-    assert!(log.lines().count() >= 21, "{log}");
+    // The hook ran with each promoted replica's index and pid (it runs on
+    // its own: the last one may still be writing).
+    let hook_log = sup.dir().join("promoted.log");
+    let expected = format!("{index} {pid}");
+    let mut log = String::new();
+    let complete = wait_until(SOON, || {
+        log = std::fs::read_to_string(&hook_log).unwrap_or_default();
+        log.lines().last() == Some(expected.as_str()) && log.lines().count() >= 21
+    });
+    assert!(
+        complete,
+        "promote hook log, expected last {expected:?}:\n{log}"
+    );
     // Replacements come back as standbys.
     let roles: Vec<String> = sup
         .output()
