@@ -227,7 +227,10 @@ impl Connection {
                 Ok(0) => return Ok(Next::Closed),
                 Ok(_) if self.partial.ends_with(b"\n") => {
                     let bytes = std::mem::take(&mut self.partial);
-                    let line = String::from_utf8_lossy(&bytes).trim_end().to_string();
+                    // Checked without a copy; only a line that is not UTF-8 is repaired.
+                    let mut line = String::from_utf8(bytes)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    line.truncate(line.trim_end().len());
                     return Ok(Next::Item(line));
                 }
                 // EOF after a partial line: the line is lost with the connection.
