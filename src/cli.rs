@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 const ABOUT: &str = "Supervise processes: replicas, restarts with backoff, clean stops, logs";
 
@@ -85,7 +85,7 @@ replica failed to start (with -d; the supervisor keeps running); 2 for an invali
 out (what is still missing is printed); 130 after a forced stop; or SVC's code with \
 --exit-with."
     )]
-    Up(UpArgs),
+    Up(Lazy<UpArgs>),
 
     /// Validate the spec and print what would run
     #[command(after_help = "\
@@ -112,7 +112,7 @@ Examples:
 
 Exit status: 0; 2 for an unknown service; 3 when no supervisor runs for the state dir."
     )]
-    Status(StatusArgs),
+    Status(Lazy<StatusArgs>),
 
     /// Show replica output from the log files, merged in time order
     #[command(
@@ -130,7 +130,7 @@ Examples:
 
 Exit status: 0; 2 for an unknown service or a bad argument."
     )]
-    Logs(LogsArgs),
+    Logs(Lazy<LogsArgs>),
 
     /// Start services or replicas (clears `stopped` and `failed`)
     #[command(after_help = "\
@@ -143,7 +143,7 @@ Waits until the targets are running (or exited, for one-shot jobs).
 
 Exit status: 0; 1 when a target failed; 2 for an unknown target; 3 when no supervisor \
 runs; 124 when --timeout passed first.")]
-    Start(ActArgs),
+    Start(Lazy<ActArgs>),
 
     /// Stop services or replicas (they stay stopped, across supervisor restarts too)
     #[command(after_help = "\
@@ -156,7 +156,7 @@ Waits until the targets have no process left. A stopped replica stays stopped un
 
 Exit status: 0; 2 for an unknown target; 3 when no supervisor runs; 124 when --timeout \
 passed first.")]
-    Stop(ActArgs),
+    Stop(Lazy<ActArgs>),
 
     /// Restart services or replicas (clears `failed`)
     #[command(after_help = "\
@@ -170,7 +170,7 @@ Waits until the targets run again with a new process.
 Exit status: 0; 1 when a target failed (a rolling restart stops there, leaving the \
 rest untouched); 2 for an unknown target; 3 when no supervisor runs; 124 when \
 --timeout passed first.")]
-    Restart(RestartArgs),
+    Restart(Lazy<RestartArgs>),
 
     /// Change replica counts (kept across supervisor restarts)
     #[command(after_help = "\
@@ -183,7 +183,7 @@ they survive a supervisor restart; `reload` of a spec that changes the service r
 them.
 
 Exit status: 0; 2 for bad syntax or an unknown service; 3 when no supervisor runs.")]
-    Scale(ScaleArgs),
+    Scale(Lazy<ScaleArgs>),
 
     /// Apply an edited spec: only changed services restart
     #[command(
@@ -199,7 +199,7 @@ Examples:
 Exit status: 0; 1 when the reload is rejected (an invalid spec: diagnostics are \
 printed); 3 when no supervisor runs."
     )]
-    Reload(ReloadArgs),
+    Reload(Lazy<ReloadArgs>),
 
     /// Wait until replicas are running, healthy, stopped or completed
     #[command(
@@ -218,7 +218,7 @@ Exit status: 0 when the condition holds; 1 as soon as a replica is failed; 2 for
 unknown service; 3 when no supervisor runs; 124 on timeout (what is still missing is \
 printed: `still waiting for: api.1 (backoff), …`)."
     )]
-    Wait(WaitArgs),
+    Wait(Lazy<WaitArgs>),
 
     /// Show the supervisor's events (spawned, exited, restarted, …)
     #[command(
@@ -232,7 +232,7 @@ Examples:
 
 Exit status: 0 (with -f: when the supervisor exits); 3 when no supervisor runs."
     )]
-    Events(EventsArgs),
+    Events(Lazy<EventsArgs>),
 
     /// Stop every replica in reverse dependency order, then the supervisor
     #[command(after_help = "\
@@ -244,7 +244,7 @@ Returns once the supervisor has exited.
 
 Exit status: 0; 3 when no supervisor runs; 124 when the timeout passed before every \
 replica had stopped (the rest was killed).")]
-    Down(DownArgs),
+    Down(Lazy<DownArgs>),
 
     /// Translate the spec into Kubernetes manifests or systemd units
     #[command(
@@ -275,7 +275,7 @@ Exit status: 0 when written (warnings may have been printed); 1 with --strict wh
 there were warnings (nothing is written then); 2 for an invalid spec, a usage error \
 (--format systemd without -o), or a service Kubernetes cannot run (no `image`)."
     )]
-    Export(ExportArgs),
+    Export(Lazy<ExportArgs>),
 
     /// Print a shell completion script
     #[command(after_help = "\
@@ -284,6 +284,40 @@ Examples:
   supervise completions zsh > \"${fpath[1]}/_supervise\"
   supervise completions fish > ~/.config/fish/completions/supervise.fish")]
     Completions { shell: clap_complete::Shell },
+}
+
+/// A subcommand's arguments, defined only once that subcommand is parsed
+/// (or help, a man page or completions ask for them): clap otherwise builds
+/// every subcommand's arguments at each start, a sixth of a `status` run.
+#[derive(Debug)]
+pub struct Lazy<T>(pub T);
+
+impl<T> std::ops::Deref for Lazy<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: FromArgMatches> FromArgMatches for Lazy<T> {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Lazy)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+}
+
+impl<T: Args> Args for Lazy<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args_for_update)
+    }
 }
 
 #[derive(Debug, Args)]
