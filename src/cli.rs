@@ -288,7 +288,8 @@ Examples:
 
 /// A subcommand's arguments, defined only once that subcommand is parsed
 /// (or help, a man page or completions ask for them): clap otherwise builds
-/// every subcommand's arguments at each start, a sixth of a `status` run.
+/// every subcommand's arguments at each start (5 % of the instructions of a
+/// `status` run at 100 replicas).
 #[derive(Debug)]
 pub struct Lazy<T>(pub T);
 
@@ -305,8 +306,16 @@ impl<T: FromArgMatches> FromArgMatches for Lazy<T> {
         T::from_arg_matches(matches).map(Lazy)
     }
 
+    fn from_arg_matches_mut(matches: &mut ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Lazy)
+    }
+
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
         self.0.update_from_arg_matches(matches)
+    }
+
+    fn update_from_arg_matches_mut(&mut self, matches: &mut ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
     }
 }
 
@@ -590,6 +599,34 @@ mod tests {
             "2026-11-23T12:00:00Z"
         );
         assert!(since("yesterday-ish").is_err());
+    }
+
+    #[test]
+    fn a_subcommand_defined_late_takes_its_own_and_the_global_options_in_any_order() {
+        let cli = Cli::try_parse_from([
+            "supervise",
+            "status",
+            "--state-dir",
+            "d",
+            "web",
+            "-q",
+            "--json",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(cli.state_dir, Some(PathBuf::from("d")));
+        assert!(cli.quiet);
+        assert_eq!(cli.verbose, 2);
+        let Command::Status(args) = cli.command else {
+            panic!("not status: {:?}", cli.command)
+        };
+        assert!(args.json);
+        assert_eq!(args.services, ["web"]);
+
+        let err = Cli::try_parse_from(["supervise", "scale", "web=x"]).unwrap_err();
+        assert!(err.to_string().contains("replica count"), "{err}");
+        let err = Cli::try_parse_from(["supervise", "status", "--jsn"]).unwrap_err();
+        assert!(err.to_string().contains("--json"), "{err}");
     }
 
     #[test]

@@ -1018,7 +1018,14 @@ fn wait_for_each_condition() {
         .unwrap();
     let said = Lines::reading(waiter.stderr.take().unwrap());
     let waiting = said.wait_for(SOON, |l| l.contains("waiting for: web.0 (running)"));
-    assert!(waiting.is_some(), "{:?}", said.texts());
+    if waiting.is_none() {
+        let _ = waiter.kill();
+        let _ = waiter.wait();
+        panic!(
+            "the waiter did not say what it waits for: {:?}",
+            said.texts()
+        );
+    }
     p.run(&["stop", "web", "--no-wait"]).expect(0);
     let mut status = None;
     let ended = wait_until(COMMAND_TIMEOUT, || {

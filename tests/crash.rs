@@ -351,7 +351,11 @@ restart = { delay = "50ms" }
     // The temp file's name taken by a directory: every write fails.
     let blocker = state_dir.join("checkpoint.json.tmp");
     // (A save may hold the name for a moment as a file of its own.)
-    assert!(wait_until(SOON, || std::fs::create_dir(&blocker).is_ok()));
+    assert!(
+        wait_until(SOON, || std::fs::create_dir(&blocker).is_ok()),
+        "cannot make {} a directory",
+        blocker.display()
+    );
     kill9(first);
     sup.expect_event(r"^checkpoint: cannot write .*; retrying$", SOON);
     let (restart, _) = sup.expect_event(r"^web\.0 was killed by SIGKILL; restart 1", SOON);

@@ -916,8 +916,10 @@ restart = { delay = "50ms" }
 "#,
     );
     let replicas = [first.expect_spawned("web.0"), first.expect_spawned("web.1")];
-    // A shim writes its record before it reports the start: a supervisor
+    // A shim writes its record before it reports the start, so a supervisor
     // killed the moment it hears of a replica finds the record on resume.
+    // (A check of the promise, not of the order: by the time the event has
+    // reached the test, a shim that wrote after reporting has written too.)
     for (i, pid) in replicas.iter().enumerate() {
         let path = first.state_dir().join(format!("run/web.{i}.running"));
         let record = std::fs::read(&path).unwrap_or_default();
@@ -1120,12 +1122,6 @@ restart = { delay = "100ms" }
     // With its shim gone, the replica is re-parented to PID 1, which kills
     // it and its child (found by their marker) and must reap both.
     kill9(shim);
-    assert!(
-        wait_until(SOON, || proc_stat(grandchild)
-            .is_none_or(|s| s.1 == sup.pid)),
-        "the orphan was not re-parented to the supervisor: {:?}",
-        proc_stat(grandchild)
-    );
     assert!(
         wait_until(SOON, || proc_stat(grandchild).is_none()
             && proc_stat(replica).is_none()),

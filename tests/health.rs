@@ -102,7 +102,7 @@ fn exec_probe_turns_unhealthy_on_a_signal_and_start_period_is_honoured() {
 [services.app]
 command = ["sh", "-c", "trap 'touch broken' USR1; echo ready; while :; do sleep 0.05; done"]
 [services.app.health]
-exec = ["sh", "-c", "test -e started-long-ago && ! test -e broken"]
+exec = ["sh", "-c", "echo >> probed; test -e started-long-ago && ! test -e broken"]
 interval = "50ms"
 retries = 1
 # Far longer than the check below takes on a loaded machine; the first
@@ -112,8 +112,11 @@ action = "none"
 "#,
     );
     let pid = sup.expect_spawned("app.0");
-    // Failing from the start, but within start_period: still only `starting`.
-    std::thread::sleep(Duration::from_millis(400));
+    // Failing from the start, but within start_period: still only `starting`
+    // after several failed checks.
+    let probed = sup.dir().join("probed");
+    assert!(wait_until(SOON, || std::fs::read_to_string(&probed)
+        .is_ok_and(|runs| runs.lines().count() >= 3)));
     assert_eq!(
         state_of(&sup, "app", 0),
         ("starting".into(), "unknown".into())

@@ -332,7 +332,8 @@ fn run(config: ShimConfig) -> i32 {
         match spawn::spawn(&config) {
             Ok((child, out, err)) => {
                 generation += 1;
-                // Record first, as at the start.
+                // Record first, as at the start: a supervisor that hears of
+                // this incarnation and dies must find it when it resumes.
                 write_running(&config, &mut running, generation, child.id());
                 report(&Status::Respawned {
                     generation,

@@ -1,13 +1,16 @@
 //! What the supervisor and a replica's shim tell each other.
 //!
-//! The supervisor hands a [`ShimConfig`] (as JSON, through the zygote). The
-//! shim answers one [`Status`] line on its status pipe once the replica is
-//! running (or could not be started) and writes a [`RunningRecord`] file;
-//! when the replica's whole process tree is gone it writes an [`ExitRecord`]
-//! file and exits (or, under a [`Respawn`] leave, starts it again and says
-//! so on the status pipe). Records are files, not messages, so that they outlive a supervisor
-//! that died in the meantime: a new one finds the running replicas and the
-//! exits it missed there.
+//! The supervisor hands a [`ShimConfig`] (as JSON, through the zygote). Once
+//! the replica runs, the shim writes a [`RunningRecord`] file and then
+//! answers one [`Status`] line on its status pipe (or only the line, when
+//! the replica could not be started); when the replica's whole process tree
+//! is gone it writes an [`ExitRecord`] file and exits (or, under a
+//! [`Respawn`] leave, starts it again, rewrites the running record and says
+//! so on the status pipe). Records are files, not messages, so that they
+//! outlive a supervisor that died in the meantime: a new one finds the
+//! running replicas and the exits it missed there. A record is never older
+//! than what the supervisor was told, so a supervisor killed the moment it
+//! heard of a replica still finds it when it resumes.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
