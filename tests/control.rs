@@ -585,14 +585,9 @@ fn logs_follow_picks_up_new_lines_rotation_and_new_replicas() {
 fn logs_show_what_real_replicas_wrote() {
     let p = Project::new(SPEC);
     p.up(&[]);
-    // Running does not mean written yet: the shims log what they read.
     let wanted = ["job.0 │ ", "migrated", "hello from 0", "hello from 1"];
-    let mut out = String::new();
-    let all_there = wait_until(SOON, || {
-        out = p.run(&["logs"]).expect(0).stdout.clone();
-        wanted.iter().all(|line| out.contains(line))
-    });
-    assert!(all_there, "{wanted:?} in {out}");
+    let logs = p.logs_holding(&[], &wanted);
+    assert!(logs.is_ok(), "{wanted:?} in {logs:?}");
 }
 
 // ---------------------------------------------------------------- start, stop, restart
@@ -877,12 +872,8 @@ fn reload_restarts_only_the_changed_service() {
         b0,
         "the unchanged service keeps its process"
     );
-    let mut logs = String::new();
-    let logged = wait_until(SOON, || {
-        logs = p.run(&["logs", "a"]).expect(0).stdout.clone();
-        logs.contains("a v2")
-    });
-    assert!(logged, "{logs}");
+    let logs = p.logs_holding(&["a"], &["a v2"]);
+    assert!(logs.is_ok(), "{logs:?}");
 }
 
 #[test]
@@ -1027,15 +1018,7 @@ fn wait_for_each_condition() {
         );
     }
     p.run(&["stop", "web", "--no-wait"]).expect(0);
-    let mut status = None;
-    let ended = wait_until(COMMAND_TIMEOUT, || {
-        status = waiter.try_wait().unwrap();
-        status.is_some()
-    });
-    if !ended {
-        let _ = waiter.kill();
-        let _ = waiter.wait();
-    }
+    let status = wait_bounded(&mut waiter, COMMAND_TIMEOUT);
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{:?}", said.texts());
 }
 

@@ -294,10 +294,13 @@ fn run(config: ShimConfig) -> i32 {
         started_at: SystemTime::now(),
         respawns: config.respawn.is_some(),
     };
-    // The record is written before the supervisor hears of the replica: a
-    // supervisor killed after it heard finds the record when it resumes.
-    write_running(&config, &mut running, config.generation, child.id());
-    report(&Status::Started { pid: child.id() });
+    announce(
+        &config,
+        &mut running,
+        config.generation,
+        child.id(),
+        &Status::Started { pid: child.id() },
+    );
     if config.ready_pattern.is_none() && config.respawn.is_none() {
         close_status_pipe();
     }
@@ -332,15 +335,18 @@ fn run(config: ShimConfig) -> i32 {
         match spawn::spawn(&config) {
             Ok((child, out, err)) => {
                 generation += 1;
-                // Record first, as at the start: a supervisor that hears of
-                // this incarnation and dies must find it when it resumes.
-                write_running(&config, &mut running, generation, child.id());
-                report(&Status::Respawned {
+                announce(
+                    &config,
+                    &mut running,
                     generation,
-                    pid: child.id(),
-                    code,
-                    signal,
-                });
+                    child.id(),
+                    &Status::Respawned {
+                        generation,
+                        pid: child.id(),
+                        code,
+                        signal,
+                    },
+                );
                 tree = Tree::new(&config, child.id());
                 output.pipes = [out, err];
             }
@@ -397,8 +403,16 @@ fn supervise_tree(
     }
 }
 
-/// Says who runs now, for a resuming supervisor.
-fn write_running(config: &ShimConfig, running: &mut RunningRecord, generation: u64, pid: u32) {
+/// Records who runs now, for a resuming supervisor, then tells the running
+/// one: in that order, so a supervisor killed the moment it heard of an
+/// incarnation finds its record when it resumes.
+fn announce(
+    config: &ShimConfig,
+    running: &mut RunningRecord,
+    generation: u64,
+    pid: u32,
+    status: &Status,
+) {
     running.generation = generation;
     running.pid = pid;
     running.pid_start = procfs::start_time(pid).unwrap_or_default();
@@ -412,6 +426,7 @@ fn write_running(config: &ShimConfig, running: &mut RunningRecord, generation: u
             config.running_record.display()
         );
     }
+    report(status);
 }
 
 /// Takes the replica's instance lock, held for the shim's lifetime: a second

@@ -693,6 +693,16 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Ran {
     };
     let out = read(child.stdout.take().map(|s| Box::new(s) as _));
     let err = read(child.stderr.take().map(|s| Box::new(s) as _));
+    let status = wait_bounded(&mut child, timeout);
+    Ran {
+        code: status.and_then(|s| s.code()),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit, and kills it if it has not.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let mut status = None;
     if !wait_until(timeout, || {
         status = child.try_wait().ok().flatten();
@@ -701,11 +711,7 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Ran {
         let _ = child.kill();
         status = child.wait().ok();
     }
-    Ran {
-        code: status.and_then(|s| s.code()),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
+    status
 }
 
 /// A spec in a temporary directory, driven through the command line the
@@ -774,6 +780,21 @@ impl Project {
             .captures(&ran.stdout)
             .unwrap_or_else(|| panic!("no closing line: {ran:#?}"));
         caps[1].parse().unwrap()
+    }
+
+    /// The output of `supervise logs <args>` once it holds every one of
+    /// `wanted` (the shims write what they read a moment after a replica
+    /// runs); `Err` with the last output when that does not happen soon.
+    pub fn logs_holding(&self, args: &[&str], wanted: &[&str]) -> Result<String, String> {
+        let args: Vec<&str> = std::iter::once("logs")
+            .chain(args.iter().copied())
+            .collect();
+        let mut out = String::new();
+        let held = wait_until(SOON, || {
+            out = self.run(&args).expect(0).stdout.clone();
+            wanted.iter().all(|w| out.contains(w))
+        });
+        if held { Ok(out) } else { Err(out) }
     }
 
     /// `status --json`, parsed.
