@@ -477,6 +477,30 @@ stop_timeout = "500ms"
 }
 
 #[test]
+fn a_process_forked_while_the_stop_signal_goes_out_gets_it_too() {
+    // The replica forks without pause, so the stop meets forks in flight: a
+    // child whose fork raced a scan of the tree would only be killed at
+    // stop_timeout.
+    let mut sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sh", "-c", "echo ready; i=0; while [ $i -lt 3000 ]; do sleep 1000 & i=$((i+1)); done; wait"]
+stop_timeout = "60s"
+"#,
+    );
+    sup.expect_output("web.0", "^ready$", SOON);
+    // Many processes make a scan of the tree long, and the forks go on.
+    assert!(wait_until(SOON, || sup.marked().len() > 300));
+    let t0 = Instant::now();
+    sup.signal(Signal::SIGINT);
+    let (stopped, _) = sup.expect_event(r"^stopped web\.0 \(was killed by SIGTERM\)$", SOON);
+    let took = stopped.at - t0;
+    assert!(took < Duration::from_secs(5), "stopped only after {took:?}");
+    assert_eq!(sup.expect_exit(SOON), 0);
+    assert_nothing_left(&sup);
+}
+
+#[test]
 fn the_replica_starts_with_no_blocked_and_no_ignored_signals() {
     // As under nohup (and a shell's background job), the supervisor starts
     // with SIGHUP and SIGQUIT ignored, which exec passes on.

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, Flock, FlockArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -95,7 +95,7 @@ impl Tree {
     /// Stop signal to every process of the replica; SIGKILL after the timeout.
     fn stop(&mut self) {
         if let Phase::Running = self.phase {
-            procfs::signal_descendants(self.me, self.stop_signal);
+            self.signal_all(self.stop_signal);
             self.phase = Phase::Stopping {
                 deadline: Instant::now() + self.stop_timeout,
             };
@@ -104,7 +104,19 @@ impl Tree {
 
     fn kill(&mut self) {
         self.phase = Phase::Killing;
-        procfs::signal_descendants(self.me, Signal::SIGKILL);
+        self.signal_all(Signal::SIGKILL);
+    }
+
+    /// The replica's process group first: the kernel lets no fork in flight
+    /// escape a group signal, while a child forked during the scan of /proc
+    /// would be missed by it (and live until stop_timeout). The group's id is
+    /// the main process's pid, which cannot be reused before the shim reaps
+    /// it. Then every process of the tree, for those that left the group.
+    fn signal_all(&self, signal: Signal) {
+        if self.main_status.is_none() {
+            let _ = killpg(self.main, signal);
+        }
+        procfs::signal_descendants(self.me, signal);
     }
 
     fn on_signal(&mut self, signal: Signal) {
