@@ -25,14 +25,35 @@ fn kill9(pid: i32) {
 
 /// Live processes of this state dir running `comm`, by replica name.
 fn commands(state_dir: &Path, comm: &str) -> BTreeMap<String, Vec<i32>> {
-    let mut by_replica: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    let mut by_replica: BTreeMap<String, Vec<(i32, i32)>> = BTreeMap::new();
     for (pid, replica) in supervise::procfs::marked_by_state_dir(state_dir) {
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if name.trim() == comm && proc_stat(pid.as_raw()).is_some_and(|(s, _)| s != 'Z') {
-            by_replica.entry(replica).or_default().push(pid.as_raw());
+        if name.trim() != comm {
+            continue;
+        }
+        if let Some((state, parent)) = proc_stat(pid.as_raw())
+            && state != 'Z'
+        {
+            by_replica
+                .entry(replica)
+                .or_default()
+                .push((pid.as_raw(), parent));
         }
     }
+    // A child the command has forked but not yet exec'd (`sh` running
+    // `sleep`) still bears the command's name: it is part of the same
+    // incarnation, not a second one.
     by_replica
+        .into_iter()
+        .map(|(replica, procs)| {
+            let pids: Vec<i32> = procs
+                .iter()
+                .filter(|(_, parent)| !procs.iter().any(|(pid, _)| pid == parent))
+                .map(|(pid, _)| *pid)
+                .collect();
+            (replica, pids)
+        })
+        .collect()
 }
 
 /// Restarts again on the same state dir, after the previous one was killed.
