@@ -134,6 +134,79 @@ action = "none"
     assert!(is_alive(pid));
 }
 
+/// A server that opens its port only after a pause, like a database
+/// replaying its journal.
+fn slow_listener(delay: &str) -> String {
+    format!(
+        r#"["python3", "-c", '''
+import os, socket, time
+time.sleep({delay})
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"]))); s.listen()
+time.sleep(1000)
+''']"#
+    )
+}
+
+#[test]
+fn a_slow_starter_is_not_judged_before_the_default_start_period() {
+    // Checked every 200ms, open after 2s: without a start period it would
+    // be unhealthy after 3 checks and restarted before it could ever listen.
+    let port = free_port();
+    let sup = Supervise::start(&format!(
+        r#"
+[services.db]
+command = {command}
+port = {port}
+[services.db.health]
+tcp = "127.0.0.1:{{port}}"
+interval = "200ms"
+[services.db.restart]
+delay = "50ms"
+"#,
+        command = slow_listener("2")
+    ));
+    let pid = sup.expect_spawned("db.0");
+    wait_state(&sup, "db", 0, "running", "healthy");
+    let events = sup.events();
+    assert!(
+        events.iter().all(|e| !e.contains("unhealthy")),
+        "{events:?}"
+    );
+    assert!(is_alive(pid), "the first incarnation was replaced");
+}
+
+#[test]
+fn a_replica_never_healthy_is_judged_once_the_start_period_is_over() {
+    let port = free_port();
+    let sup = Supervise::start(&format!(
+        r#"
+[services.db]
+command = {command}
+port = {port}
+[services.db.health]
+tcp = "127.0.0.1:{{port}}"
+interval = "100ms"
+retries = 2
+start_period = "1s"
+[services.db.restart]
+delay = "50ms"
+"#,
+        command = slow_listener("1000")
+    ));
+    let first = sup.expect_spawned("db.0");
+    assert_eq!(
+        state_of(&sup, "db", 0),
+        ("starting".into(), "unknown".into())
+    );
+    let (line, _) = sup.expect_event(
+        r"^db\.0 did not become healthy within 1s \(last check: connect 127\.0\.0\.1:\d+: .*\); restarting it$",
+        SOON,
+    );
+    let (_, second) = sup.expect_spawned_from(line.index, "db.0");
+    assert_ne!(second, first);
+}
+
 const NOTIFY_CHILD: &str = r#"
 import os, socket, sys, time
 def notify(msg):
@@ -172,6 +245,28 @@ action = "none"
     // Five watchdog pings, then silence: unhealthy once 400ms pass without one.
     sup.expect_event(r"^daemon\.0 is unhealthy .*watchdog expired", SOON);
     wait_state(&sup, "daemon", 0, "unhealthy", "unhealthy");
+}
+
+#[test]
+fn a_notify_service_not_ready_within_its_start_period_is_restarted() {
+    let sup = Supervise::start(&format!(
+        r#"
+[services.daemon]
+command = ["python3", "-c", '''{NOTIFY_CHILD}''', "1000", "0"]
+[services.daemon.health]
+notify = true
+start_period = "1s"
+[services.daemon.restart]
+delay = "50ms"
+"#
+    ));
+    let first = sup.expect_spawned("daemon.0");
+    let (line, _) = sup.expect_event(
+        r"^daemon\.0 did not become healthy within 1s \(last check: no READY=1 received\); restarting it$",
+        SOON,
+    );
+    let (_, second) = sup.expect_spawned_from(line.index, "daemon.0");
+    assert_ne!(second, first);
 }
 
 #[test]

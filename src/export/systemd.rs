@@ -487,21 +487,24 @@ impl Unit<'_> {
             interval: _,
             timeout: _,
             retries: _,
-            start_period: _,
+            start_period,
             action,
             watchdog,
         } = health;
         let key = match probe {
             Probe::Notify => {
+                // supervise, too, judges a replica not ready by then.
+                body.push(format!("TimeoutStartSec={}", duration(*start_period)));
                 if let Some(watchdog) = watchdog {
                     body.push(format!("WatchdogSec={}", duration(*watchdog)));
-                    if *action == HealthAction::None {
-                        warnings.add(
-                            place,
-                            "health.action none cannot be expressed with WatchdogSec=: systemd \
-                             stops a silent service (and Restart= applies)",
-                        );
-                    }
+                }
+                if *action == HealthAction::None {
+                    warnings.add(
+                        place,
+                        "health.action none cannot be expressed in systemd: it stops a service \
+                         not ready within TimeoutStartSec= or silent past WatchdogSec= (and \
+                         Restart= applies)",
+                    );
                 }
                 return;
             }

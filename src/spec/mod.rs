@@ -171,12 +171,29 @@ pub struct Health {
     pub timeout: Duration,
     /// Default 3, at least 1.
     pub retries: u32,
-    /// Default 0s.
+    /// Default 60s: a slow starter is not judged before then (until its
+    /// first success).
     pub start_period: Duration,
     /// Default Restart.
     pub action: HealthAction,
     /// Only allowed with `notify = true`.
     pub watchdog: Option<Duration>,
+}
+
+impl Health {
+    /// `probe` with every other key at its default: the one place the
+    /// defaults are written.
+    pub fn with_defaults(probe: Probe) -> Health {
+        Health {
+            probe,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            retries: 3,
+            start_period: Duration::from_secs(60),
+            action: HealthAction::Restart,
+            watchdog: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

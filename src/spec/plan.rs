@@ -151,10 +151,13 @@ fn health(h: &Health) -> String {
         Probe::Exec(argv) => format!("exec {}, {checks}", shell_words::join(argv)),
         Probe::Http(url) => format!("http {url}, {checks}"),
         Probe::Tcp(target) => format!("tcp {target}, {checks}"),
-        Probe::Notify => match h.watchdog {
-            Some(w) => format!("notify, watchdog {}, {action}", duration(w)),
-            None => format!("notify, {action}"),
-        },
+        Probe::Notify => {
+            let ready = format!("READY=1 within {}", duration(h.start_period));
+            match h.watchdog {
+                Some(w) => format!("notify, {ready}, watchdog {}, {action}", duration(w)),
+                None => format!("notify, {ready}, {action}"),
+            }
+        }
         Probe::Log(regex) => format!("log line matching /{regex}/ (readiness only)"),
     }
 }
@@ -222,15 +225,7 @@ mod tests {
             service: "db".into(),
             condition: Condition::Healthy,
         }];
-        api.health = Some(Health {
-            probe: Probe::Tcp("127.0.0.1:{port}".into()),
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            retries: 3,
-            start_period: Duration::ZERO,
-            action: HealthAction::Restart,
-            watchdog: None,
-        });
+        api.health = Some(Health::with_defaults(Probe::Tcp("127.0.0.1:{port}".into())));
         api.failover = Some(Failover {
             promote: Some(Promote::Signal(Signal::SIGUSR1)),
         });
@@ -263,7 +258,7 @@ api
   depends on: db (healthy)
   restart:    always, backoff 100ms to 30s, reset after 30s, gives up after 10 in 1m
   stop:       SIGTERM, then SIGKILL after 10s
-  health:     tcp 127.0.0.1:{port}, every 2s, timeout 1s, 3 retries, start period 0s, restart when unhealthy
+  health:     tcp 127.0.0.1:{port}, every 2s, timeout 1s, 3 retries, start period 1m, restart when unhealthy
   failover:   active-standby, promote sends SIGUSR1
   api.0
     argv  ./run --name 'api #0'

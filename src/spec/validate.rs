@@ -1179,15 +1179,7 @@ impl<'s> Checker<'s> {
         }
         let is_notify = matches!(parsed.first(), Some(Some(Probe::Notify)));
 
-        let mut health = Health {
-            probe: Probe::Notify,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            retries: 3,
-            start_period: Duration::ZERO,
-            action: HealthAction::Restart,
-            watchdog: None,
-        };
+        let mut health = Health::with_defaults(Probe::Notify);
         set(
             &mut health.interval,
             self.field(&t, "interval", Self::nonzero_duration),

@@ -8,10 +8,12 @@
 //! report themselves over the notify socket (see `notify.rs`), `log` ones
 //! through their shim (a matching output line). The loop turns results into
 //! state: `starting` until the first success, `running` while healthy,
-//! `unhealthy` after `retries` failures in a row (failures within
-//! `start_period` of the start do not count, until the first success); with `action = "restart"` an
-//! unhealthy replica is stopped and its restart policy decides what follows,
-//! backoff included.
+//! `unhealthy` after `retries` failures in a row. A replica that has never
+//! passed a check is not judged within `start_period` of its spawn (default
+//! 60s, so a slow starter is not killed before it could be healthy); after
+//! its first success failures count at once, as in Docker. With
+//! `action = "restart"` an unhealthy replica is stopped and its restart
+//! policy decides what follows, backoff included.
 
 use std::net::ToSocketAddrs;
 use std::path::Path;
@@ -60,10 +62,11 @@ impl Supervisor {
         };
         let target = match &health.probe {
             Probe::Notify => {
-                if let Some(watchdog) = health.watchdog {
-                    self.replica_mut(id).watchdog_until =
-                        Some(Instant::now() + health.start_period + watchdog);
-                }
+                // READY=1 is due within the start period (systemd's
+                // TimeoutStartSec); a watchdog's first deadline comes after it.
+                self.replica_mut(id).watchdog_until = Some(
+                    Instant::now() + health.start_period + health.watchdog.unwrap_or_default(),
+                );
                 return;
             }
             Probe::Log(_) => return,
@@ -145,7 +148,12 @@ impl Supervisor {
         }
         for line in text.lines() {
             match line.split_once('=') {
-                Some(("READY", "1")) => self.mark_healthy(&id),
+                Some(("READY", "1")) => {
+                    self.mark_healthy(&id);
+                    if health.watchdog.is_none() {
+                        self.replica_mut(&id).watchdog_until = None;
+                    }
+                }
                 Some(("WATCHDOG", "1")) => {
                     if let Some(w) = health.watchdog {
                         self.replica_mut(&id).watchdog_until = Some(Instant::now() + w);
@@ -229,6 +237,7 @@ impl Supervisor {
         if replica.probe_failures < health.retries || replica.health == Health::Unhealthy {
             return;
         }
+        let never_healthy = replica.health == Health::Unknown;
         replica.health = Health::Unhealthy;
         let pid = replica.phase.pid();
         let failures = replica.probe_failures;
@@ -237,19 +246,23 @@ impl Supervisor {
             HealthAction::Restart => "; restarting it",
             HealthAction::None => "",
         };
-        self.emit(
-            "unhealthy",
-            Some(id),
-            pid,
-            format!("{id} is unhealthy after {failures} failed checks ({why}){then}"),
-        );
+        let detail = if never_healthy {
+            format!(
+                "{id} did not become healthy within {} (last check: {why}){then}",
+                humantime::format_duration(health.start_period)
+            )
+        } else {
+            format!("{id} is unhealthy after {failures} failed checks ({why}){then}")
+        };
+        self.emit("unhealthy", Some(id), pid, detail);
         if health.action == HealthAction::Restart {
             self.stop_replica(id, AfterStop::Judge);
         }
     }
 
-    /// notify services with a watchdog: a replica silent past its deadline
-    /// is unhealthy. Returns the next deadline.
+    /// notify services: a replica not ready by the end of its start period,
+    /// or silent past its watchdog deadline, is unhealthy. Returns the next
+    /// deadline.
     pub(super) fn check_watchdogs(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let overdue: Vec<ReplicaId> = self
@@ -266,15 +279,21 @@ impl Supervisor {
             })
             .collect();
         for id in overdue {
-            self.replica_mut(&id).watchdog_until = None;
-            // A watchdog miss is a verdict on its own, like `retries` failures.
-            let retries = self
+            // A missed deadline is a verdict on its own, like `retries` failures.
+            let (retries, watchdog) = self
                 .spec
                 .service(&id.service)
                 .and_then(|s| s.health.as_ref())
-                .map_or(1, |h| h.retries);
-            self.replica_mut(&id).probe_failures = retries.saturating_sub(1);
-            self.probe_failed(&id, "watchdog expired: no WATCHDOG=1 in time");
+                .map_or((1, None), |h| (h.retries, h.watchdog));
+            let replica = self.replica_mut(&id);
+            replica.watchdog_until = None;
+            replica.probe_failures = retries.saturating_sub(1);
+            let why = if watchdog.is_some() {
+                "watchdog expired: no WATCHDOG=1 in time"
+            } else {
+                "no READY=1 received"
+            };
+            self.probe_failed(&id, why);
         }
         next
     }

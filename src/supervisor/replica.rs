@@ -142,7 +142,8 @@ pub struct Replica {
     pub probe_failures: u32,
     /// The current incarnation's probe task, aborted when it ends.
     pub probe: Option<tokio::task::AbortHandle>,
-    /// notify services with `watchdog`: unhealthy if silent past this.
+    /// notify services: unhealthy if not ready (or, with `watchdog`, silent)
+    /// past this.
     pub watchdog_until: Option<Instant>,
     /// Failover services only.
     pub role: Option<Role>,
