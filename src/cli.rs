@@ -338,11 +338,14 @@ pub struct UpArgs {
     #[arg(long, value_name = "SVC")]
     pub exit_with: Option<String>,
 
-    /// Run in the background; return once every replica is started
+    /// Run in the background; return once every replica has been spawned at
+    /// least once (never waiting out a restart delay: replicas in backoff are
+    /// named on stderr; exit 1 if one is failed)
     #[arg(short = 'd', long)]
     pub detach: bool,
 
-    /// With -d: return once every replica is healthy
+    /// With -d: return once every replica is healthy (exit 1 as soon as one
+    /// is failed)
     #[arg(long, requires = "detach")]
     pub wait: bool,
 

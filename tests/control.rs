@@ -187,6 +187,54 @@ restart = { policy = "never" }
 }
 
 #[test]
+fn up_detached_returns_without_waiting_out_a_backoff() {
+    let p = Project::new(
+        r#"
+[services.ok]
+command = ["sleep", "1000"]
+[services.crashy]
+command = ["./no-such-program"]
+restart = { delay = "30s", limit = 0 }
+"#,
+    );
+    // Before, `up -d` waited for crashy to run: 30 s, then for ever.
+    let ran = run_bounded(p.command(&["up", "-d"]), Duration::from_secs(20));
+    ran.expect(0);
+    let warning = regex::Regex::new(
+        r"(?m)^warning: crashy\.0 exited with code 127; restarting in (2\d|3[0-3])s$",
+    )
+    .unwrap();
+    assert!(warning.is_match(&ran.stderr), "{ran:#?}");
+    assert_eq!(p.replicas("ok")[0].2, "running");
+    assert_eq!(p.replicas("crashy")[0].2, "backoff");
+    // Quiet is for chatter, not for warnings.
+    p.run(&["down"]).expect(0);
+    let ran = run_bounded(p.command(&["-q", "up", "-d"]), Duration::from_secs(20));
+    ran.expect(0);
+    assert!(ran.stdout.is_empty(), "{ran:#?}");
+    assert!(warning.is_match(&ran.stderr), "{ran:#?}");
+}
+
+#[test]
+fn up_detached_wait_exits_1_as_soon_as_a_replica_fails() {
+    let p = Project::new(
+        r#"
+[services.ok]
+command = ["sleep", "1000"]
+[services.broken]
+command = ["./no-such-program"]
+restart = { policy = "never" }
+"#,
+    );
+    let ran = run_bounded(
+        p.command(&["up", "-d", "--wait", "--timeout", "50s"]),
+        Duration::from_secs(20),
+    );
+    ran.expect(1);
+    assert!(ran.stderr.contains("broken.0 failed (code 127"), "{ran:#?}");
+}
+
+#[test]
 fn up_detached_wait_times_out_with_124_naming_what_is_missing() {
     let p = Project::new(
         r#"

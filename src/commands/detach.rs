@@ -15,15 +15,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::{Cli, UpArgs};
 use crate::control::client::{self, ClientError};
+use crate::control::protocol::StatusReport;
 use crate::exit;
 use crate::progress::Progress;
 use crate::spec::Spec;
 use crate::state_dir::{LockError, StateDir};
 
+use super::format::{compact, exit_cause, parse_time};
 use super::wait::{self, Deadline, Goal, Wanted};
 use super::{Exit, Failure, absolute, emit};
 
@@ -82,10 +84,11 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
     } else {
         "starting"
     };
-    if let Err(failure) = wait::settle(dir.root(), &wanted, Some(deadline), &mut progress, label) {
-        progress.finish();
+    let settled = wait::settle(dir.root(), &wanted, Some(deadline), &mut progress, label);
+    progress.finish();
+    let report = settled.map_err(|failure| {
         // The supervisor may have died meanwhile (then no status answers).
-        return Err(match exited(&mut child, Duration::from_secs(1)) {
+        match exited(&mut child, Duration::from_secs(1)) {
             Some(status) => started.died(status),
             None => failure.reworded(|m| {
                 format!(
@@ -94,9 +97,10 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
                     started.pid
                 )
             }),
-        });
-    }
-    progress.finish();
+        }
+    })?;
+    // A warning, not chatter: shown with -q too.
+    warn_of_backoffs(&report);
     if !cli.quiet {
         let line = format!(
             "supervise running in the background (pid {}, state dir {})",
@@ -106,6 +110,31 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         emit(&mut std::io::stdout().lock(), &line)?;
     }
     Ok(exit::OK)
+}
+
+/// Replicas that exited at once and wait out a restart delay: named, as
+/// `up -d` returns without waiting for them.
+fn warn_of_backoffs(report: &StatusReport) {
+    let now = SystemTime::now();
+    for service in &report.services {
+        for r in service.replicas.iter().filter(|r| r.state == "backoff") {
+            let how = match &r.last_exit {
+                Some(e) if e.code.is_none() => format!("was killed by {}", exit_cause(e)),
+                Some(e) => format!("exited with {}", exit_cause(e)),
+                None => "exited".to_string(),
+            };
+            let when = r
+                .restart_at
+                .as_deref()
+                .and_then(parse_time)
+                .map(|at| at.duration_since(now).unwrap_or_default())
+                .map_or_else(String::new, |d| format!(" in {}", compact(d, 2)));
+            eprintln!(
+                "warning: {}.{} {how}; restarting{when}",
+                service.name, r.index
+            );
+        }
+    }
 }
 
 /// `up SPEC --background` with our global flags, as a new session.

@@ -62,13 +62,18 @@ pub fn age(rfc3339: &str, now: SystemTime) -> Option<Duration> {
     Some(now.duration_since(at).unwrap_or_default())
 }
 
-/// `code 3 (2m ago)`, `SIGKILL (5s ago)`.
-pub fn last_exit(exit: &LastExit, now: SystemTime) -> String {
-    let how = match (&exit.code, &exit.signal) {
+/// `code 3`, `SIGKILL`.
+pub fn exit_cause(exit: &LastExit) -> String {
+    match (&exit.code, &exit.signal) {
         (Some(code), _) => format!("code {code}"),
         (None, Some(signal)) => signal.clone(),
         (None, None) => "unknown".to_string(),
-    };
+    }
+}
+
+/// `code 3 (2m ago)`, `SIGKILL (5s ago)`.
+pub fn last_exit(exit: &LastExit, now: SystemTime) -> String {
+    let how = exit_cause(exit);
     match age(&exit.at, now) {
         Some(ago) => format!("{how} ({} ago)", compact(ago, 1)),
         None => how,

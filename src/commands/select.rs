@@ -146,6 +146,7 @@ pub(crate) mod tests {
             restarts: 0,
             started_at: None,
             last_exit: None,
+            restart_at: None,
         }
     }
 

@@ -29,8 +29,9 @@ const BURST: Duration = Duration::from_millis(20);
 /// What every selected replica must reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Goal {
-    /// Has been started: has a process (or is `running`), or is done
-    /// (`exited`) or deliberately `stopped`. What `up -d` waits for.
+    /// Has been spawned at least once: has a process (or is `running`),
+    /// waits out a restart delay (`backoff`), is done (`exited`) or
+    /// deliberately `stopped`. What `up -d` waits for: never a backoff.
     Started,
     /// `running`; a one-shot job that has `exited` successfully counts, as
     /// it will never run again.
@@ -60,7 +61,7 @@ impl Goal {
         match self {
             Goal::Started => {
                 (r.pid.is_some() && state != "stopping")
-                    || matches!(state, "running" | "exited" | "stopped")
+                    || matches!(state, "running" | "backoff" | "exited" | "stopped")
             }
             Goal::Running => matches!(state, "running" | "exited"),
             Goal::Healthy => (state == "running" && r.health == "healthy") || state == "exited",
@@ -320,7 +321,7 @@ mod tests {
         );
         assert_eq!(judge(Goal::Completed, &["exited"]), Holds);
         assert_eq!(
-            judge(Goal::Started, &["running", "exited", "stopped"]),
+            judge(Goal::Started, &["running", "backoff", "exited", "stopped"]),
             Holds
         );
         assert_eq!(

@@ -236,6 +236,10 @@ pub struct ReplicaStatus {
     /// When the current incarnation started (RFC 3339 UTC), while it runs.
     pub started_at: Option<String>,
     pub last_exit: Option<LastExit>,
+    /// When a replica in `backoff` is due to be spawned again (RFC 3339
+    /// UTC); null in every other state.
+    #[serde(default)]
+    pub restart_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::control::protocol::{
     LastExit, Outcome as Reply_, ReloadPlan, ReplicaStatus, Reply, Request, ServiceStatus,
@@ -326,5 +326,11 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
             },
             at: rfc3339(*at),
         }),
+        restart_at: match r.phase {
+            Phase::Backoff { until } => Some(rfc3339(
+                SystemTime::now() + until.saturating_duration_since(Instant::now()),
+            )),
+            _ => None,
+        },
     }
 }
