@@ -324,6 +324,32 @@ replicas = 2
 }
 
 #[test]
+fn a_checkpoint_set_aside_at_up_detached_is_told_by_up_and_by_events() {
+    let p = Project::new(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    let supervisor = p.up(&[]);
+    let checkpoint = p.state_dir().join("checkpoint.json");
+    assert!(wait_until(SOON, || checkpoint.exists()));
+    kill9(supervisor);
+    assert!(wait_until(SOON, || !is_alive(supervisor)));
+    std::fs::write(&checkpoint, "{ torn").unwrap();
+
+    let ran = p.run(&["up", "-d"]);
+    ran.expect(0);
+    let said = regex::Regex::new(r"(?m)^warning: .*checkpoint\.json is damaged.*; moved to .*checkpoint\.bad-.*; resuming from the running replicas alone$").unwrap();
+    assert!(said.is_match(&ran.stderr), "{ran:#?}");
+    let events = p.run(&["events", "--json"]).expect(0).stdout.clone();
+    assert!(
+        events.contains(r#""event":"checkpoint_set_aside""#),
+        "{events}"
+    );
+}
+
+#[test]
 fn replica_that_exits_while_no_supervisor_runs_is_handled_by_its_policy_on_resume() {
     let mut first = Supervise::start(
         r#"

@@ -18,12 +18,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::{Cli, UpArgs};
-use crate::control::client::{self, ClientError};
-use crate::control::protocol::StatusReport;
+use crate::control::client::{self, ClientError, Next};
+use crate::control::protocol::{Request, StatusReport};
 use crate::exit;
 use crate::progress::Progress;
 use crate::spec::Spec;
 use crate::state_dir::{LockError, StateDir};
+use crate::supervisor::CHECKPOINT_SET_ASIDE;
 
 use super::format::{compact, exit_cause, parse_time};
 use super::wait::{self, Deadline, Goal, Wanted};
@@ -70,6 +71,7 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
     let mut progress = Progress::new(cli.quiet);
     progress.set("starting the supervisor");
     answering(&mut child, &started, dir.root(), deadline.at)?;
+    warn_of_set_aside_checkpoint(dir.root())?;
     let wanted = Wanted {
         targets: &[],
         goal: if args.wait {
@@ -110,6 +112,19 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         emit(&mut std::io::stdout().lock(), &line)?;
     }
     Ok(exit::OK)
+}
+
+/// What the supervisor found wrong at its start, which would otherwise be
+/// only in its log: a damaged checkpoint it moved aside.
+fn warn_of_set_aside_checkpoint(state_dir: &Path) -> Result<(), Failure> {
+    let mut conn = client::connect(state_dir)?;
+    conn.request_accepted(Request::Events { follow: false })?;
+    while let Next::Item((record, _)) = conn.next_event(None)? {
+        if record.event == CHECKPOINT_SET_ASIDE {
+            eprintln!("warning: {}", record.detail);
+        }
+    }
+    Ok(())
 }
 
 /// Replicas that exited at once and wait out a restart delay: named, as

@@ -72,6 +72,9 @@ const ALERT_FLUSH: Duration = Duration::from_secs(2);
 /// Exit code of a forced shutdown (a second Ctrl-C), as a shell reports SIGINT.
 const FORCED_EXIT: i32 = 130;
 
+/// The event of an unreadable checkpoint that was moved aside at start.
+pub const CHECKPOINT_SET_ASIDE: &str = "checkpoint_set_aside";
+
 /// Runs the supervisor until it is shut down; returns the process exit code.
 pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let dir = StateDir::new(spec.supervisor.state_dir.clone());
@@ -85,6 +88,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     // init, so they are reaped here (and as PID 1 in a container, all are).
     let _ = nix::sys::prctl::set_child_subreaper(true);
 
+    let mut set_aside = None;
     let checkpoint = match Checkpoint::load(&dir.checkpoint()) {
         Ok(checkpoint) => checkpoint,
         Err(e) => {
@@ -93,7 +97,9 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             let aside = checkpoint::set_aside(&dir.checkpoint())
                 .map(|p| format!("moved to {}", p.display()))
                 .unwrap_or_else(|e| format!("could not be moved aside: {e}"));
-            eprintln!("supervise: {e}; {aside}; resuming from the running replicas alone");
+            set_aside = Some(format!(
+                "{e}; {aside}; resuming from the running replicas alone"
+            ));
             None
         }
     };
@@ -127,6 +133,10 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             .map_err(|e| setup("open the notify socket", e))?;
     }
     let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics);
+    if let Some(detail) = set_aside {
+        // An event, so that `up -d` and `events` can show it too.
+        sup.record(CHECKPOINT_SET_ASIDE, None, None, None, detail);
+    }
     sup.resume(checkpoint);
     sup.announce();
 
