@@ -503,7 +503,8 @@ pub struct ExportArgs {
     pub format: ExportFormat,
 
     /// Where to write: kubernetes, a file (or DIR/<project>.yaml for an existing
-    /// directory) [default: stdout]; systemd, a directory (required)
+    /// directory); systemd, a directory [default: stdout; systemd units each
+    /// after a `# <file name>` line]
     #[arg(short = 'o', long = "output", value_name = "FILE|DIR")]
     pub output: Option<PathBuf>,
 

@@ -943,10 +943,55 @@ fn a_service_without_an_image_is_an_error_naming_it() {
 }
 
 #[test]
+fn systemd_units_go_to_stdout_without_o_each_under_its_file_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = Path::new(ROOT).join("examples/web.toml");
+    let out = run(
+        &format!("export --format systemd {} -o units", spec.display()),
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Trailing blank lines are not printed.
+    let written: BTreeMap<PathBuf, String> = read_tree(&tmp.path().join("units"))
+        .into_iter()
+        .map(|(path, content)| (path, content.trim_end().to_string()))
+        .collect();
+    assert!(written.len() > 1);
+
+    // Before, this refused (exit 2) and asked for -o DIR.
+    let out = run(
+        &format!("export --format systemd {}", spec.display()),
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // Units hold `# ` comment lines too: a header names a written file.
+    let mut printed: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut current = None;
+    for line in stdout.lines() {
+        let header = line
+            .strip_prefix("# ")
+            .map(PathBuf::from)
+            .filter(|name| written.contains_key(name) && !printed.contains_key(name));
+        if let Some(name) = header {
+            printed.insert(name.clone(), String::new());
+            current = Some(name);
+        } else {
+            let content = printed
+                .get_mut(current.as_ref().expect("a header first"))
+                .unwrap();
+            content.push_str(line);
+            content.push('\n');
+        }
+    }
+    for content in printed.values_mut() {
+        *content = content.trim_end().to_string();
+    }
+    assert_eq!(printed, written);
+}
+
+#[test]
 fn usage_errors_and_invalid_specs_exit_2() {
-    let out = run("export --format systemd examples/web.toml", Path::new(ROOT));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("give a directory with -o DIR"));
     let out = run("export --format nomad examples/web.toml", Path::new(ROOT));
     assert_eq!(out.status.code(), Some(2));
     let tmp = tempfile::tempdir().unwrap();

@@ -11,12 +11,6 @@ use crate::export::{self, Export, ExportError, File};
 use super::{Exit, Failure, emit, read_spec};
 
 pub fn run(cli: &Cli, args: &ExportArgs) -> Exit {
-    if args.format == ExportFormat::Systemd && args.output.is_none() {
-        return Err(Failure::new(
-            exit::USAGE,
-            "--format systemd writes several files; give a directory with -o DIR",
-        ));
-    }
     let path = cli.spec_path(args.spec.as_ref());
     let spec = read_spec(&path)?;
     let project = args
@@ -49,10 +43,24 @@ pub fn run(cli: &Cli, args: &ExportArgs) -> Exit {
         ));
     }
     match (&args.output, args.format) {
-        (None, _) => {
+        (None, ExportFormat::Kubernetes) => {
             let mut out = std::io::stdout().lock();
             for file in &files {
                 emit(&mut out, file.content.trim_end_matches('\n'))?;
+            }
+        }
+        (None, ExportFormat::Systemd) => {
+            // Several units on one stream: each under a `# <file name>`
+            // line (as `podman generate systemd` does), a blank line between.
+            let mut out = std::io::stdout().lock();
+            for (i, file) in files.iter().enumerate() {
+                let gap = if i == 0 { "" } else { "\n" };
+                let text = format!(
+                    "{gap}# {}\n{}",
+                    file.path.display(),
+                    file.content.trim_end()
+                );
+                emit(&mut out, &text)?;
             }
         }
         (Some(output), ExportFormat::Kubernetes) => {
