@@ -47,7 +47,10 @@ pub struct Cli {
     #[arg(long, env = "SUPERVISE_STATE_DIR", value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
 
-    /// Print only errors and results (no event lines, no progress)
+    /// Print only errors, warnings and asked-for output: nothing on success
+    /// (check, start/stop/restart, reload, up -d, down, scale), no event
+    /// lines, no progress; status, logs, events, --json and --dry-run still
+    /// print
     #[arg(short, long, global = true)]
     pub quiet: bool,
 

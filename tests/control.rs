@@ -235,6 +235,46 @@ restart = { policy = "never" }
 }
 
 #[test]
+fn quiet_commands_print_nothing_on_success_but_errors_and_asked_for_output() {
+    let p = Project::new(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    let silent = |args: &[&str]| {
+        let ran = p.run(args);
+        ran.expect(0);
+        assert_eq!(ran.stdout, "", "{args:?}: {ran:#?}");
+        assert_eq!(ran.stderr, "", "{args:?}: {ran:#?}");
+    };
+    // Before, check printed its whole plan with -q.
+    silent(&["-q", "check"]);
+    silent(&["-q", "up", "-d"]);
+    silent(&["-q", "restart", "web"]);
+    silent(&["-q", "stop", "web"]);
+    silent(&["-q", "start", "web", "--no-wait"]);
+    silent(&["-q", "reload"]);
+    // What the command exists to print still comes.
+    assert!(
+        p.run(&["-q", "reload", "--dry-run"])
+            .expect(0)
+            .stdout
+            .contains("unchanged  web")
+    );
+    assert!(p.run(&["-q", "status"]).expect(0).stdout.contains("web"));
+    silent(&["-q", "down"]);
+    std::fs::write(
+        p.dir().join("supervise.toml"),
+        "[services.web]\ncommand = []\n",
+    )
+    .unwrap();
+    let ran = p.run(&["-q", "check"]);
+    ran.expect(2);
+    assert!(ran.stderr.contains("supervise.toml:2"), "{ran:#?}");
+}
+
+#[test]
 fn up_detached_wait_times_out_with_124_naming_what_is_missing() {
     let p = Project::new(
         r#"

@@ -64,9 +64,11 @@ fn act(cli: &Cli, args: &ActArgs, verb: Verb) -> Exit {
     };
     let affected = client::affected(dir, verb.request(args.targets.clone()))?;
     if args.no_wait {
-        let mut out = std::io::stdout().lock();
-        for name in affected {
-            emit(&mut out, &name)?;
+        if !cli.quiet {
+            let mut out = std::io::stdout().lock();
+            for name in affected {
+                emit(&mut out, &name)?;
+            }
         }
         return Ok(exit::OK);
     }
@@ -84,11 +86,15 @@ fn act(cli: &Cli, args: &ActArgs, verb: Verb) -> Exit {
         "waiting for",
     )?;
     progress.finish();
-    print_states(&select::replicas(&report, &args.targets)?)
+    print_states(cli, &select::replicas(&report, &args.targets)?)
 }
 
-/// `api.0 running (pid 123)`, one line per replica.
-fn print_states(selected: &[Selected]) -> Exit {
+/// `api.0 running (pid 123)`, one line per replica; nothing with -q (the
+/// exit code says it).
+fn print_states(cli: &Cli, selected: &[Selected]) -> Exit {
+    if cli.quiet {
+        return Ok(exit::OK);
+    }
     let mut out = std::io::stdout().lock();
     for s in selected {
         let pid = s
@@ -141,5 +147,5 @@ fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
         progress.note(&format!("restarted {name} ({}/{})", i + 1, names.len()));
     }
     progress.finish();
-    print_states(&select::replicas(&last, &args.targets)?)
+    print_states(cli, &select::replicas(&last, &args.targets)?)
 }

@@ -132,7 +132,10 @@ fn load(cli: &Cli, own: Option<&PathBuf>) -> Result<Spec, Failure> {
 
 fn check(cli: &Cli, own: Option<&PathBuf>) -> Exit {
     let spec = load(cli, own)?;
-    print!("{}", spec::render_plan(&spec));
+    // -q: the exit code says it; diagnostics of an invalid spec still show.
+    if !cli.quiet {
+        print!("{}", spec::render_plan(&spec));
+    }
     Ok(exit::OK)
 }
 

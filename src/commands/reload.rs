@@ -32,6 +32,11 @@ pub fn run(cli: &Cli, args: &ReloadArgs) -> Exit {
     };
     let ctx = Context::new(cli, spec);
     let plan = client::reload(&ctx.state_dir, path, args.dry_run)?;
+    // -q silences the report of an applied reload; asked-for output (a dry
+    // run, --json) is the result and still shows.
+    if cli.quiet && !args.dry_run && !args.json {
+        return Ok(exit::OK);
+    }
     let text = if args.json {
         serde_json::to_string(&plan).expect("a plan always serialises")
     } else {
