@@ -16,6 +16,7 @@ pub mod control;
 pub mod exit;
 pub mod export;
 pub mod http;
+pub mod logfiles;
 pub mod metrics;
 pub mod procfs;
 pub mod progress;

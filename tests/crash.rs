@@ -324,6 +324,43 @@ replicas = 2
 }
 
 #[test]
+fn a_resumed_foreground_up_shows_the_output_of_adopted_replicas_once() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sh", "-c", "i=0; while :; do echo tick $$ $i; i=$((i+1)); sleep 0.05; done"]
+restart = { delay = "0s" }
+"#,
+    );
+    let adopted = first.expect_spawned("web.0");
+    first.expect_output("web.0", &format!("^tick {adopted} 1$"), SOON);
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+
+    let next = first.another().start();
+    next.expect_event(&format!(r"^adopted web\.0 \(pid {adopted}, "), SOON);
+    // Before, an adopted replica's lines were only in its log file.
+    next.expect_output("web.0", &format!(r"^tick {adopted} \d+$"), SOON);
+
+    // Its successor writes through the new supervisor's pipe: no line is
+    // shown twice (the old tail is closed before it starts).
+    kill9(adopted);
+    let (_, successor) = next.expect_spawned_from(0, "web.0");
+    next.expect_output("web.0", &format!("^tick {successor} 10$"), SOON);
+    let output = next.output();
+    for i in 0..=10 {
+        let line = format!("tick {successor} {i}");
+        let shown = output.iter().filter(|(_, text)| *text == line).count();
+        assert_eq!(
+            shown,
+            1,
+            "{line:?} shown {shown} times\n{}",
+            next.transcript()
+        );
+    }
+}
+
+#[test]
 fn a_checkpoint_set_aside_at_up_detached_is_told_by_up_and_by_events() {
     let p = Project::new(
         r#"

@@ -4,12 +4,24 @@
 //! Replica output does not pass through the event loop: shims write
 //! prefixed lines straight into one shared pipe (writes up to PIPE_BUF are
 //! atomic, so lines never interleave) and a task copies the pipe to stdout.
+//! Shims adopted after a supervisor crash still write into the pipe of the
+//! supervisor that started them, which died with it: their lines are read
+//! back from their log files instead, for as long as that shim lives.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
+
+use crate::logfiles::Tail;
+
+/// How often the log files of adopted replicas are read.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "91"];
 
@@ -25,6 +37,10 @@ pub struct Display {
 struct Tee {
     writer: OwnedFd,
     copier: JoinHandle<()>,
+    /// Adopted replicas' log tails by replica name, each with its prefix.
+    followed: Arc<Mutex<HashMap<String, (Tail, String)>>>,
+    /// Polls `followed`; started with the first adopted replica.
+    follower: Option<JoinHandle<()>>,
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
@@ -48,7 +64,12 @@ impl Display {
                     let _ = out.write_all(&buf[..n]).and_then(|_| out.flush());
                 }
             });
-            Some(Tee { writer, copier })
+            Some(Tee {
+                writer,
+                copier,
+                followed: Arc::default(),
+                follower: None,
+            })
         } else {
             None
         };
@@ -81,6 +102,36 @@ impl Display {
         })
     }
 
+    /// Shows what replica `name` (adopted: its shim writes into a pipe that
+    /// is gone) appends to its log file `path` from now on.
+    pub fn follow(&mut self, name: &str, path: PathBuf, colour_slot: usize) {
+        let Some(prefix) = self.prefix(name, colour_slot) else {
+            return;
+        };
+        let Some(tee) = self.tee.as_mut() else { return };
+        let tail = Tail::from_end(name.to_string(), path);
+        lock(&tee.followed).insert(name.to_string(), (tail, prefix));
+        if tee.follower.is_none() {
+            let followed = Arc::clone(&tee.followed);
+            tee.follower = Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    lock(&followed).values_mut().for_each(show);
+                }
+            }));
+        }
+    }
+
+    /// Stops following replica `name` once its last lines are shown. Done
+    /// before its next shim starts, whose lines come through the pipe.
+    pub fn unfollow(&self, name: &str) {
+        if let Some(tee) = &self.tee
+            && let Some(mut followed) = lock(&tee.followed).remove(name)
+        {
+            show(&mut followed);
+        }
+    }
+
     /// One supervisor event line ("api.1 exited with code 3; restart 4 in 800ms").
     pub fn event(&self, message: &str) {
         if self.quiet {
@@ -98,9 +149,36 @@ impl Display {
     /// Closes our end of the output pipe and waits until everything the
     /// shims wrote has been shown. Call once no shim is left.
     pub async fn finish(self) {
-        if let Some(Tee { writer, copier }) = self.tee {
+        if let Some(Tee {
+            writer,
+            copier,
+            followed,
+            follower,
+        }) = self.tee
+        {
+            if let Some(follower) = follower {
+                follower.abort();
+            }
+            lock(&followed).values_mut().for_each(show);
             drop(writer);
             let _ = copier.await;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes the lines a followed replica appended, behind its prefix.
+fn show((tail, prefix): &mut (Tail, String)) {
+    let entries = tail.poll();
+    if entries.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    for entry in entries {
+        let _ = writeln!(out, "{prefix}{}", entry.text);
+    }
+    let _ = out.flush();
 }

@@ -643,6 +643,7 @@ impl Supervisor {
             Message::Notify { pid, text } => self.on_notify(pid, &text),
             Message::ShimGone(shim) => {
                 if let Some(Shim { id, .. }) = self.shims.remove(&shim) {
+                    self.display.unfollow(&id.to_string());
                     self.on_shim_exit(&id);
                 }
             }

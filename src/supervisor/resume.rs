@@ -152,6 +152,18 @@ impl Supervisor {
             let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR2);
         }
         self.watch(id, shim, pidfd, None);
+        // The service's position picks its colour, as for the replicas we spawn.
+        let position = self
+            .spec
+            .services
+            .iter()
+            .position(|s| s.name == id.service)
+            .unwrap_or_default();
+        self.display.follow(
+            &id.to_string(),
+            self.dir.log_file(&id.to_string()),
+            position,
+        );
         let detail = format!(
             "adopted {id} (pid {}, shim {})",
             record.pid, record.shim_pid

@@ -3,8 +3,6 @@
 //! order; `-f` then polls the files for new lines, following rotation,
 //! truncation and replicas that appear (after `scale`, say).
 
-mod files;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -16,7 +14,7 @@ use crate::state_dir::StateDir;
 use super::format::{colour_allowed, millis, paint};
 use super::select::{self, Target};
 use super::{Exit, Failure, context, emit};
-use files::{Entry, ReplicaLogs, Tail, Window};
+use crate::logfiles::{self as files, Entry, ReplicaLogs, Tail, Window};
 
 /// How often `-f` looks at the files.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);

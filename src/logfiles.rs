@@ -1,4 +1,5 @@
-//! Replica log files as `logs` reads them: `<state_dir>/logs/<svc>.<N>.log`
+//! Replica log files as `logs` (and a foreground `up`, for the replicas it
+//! adopted) reads them: `<state_dir>/logs/<svc>.<N>.log`
 //! plus rotated `….log.1` (newest) … `….log.K` (oldest), one record per
 //! line: `<RFC 3339 UTC, microseconds> <out|err> <text>`.
 //!
@@ -12,8 +13,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-
-use super::super::select::Target;
 
 /// One output line of a replica (the `logs --json` object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -107,8 +106,9 @@ pub fn discover(dir: &Path) -> BTreeMap<String, ReplicaLogs> {
     found
         .into_iter()
         .filter_map(|(name, mut rotated)| {
-            let target = Target::parse(&name);
-            let index = target.index?;
+            let (service, index) = name.rsplit_once('.')?;
+            let index = index.parse().ok()?;
+            let service = service.to_string();
             rotated.sort();
             Some((
                 name.clone(),
@@ -116,7 +116,7 @@ pub fn discover(dir: &Path) -> BTreeMap<String, ReplicaLogs> {
                     live: dir.join(format!("{name}.log")),
                     rotated: rotated.into_iter().map(|(_, p)| p).collect(),
                     name,
-                    service: target.service,
+                    service,
                     index,
                 },
             ))
@@ -199,6 +199,19 @@ impl Tail {
         }
     }
 
+    /// A tail of what is appended to `path` from now on.
+    pub fn from_end(replica: String, path: PathBuf) -> Tail {
+        let mut tail = Tail::new(replica, path);
+        if let Ok(mut file) = File::open(&tail.path)
+            && let Ok(meta) = file.metadata()
+            && file.seek(SeekFrom::End(0)).is_ok()
+        {
+            tail.read = meta.len();
+            tail.file = Some((file, meta.ino()));
+        }
+        tail
+    }
+
     /// The complete lines written since the last call.
     pub fn poll(&mut self) -> Vec<Entry> {
         let mut out = self.drain();
@@ -278,6 +291,17 @@ mod tests {
         assert_eq!(e.text, "");
         let e = Entry::parse("api.0", "garbage here", T1);
         assert_eq!((e.at.as_str(), e.text.as_str()), (T1, "garbage here"));
+    }
+
+    #[test]
+    fn a_tail_from_the_end_sees_only_what_comes_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.0.log");
+        append(&path, &format!("{T0} out before\n"));
+        let mut tail = Tail::from_end("a.0".into(), path.clone());
+        assert!(tail.poll().is_empty());
+        append(&path, &format!("{T1} out after\n"));
+        assert_eq!(texts(&tail.poll()), ["after"]);
     }
 
     #[test]
