@@ -74,6 +74,7 @@ const FORCED_EXIT: i32 = 130;
 
 /// Runs the supervisor until it is shut down; returns the process exit code.
 pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
+    keep_inherited_descriptors();
     let dir = StateDir::new(spec.supervisor.state_dir.clone());
     let _lock = dir.lock()?;
     let setup = |what: &str, e: std::io::Error| RunError::Setup(format!("cannot {what}: {e}"));
@@ -187,6 +188,17 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     drop(sup.zygote.take());
     sup.display.finish().await;
     Ok(code)
+}
+
+/// Descriptors the supervisor inherited beyond stdin, stdout and stderr (a
+/// caller's `exec 7</root/secret`, a stray pipe) are made close-on-exec, so
+/// nothing it starts gets them: not the zygote and through it the shims and
+/// replicas (whatever user they run as), not health checks, hooks or alert
+/// commands. What the supervisor itself opens is close-on-exec already.
+fn keep_inherited_descriptors() {
+    // SAFETY: only descriptor flags change; nothing is closed. (Linux 5.11
+    // and later, as `up -d` already requires.)
+    unsafe { nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32) };
 }
 
 /// Lifts the soft limit on open files to the hard one: the supervisor holds
