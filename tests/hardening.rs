@@ -88,3 +88,137 @@ fn inherited_descriptors_do_not_reach_detached_replicas() {
         "the replica holds more than stdin/stdout/stderr"
     );
 }
+
+const HELLO: &str = r#"
+[services.web]
+command = ["sh", "-c", "echo hello; exec sleep 1000"]
+"#;
+
+/// Someone else's file that a planted symlink points at.
+fn victim(project: &Project) -> std::path::PathBuf {
+    let path = project.dir().join("victim");
+    std::fs::write(&path, "precious\n").unwrap();
+    path
+}
+
+fn assert_untouched(victim: &std::path::Path) {
+    assert_eq!(
+        std::fs::read_to_string(victim).unwrap(),
+        "precious\n",
+        "a symlink in the state dir was followed"
+    );
+}
+
+/// The state dir as `up` would make it, before `up` runs.
+fn make_state_dir(project: &Project) {
+    use std::os::unix::fs::DirBuilderExt;
+    for sub in ["logs", "run"] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(project.state_dir().join(sub))
+            .unwrap();
+    }
+}
+
+/// `up -d` and foreground `up` both refuse the state dir, exit 1, with one
+/// line naming `path` and `fix`; nothing was started.
+fn assert_refused(project: &Project, path: &std::path::Path, fix: &str) {
+    for args in [&["up", "-d"][..], &["up"][..]] {
+        let ran = project.run(args);
+        ran.expect(1);
+        let said = ran.stderr.trim();
+        assert_eq!(said.lines().count(), 1, "{args:?}: {ran:#?}");
+        let wanted = format!("refusing state dir {}", path.display());
+        assert!(said.contains(&wanted), "{args:?}: {ran:#?}");
+        assert!(said.contains(fix), "{args:?}: {ran:#?}");
+    }
+    assert!(project.marked().is_empty(), "something was started");
+}
+
+#[test]
+fn a_state_dir_another_user_made_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv to make the state dir as nobody");
+        return;
+    }
+    let project = Project::new(HELLO);
+    let victim = victim(&project);
+    // nobody may create the state dir here, as in a shared directory.
+    std::fs::set_permissions(project.dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let planted = std::process::Command::new("setpriv")
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        .args([
+            "sh",
+            "-c",
+            "umask 077 && mkdir -p .supervise/logs && ln -s \"$1\" .supervise/logs/web.0.log",
+            "sh",
+        ])
+        .arg(&victim)
+        .current_dir(project.dir())
+        .status()
+        .unwrap();
+    assert!(planted.success());
+    std::fs::set_permissions(project.dir(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_refused(&project, &project.state_dir(), "chown");
+    assert_untouched(&victim);
+}
+
+#[test]
+fn a_state_dir_others_may_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = Project::new(HELLO);
+    make_state_dir(&project);
+    let state = project.state_dir();
+    for dir in [state.clone(), state.join("logs"), state.join("run")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_refused(&project, &dir, &format!("chmod 700 {}", dir.display()));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+}
+
+/// Runs foreground `up` in `project` until its replica web.0 has said
+/// hello (the shim writes a line to the log before it shows it), then
+/// stops it.
+fn run_until_hello(project: &Project) {
+    let mut up = project.command(&["up"]);
+    up.stdout(std::process::Stdio::piped());
+    let mut child = up.spawn().unwrap();
+    let out = Lines::reading(child.stdout.take().unwrap());
+    let said = out.wait_for(SOON, |l| l.contains("hello"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let ended = wait_bounded(&mut child, SOON);
+    assert!(said.is_some(), "web.0 said nothing: {:?}", out.texts());
+    assert_eq!(ended.and_then(|s| s.code()), Some(0));
+}
+
+#[test]
+fn a_symlink_planted_as_a_log_file_is_not_written_through() {
+    let project = Project::new(HELLO);
+    let victim = victim(&project);
+    make_state_dir(&project);
+    std::os::unix::fs::symlink(&victim, project.state_dir().join("logs/web.0.log")).unwrap();
+    run_until_hello(&project);
+    assert_untouched(&victim);
+}
+
+#[test]
+fn symlinks_planted_as_temp_files_are_not_written_through() {
+    let project = Project::new(HELLO);
+    let victim = victim(&project);
+    make_state_dir(&project);
+    let state = project.state_dir();
+    for tmp in ["checkpoint.json.tmp", "run/web.0.running.tmp"] {
+        std::os::unix::fs::symlink(&victim, state.join(tmp)).unwrap();
+    }
+    run_until_hello(&project);
+    assert!(
+        std::fs::symlink_metadata(state.join("checkpoint.json")).is_ok_and(|m| m.is_file()),
+        "no checkpoint was written"
+    );
+    assert_untouched(&victim);
+}

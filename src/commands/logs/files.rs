@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::super::select::Target;
+use crate::state_dir;
 
 /// One output line of a replica (the `logs --json` object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -165,7 +166,7 @@ impl ReplicaLogs {
 
 fn read_all(replica: &str, path: &Path) -> Vec<Entry> {
     let mut bytes = Vec::new();
-    if let Ok(mut f) = File::open(path) {
+    if let Ok(mut f) = state_dir::options().read(true).open(path) {
         let _ = f.read_to_end(&mut bytes);
     }
     if !bytes.ends_with(b"\n") {
@@ -215,7 +216,9 @@ impl Tail {
                     &mut self.last_at,
                 ));
             }
-            self.file = File::open(&self.path)
+            self.file = state_dir::options()
+                .read(true)
+                .open(&self.path)
                 .ok()
                 .and_then(|f| Some((f.metadata().ok()?.ino(), f)))
                 .map(|(ino, f)| (f, ino));
