@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 fn is_root() -> bool {
@@ -221,4 +223,80 @@ fn symlinks_planted_as_temp_files_are_not_written_through() {
         "no checkpoint was written"
     );
     assert_untouched(&victim);
+}
+
+#[test]
+fn a_connection_flood_leaves_the_supervisor_its_descriptors() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use nix::sys::signal::{Signal, kill};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use nix::unistd::Pid;
+
+    const FLOOD: usize = 2000;
+    // The test holds the flood; the supervisor gets a limit a flood that
+    // is accepted whole would exhaust.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard < FLOOD as u64 + 100 {
+        eprintln!("skipped: the hard limit on open files ({hard}) is below the flood");
+        return;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let spec = r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "0s" }
+"#;
+    let sup = Supervise::builder(spec).open_files(1024).start();
+    let first = sup.expect_spawned("web.0");
+    let address = UnixAddr::new(&sup.state_dir().join("control.sock")).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..FLOOD {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        // Once the listen backlog is full, the rest are refused (EAGAIN).
+        if connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address).is_ok() {
+            held.push(fd);
+        }
+    }
+    assert!(
+        held.len() > 256,
+        "only {} connections were made",
+        held.len()
+    );
+    // A supervisor that accepts the whole flood runs out of descriptors
+    // well within this; one that caps its connections never gets there.
+    wait_until(Duration::from_secs(2), || open_fds(sup.pid).len() > 1000);
+    let during = open_fds(sup.pid).len();
+    let from = sup.err.snapshot().len();
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    let (_, second) = sup.expect_spawned_from(from, "web.0");
+    assert_ne!(first, second);
+    drop(held);
+    let mut status = None;
+    assert!(
+        wait_until(SOON, || {
+            status = socket_status(&sup.state_dir());
+            status.is_some()
+        }),
+        "status does not answer after the flood"
+    );
+    let report = status.unwrap();
+    let replica = replica_in(&report, "web", 0);
+    assert_eq!(replica["pid"], second, "{report:#}");
+    assert_eq!(replica["state"], "running", "{report:#}");
+    assert!(is_alive(second));
+    assert!(
+        !sup.transcript().contains("Too many open files"),
+        "{}",
+        sup.transcript()
+    );
+    assert!(
+        during < 300,
+        "the supervisor held {during} descriptors during the flood"
+    );
 }

@@ -314,6 +314,7 @@ pub struct Builder {
     wrapper: Vec<String>,
     dir: Option<Arc<tempfile::TempDir>>,
     inherited: Option<(i32, std::fs::File)>,
+    open_files: Option<u64>,
 }
 
 impl Builder {
@@ -327,6 +328,13 @@ impl Builder {
     /// The supervisor is then the wrapper's child.
     pub fn wrapped(mut self, wrapper: &[&str]) -> Builder {
         self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// The supervisor starts with this limit on open files (soft and hard),
+    /// which it cannot raise.
+    pub fn open_files(mut self, limit: u64) -> Builder {
+        self.open_files = Some(limit);
         self
     }
 
@@ -364,6 +372,19 @@ impl Builder {
         // A descriptor a replica finds beyond stdin/stdout/stderr (and the
         // one asked for) then came from supervise itself.
         only_descriptors(&mut cmd, self.inherited.as_ref());
+        if let Some(limit) = self.open_files {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )?;
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("start supervise");
         let out = Lines::spawn_reader(child.stdout.take().unwrap());
         let err = Lines::spawn_reader(child.stderr.take().unwrap());
@@ -429,6 +450,7 @@ impl Supervise {
             wrapper: Vec::new(),
             dir: None,
             inherited: None,
+            open_files: None,
         }
     }
 
@@ -444,6 +466,7 @@ impl Supervise {
             wrapper: Vec::new(),
             dir: Some(Arc::clone(&self.dir)),
             inherited: None,
+            open_files: None,
         }
     }
 
