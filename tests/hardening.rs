@@ -300,3 +300,82 @@ restart = { delay = "0s" }
         "the supervisor held {during} descriptors during the flood"
     );
 }
+
+const SLEEPER: &str = r#"
+[services.web]
+command = ["sleep", "1000"]
+"#;
+
+#[test]
+fn stray_signals_are_logged_and_change_nothing() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut sup = Supervise::start(SLEEPER);
+    let replica = sup.expect_spawned("web.0");
+    let stray = [
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+        Signal::SIGPWR,
+        Signal::SIGXFSZ,
+    ];
+    for signal in stray {
+        let from = sup.err.snapshot().len();
+        kill(Pid::from_raw(sup.pid), signal).unwrap();
+        sup.expect_event_from(from, &format!("^received {signal}; ignored"), SOON);
+    }
+    let from = sup.err.snapshot().len();
+    // SAFETY: kill with a real-time signal number nix has no name for.
+    assert_eq!(
+        unsafe { nix::libc::kill(sup.pid, nix::libc::SIGRTMIN() + 3) },
+        0
+    );
+    sup.expect_event_from(from, r"^received SIGRTMIN\+3; ignored", SOON);
+    // Ignored outright (Rust's runtime does), so nothing is logged.
+    kill(Pid::from_raw(sup.pid), Signal::SIGPIPE).unwrap();
+    let report = socket_status(&sup.state_dir()).expect("status answers");
+    assert!(sup.is_running(), "{}", sup.transcript());
+    assert_eq!(replica_in(&report, "web", 0)["pid"], replica);
+    assert!(is_alive(replica));
+    assert_eq!(
+        sup.events()
+            .iter()
+            .filter(|e| e.starts_with("spawned"))
+            .count(),
+        1,
+        "{}",
+        sup.transcript()
+    );
+}
+
+#[test]
+fn sighup_reloads_the_spec_and_a_detached_supervisor_logs_it() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let project = Project::new(SLEEPER);
+    let supervisor = Pid::from_raw(project.up(&[]));
+    let web = project.replicas("web")[0].1;
+    let log = project.state_dir().join("supervise.log");
+    let logged = |text: &str| {
+        wait_until(SOON, || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains(text))
+        })
+    };
+    std::fs::write(
+        project.dir().join("supervise.toml"),
+        format!("{SLEEPER}\n[services.api]\ncommand = [\"sleep\", \"1000\"]\n"),
+    )
+    .unwrap();
+    kill(supervisor, Signal::SIGHUP).unwrap();
+    assert!(logged("received SIGHUP; reloading"));
+    assert!(logged("1 added, 0 removed, 0 changed, 1 unchanged"));
+    assert!(logged("spawned api.0"));
+    std::fs::write(project.dir().join("supervise.toml"), "[services.web\n").unwrap();
+    kill(supervisor, Signal::SIGHUP).unwrap();
+    assert!(logged("reload rejected, the running state is untouched"));
+    kill(supervisor, Signal::SIGUSR1).unwrap();
+    assert!(logged("received SIGUSR1; ignored"));
+    let report = socket_status(&project.state_dir()).expect("status answers");
+    assert_eq!(replica_in(&report, "web", 0)["pid"], web.unwrap());
+    assert_eq!(replica_in(&report, "api", 0)["state"], "running");
+}
