@@ -69,11 +69,17 @@ pub enum Command {
         long_about = "Run the supervisor in the foreground: start every service's replicas in \
 dependency order, print their output prefixed `svc.N │ ` and the supervisor's own events \
 (on stderr), restart replicas under their restart policy. Ctrl-C or SIGTERM stops all \
-replicas in reverse dependency order and exits 0; a second Ctrl-C kills them at once.
+replicas in reverse dependency order and exits 0; a second Ctrl-C kills them at once. \
+SIGHUP reloads the spec file, as `supervise reload` does (a rejected spec changes nothing). \
+SIGUSR1, SIGUSR2 and the other signals that would end it but ask nothing of it (timers, \
+SIGPWR, SIGXCPU, SIGXFSZ, real-time signals) are logged and ignored; SIGPIPE is ignored.
 
 With -d the supervisor runs in the background (its own session, stdin from /dev/null, \
 its output appended to <state_dir>/supervise.log) and `up` returns once every replica \
-is started (running, or exited for one-shot jobs), or healthy with --wait.",
+is started (running, or exited for one-shot jobs), or healthy with --wait.
+
+The state dir, its logs/ and run/ must belong to the user running `up` and be writable \
+by nobody else (else: exit 1, naming the fix).",
         after_help = "\
 Examples:
   supervise up                          run ./supervise.toml in the foreground

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::state_dir;
+
 /// One output line of a replica (the `logs --json` object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
@@ -165,7 +167,7 @@ impl ReplicaLogs {
 
 fn read_all(replica: &str, path: &Path) -> Vec<Entry> {
     let mut bytes = Vec::new();
-    if let Ok(mut f) = File::open(path) {
+    if let Ok(mut f) = state_dir::options().read(true).open(path) {
         let _ = f.read_to_end(&mut bytes);
     }
     if !bytes.ends_with(b"\n") {
@@ -202,7 +204,7 @@ impl Tail {
     /// A tail of what is appended to `path` from now on.
     pub fn from_end(replica: String, path: PathBuf) -> Tail {
         let mut tail = Tail::new(replica, path);
-        if let Ok(mut file) = File::open(&tail.path)
+        if let Ok(mut file) = state_dir::options().read(true).open(&tail.path)
             && let Ok(meta) = file.metadata()
             && file.seek(SeekFrom::End(0)).is_ok()
         {
@@ -228,7 +230,9 @@ impl Tail {
                     &mut self.last_at,
                 ));
             }
-            self.file = File::open(&self.path)
+            self.file = state_dir::options()
+                .read(true)
+                .open(&self.path)
                 .ok()
                 .and_then(|f| Some((f.metadata().ok()?.ino(), f)))
                 .map(|(ino, f)| (f, ino));

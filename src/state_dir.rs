@@ -2,10 +2,16 @@
 //! their instance locks and their exit records. One supervisor per state directory, enforced by
 //! an exclusive `flock` on `supervise.lock` that dies with its holder, so a
 //! supervisor that was killed never leaves a stale lock behind.
+//!
+//! A supervisor (often root) writes its replicas' output and its records
+//! into the state dir, so nobody else may control it: the directory and its
+//! `logs/` and `run/` must belong to the user running the supervisor and be
+//! writable by nobody else ([`StateDir::lock`] refuses them otherwise), and
+//! no file in it is opened through a symlink ([`options`], [`create_new`]).
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -19,6 +25,13 @@ pub struct StateDir {
 pub enum LockError {
     #[error("a supervisor is already running for state dir {dir} (pid {pid})")]
     Held { dir: PathBuf, pid: String },
+    /// Someone else could plant files or symlinks in it.
+    #[error("refusing state dir {path}: {why}; fix: {fix}")]
+    Unsafe {
+        path: PathBuf,
+        why: String,
+        fix: String,
+    },
     #[error("cannot use state dir {dir}: {source}")]
     Io {
         dir: PathBuf,
@@ -82,7 +95,10 @@ impl StateDir {
 
     /// The pid of the shim holding `replica`'s instance lock, if one does.
     pub fn instance_holder(&self, replica: &str) -> Option<u32> {
-        let file = File::open(self.instance_lock(replica)).ok()?;
+        let file = options()
+            .read(true)
+            .open(self.instance_lock(replica))
+            .ok()?;
         match Flock::lock(file, FlockArg::LockSharedNonblock) {
             Ok(_) => None,
             Err((mut file, _)) => {
@@ -93,9 +109,9 @@ impl StateDir {
         }
     }
 
-    /// Creates the directories (mode 0700: logs and records are private) and
-    /// takes the supervisor lock, writing our pid into it for the next one
-    /// who asks.
+    /// Creates the directories (mode 0700: logs and records are private),
+    /// checks that they are ours alone, and takes the supervisor lock,
+    /// writing our pid into it for the next one who asks.
     pub fn lock(&self) -> Result<Lock, LockError> {
         let io = |source| LockError::Io {
             dir: self.root.clone(),
@@ -106,7 +122,8 @@ impl StateDir {
         for dir in [self.root.clone(), self.logs(), self.run()] {
             builder.create(&dir).map_err(io)?;
         }
-        let file = OpenOptions::new()
+        self.check_ownership()?;
+        let file = options()
             .read(true)
             .write(true)
             .create(true)
@@ -130,4 +147,89 @@ impl StateDir {
         writeln!(lock, "{}", std::process::id()).map_err(io)?;
         Ok(Lock { _file: lock })
     }
+
+    /// The state dir (followed if it is a symlink: that is the user's
+    /// choice) and its subdirectories (never symlinks) must be owned by our
+    /// effective user and not writable by group or others.
+    fn check_ownership(&self) -> Result<(), LockError> {
+        let io = |source| LockError::Io {
+            dir: self.root.clone(),
+            source,
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        let mut dirs = vec![(
+            self.root.clone(),
+            std::fs::metadata(&self.root).map_err(io)?,
+        )];
+        for dir in [self.logs(), self.run()] {
+            let meta = std::fs::symlink_metadata(&dir).map_err(io)?;
+            dirs.push((dir, meta));
+        }
+        for (path, meta) in dirs {
+            let shown = path.display();
+            let refuse = |why: String, fix: String| {
+                Err(LockError::Unsafe {
+                    path: path.clone(),
+                    why,
+                    fix,
+                })
+            };
+            if !meta.is_dir() {
+                return refuse(
+                    "it is not a directory (a symlink?)".into(),
+                    format!("remove {shown}"),
+                );
+            }
+            if meta.uid() != me {
+                return refuse(
+                    format!(
+                        "it is owned by uid {}, not by uid {me} running supervise",
+                        meta.uid()
+                    ),
+                    format!("chown -R {me} {shown}, or use another --state-dir"),
+                );
+            }
+            if meta.mode() & 0o022 != 0 {
+                return refuse(
+                    format!(
+                        "group or others may write to it (mode {:o})",
+                        meta.mode() & 0o7777
+                    ),
+                    format!("chmod 700 {shown}"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How every file in the state dir is opened: never through a symlink, so a
+/// link planted there cannot redirect a write (or a read) elsewhere.
+pub fn options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.custom_flags(nix::libc::O_NOFOLLOW);
+    options
+}
+
+/// A file the caller alone writes and then renames into place (a temp
+/// file): a leftover at `path`, from a crash or planted, is removed first
+/// (unlink does not follow a symlink) and the file is created anew
+/// (`O_EXCL`: if anything is there again, this fails rather than reuse it).
+pub fn create_new(path: &Path) -> std::io::Result<File> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The whole of a file in the state dir.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    options().read(true).open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }

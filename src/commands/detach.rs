@@ -9,7 +9,7 @@
 //! stderr appended to `<state_dir>/supervise.log`. If it exits before it is
 //! ready, the end of that log says why, and its exit code is ours.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -23,7 +23,7 @@ use crate::control::protocol::{Request, StatusReport};
 use crate::exit;
 use crate::progress::Progress;
 use crate::spec::Spec;
-use crate::state_dir::{LockError, StateDir};
+use crate::state_dir::{self, LockError, StateDir};
 use crate::supervisor::CHECKPOINT_SET_ASIDE;
 
 use super::format::{compact, exit_cause, parse_time};
@@ -48,7 +48,7 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         Err(e) => return Err(Failure::new(exit::FAILED, e.to_string())),
     }
     let log_path = dir.root().join("supervise.log");
-    let log = OpenOptions::new()
+    let log = state_dir::options()
         .create(true)
         .append(true)
         .mode(0o600)
@@ -258,7 +258,7 @@ fn exited(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 /// The last `n` lines of `path` from byte `from` on.
 fn tail(path: &Path, from: u64, n: usize) -> Vec<String> {
     let mut text = String::new();
-    if let Ok(mut f) = File::open(path)
+    if let Ok(mut f) = state_dir::options().read(true).open(path)
         && f.seek(SeekFrom::Start(from)).is_ok()
     {
         let mut bytes = Vec::new();

@@ -5,17 +5,24 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use super::protocol::{Envelope, EventRecord, MAX_REQUEST, Reply, Request, VERSION};
 use crate::exit;
 
 /// A client gets this long to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once (`events -f` followers included); more wait
+/// in the listen backlog until one ends. Each costs a descriptor, and a
+/// flood of them (20 000 held connections were tried) must not take the
+/// ones the supervisor needs to start shims and write its checkpoint.
+pub const MAX_CONNECTIONS: usize = 128;
 
 /// A request on its way to the event loop, with where to send the answer.
 pub struct Call {
@@ -48,12 +55,19 @@ pub fn listen(path: &Path, calls: mpsc::UnboundedSender<Call>) -> std::io::Resul
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let calls = calls.clone();
-                    tokio::spawn(async move { serve(stream, calls).await });
+                    tokio::spawn(async move {
+                        serve(stream, calls).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: refuse this one, keep serving.

@@ -6,13 +6,15 @@
 //! that cannot be written (disk full, removed directory) costs the lines,
 //! which are counted and reported, while the pipe keeps being drained.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::protocol::LogConfig;
+use crate::state_dir;
 
 /// Output lines longer than this are split, so one runaway line cannot hold
 /// the whole buffer hostage.
@@ -77,9 +79,10 @@ impl<'t> LogWriter<'t> {
     }
 
     fn reopen(&mut self) {
-        self.file = OpenOptions::new()
+        self.file = state_dir::options()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.config.path)
             .ok();
         self.size = self

@@ -28,9 +28,10 @@ pub mod protocol;
 mod spawn;
 pub mod zygote;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -445,11 +446,12 @@ fn announce(
 /// shim for the same replica (say, from a new supervisor while an old one's
 /// replicas still run) refuses to start instead of making a duplicate.
 fn claim(config: &ShimConfig) -> Result<Flock<File>, String> {
-    let file = OpenOptions::new()
+    let file = crate::state_dir::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&config.lock)
         .map_err(|e| format!("cannot open {}: {e}", config.lock.display()))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {

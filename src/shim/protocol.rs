@@ -149,12 +149,16 @@ pub struct RunningRecord {
 pub fn write_record<T: Serialize>(value: &T, path: &Path) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, serde_json::to_vec(value)?)?;
+    let tmp = std::path::PathBuf::from(tmp);
+    std::io::Write::write_all(
+        &mut crate::state_dir::create_new(&tmp)?,
+        &serde_json::to_vec(value)?,
+    )?;
     std::fs::rename(&tmp, path)
 }
 
 pub fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
-    let bytes = std::fs::read(path)?;
+    let bytes = crate::state_dir::read(path)?;
     serde_json::from_slice(&bytes).map_err(std::io::Error::other)
 }
 

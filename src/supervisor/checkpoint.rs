@@ -85,7 +85,7 @@ impl Checkpoint {
 
     /// `Ok(None)` when there is none (a first start).
     pub fn load(path: &Path) -> Result<Option<Checkpoint>, LoadError> {
-        let bytes = match std::fs::read(path) {
+        let bytes = match crate::state_dir::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -120,7 +120,7 @@ impl Checkpoint {
 /// leaves either the old or the new content, durably.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = crate::state_dir::create_new(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;

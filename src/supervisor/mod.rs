@@ -77,13 +77,17 @@ pub const CHECKPOINT_SET_ASIDE: &str = "checkpoint_set_aside";
 
 /// Runs the supervisor until it is shut down; returns the process exit code.
 pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
+    keep_inherited_descriptors();
     let dir = StateDir::new(spec.supervisor.state_dir.clone());
     let _lock = dir.lock()?;
     let setup = |what: &str, e: std::io::Error| RunError::Setup(format!("cannot {what}: {e}"));
+    let (tx, mut reports) = mpsc::unbounded_channel();
     // Signal streams exist before the first spawn, so no SIGCHLD is missed.
     let mut sigchld = signal(SignalKind::child()).map_err(|e| setup("watch SIGCHLD", e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| setup("watch SIGINT", e))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| setup("watch SIGTERM", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| setup("watch SIGHUP", e))?;
+    catch_stray_signals(&tx).map_err(|e| setup("watch signals", e))?;
     // Orphaned descendants of a shim that was killed come to us instead of
     // init, so they are reaped here (and as PID 1 in a container, all are).
     let _ = nix::sys::prctl::set_child_subreaper(true);
@@ -103,7 +107,6 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             None
         }
     };
-    let (tx, mut reports) = mpsc::unbounded_channel();
     let (calls_tx, mut calls) = mpsc::unbounded_channel();
     server::listen(&dir.socket(), calls_tx).map_err(|e| setup("open the control socket", e))?;
     let width = spec
@@ -159,6 +162,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             _ = sigchld.recv() => sup.reap(),
             _ = sigint.recv() => sup.on_stop_signal("SIGINT"),
             _ = sigterm.recv() => sup.on_stop_signal("SIGTERM"),
+            _ = sighup.recv() => sup.on_hangup(),
             Some(message) = reports.recv() => sup.on_message(message),
             Some(call) = calls.recv() => sup.on_call(call),
             _ = timer => {}
@@ -199,6 +203,44 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     Ok(code)
 }
 
+/// Descriptors the supervisor inherited beyond stdin, stdout and stderr (a
+/// caller's `exec 7</root/secret`, a stray pipe) are made close-on-exec, so
+/// nothing it starts gets them: not the zygote and through it the shims and
+/// replicas (whatever user they run as), not health checks, hooks or alert
+/// commands. What the supervisor itself opens is close-on-exec already.
+fn keep_inherited_descriptors() {
+    // SAFETY: only descriptor flags change; nothing is closed. (Linux 5.11
+    // and later, as `up -d` already requires.)
+    unsafe { nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32) };
+}
+
+/// Signals that would end the supervisor by default but ask nothing of it
+/// (SIGUSR1/2, timers, SIGPWR, resource limits, real-time signals): each is
+/// logged and otherwise ignored, so a stray `kill -USR1` does not leave the
+/// replicas unsupervised. Not here: SIGPIPE, which Rust's runtime ignores;
+/// SIGQUIT, whose core dump is asked for on purpose; faults (SIGSEGV...).
+/// Handlers, unlike ignored dispositions, are not inherited across exec.
+fn catch_stray_signals(events: &mpsc::UnboundedSender<Message>) -> std::io::Result<()> {
+    use Signal::*;
+    let named = [
+        SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT, SIGXCPU, SIGXFSZ,
+    ]
+    .map(|s| s as i32);
+    let realtime = nix::libc::SIGRTMIN()..=nix::libc::SIGRTMAX();
+    for number in named.into_iter().chain(realtime) {
+        let mut stream = signal(SignalKind::from_raw(number))?;
+        let events = events.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if events.send(Message::Signal(number)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Lifts the soft limit on open files to the hard one: the supervisor holds
 /// two descriptors per replica (the shim's pidfd and its status
 /// pipe), and 1024, a common default, would stop it near 500 replicas.
@@ -232,6 +274,8 @@ enum Message {
     },
     /// A shim (not our child: its exit comes from a pidfd) is gone.
     ShimGone(Pid),
+    /// A signal of [`catch_stray_signals`], by number.
+    Signal(i32),
 }
 
 /// What a shim's status pipe said, tagged with the incarnation it is about.
@@ -614,6 +658,23 @@ impl Supervisor {
         }
     }
 
+    /// SIGHUP reloads the spec file, as `supervise reload` does (the
+    /// convention of nginx and sshd); a rejected spec changes nothing.
+    fn on_hangup(&mut self) {
+        if self.shutdown.is_some() {
+            self.display
+                .event("received SIGHUP while stopping; not reloading");
+            return;
+        }
+        self.display.event(&format!(
+            "received SIGHUP; reloading {}",
+            self.spec.path.display()
+        ));
+        if let Some(error) = self.reload(None, false).error {
+            self.display.event(&error);
+        }
+    }
+
     /// Every shim kills its tree with SIGKILL at once.
     fn force(&mut self) {
         let shims: Vec<Pid> = self.shims.keys().copied().collect();
@@ -646,6 +707,15 @@ impl Supervisor {
                     self.display.unfollow(&id.to_string());
                     self.on_shim_exit(&id);
                 }
+            }
+            Message::Signal(number) => {
+                let name = Signal::try_from(number).map_or_else(
+                    |_| format!("SIGRTMIN+{}", number - nix::libc::SIGRTMIN()),
+                    |s| s.as_str().to_string(),
+                );
+                self.display.event(&format!(
+                    "received {name}; ignored (SIGTERM or SIGINT stop supervise, SIGHUP reloads the spec)"
+                ));
             }
         }
     }

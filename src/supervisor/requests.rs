@@ -170,7 +170,7 @@ impl Supervisor {
         Self::affected(&changed)
     }
 
-    fn reload(&mut self, path: Option<PathBuf>, dry_run: bool) -> Reply {
+    pub(super) fn reload(&mut self, path: Option<PathBuf>, dry_run: bool) -> Reply {
         let path = path.unwrap_or_else(|| self.spec.path.clone());
         let mut new = match spec::load(&path) {
             Ok(new) => new,

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -283,12 +284,37 @@ pub fn kill_marked(marker: &str, timeout: Duration) -> Vec<i32> {
     }
 }
 
+/// `cmd` starts with stdin/stdout/stderr only, whatever this test process
+/// inherited, plus `inherited` (`file` as descriptor `fd`, as from a
+/// shell's `exec 7<file`).
+pub fn only_descriptors(cmd: &mut Command, inherited: Option<&(i32, std::fs::File)>) {
+    let inherited = inherited.map(|(fd, file)| (*fd, file.as_raw_fd()));
+    // SAFETY: close_range, fcntl and dup2 are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32);
+            // The new descriptor is left without close-on-exec.
+            let failed = match inherited {
+                Some((fd, file)) if fd == file => nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0,
+                Some((fd, file)) => nix::libc::dup2(file, fd) < 0,
+                None => false,
+            };
+            if failed {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How to start a supervisor.
 pub struct Builder {
     spec: String,
     args: Vec<String>,
     wrapper: Vec<String>,
     dir: Option<Arc<tempfile::TempDir>>,
+    inherited: Option<(i32, std::fs::File)>,
+    open_files: Option<u64>,
 }
 
 impl Builder {
@@ -302,6 +328,19 @@ impl Builder {
     /// The supervisor is then the wrapper's child.
     pub fn wrapped(mut self, wrapper: &[&str]) -> Builder {
         self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// The supervisor starts with this limit on open files (soft and hard),
+    /// which it cannot raise.
+    pub fn open_files(mut self, limit: u64) -> Builder {
+        self.open_files = Some(limit);
+        self
+    }
+
+    /// The supervisor inherits `file` as descriptor `fd` (see [`only_descriptors`]).
+    pub fn inherit(mut self, fd: i32, file: std::fs::File) -> Builder {
+        self.inherited = Some((fd, file));
         self
     }
 
@@ -330,14 +369,21 @@ impl Builder {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: close_range is async-signal-safe. The supervisor starts with
-        // stdin/stdout/stderr only, whatever this test process inherited, so a
-        // descriptor a replica finds beyond those came from supervise itself.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::libc::close_range(3, u32::MAX, nix::libc::CLOSE_RANGE_CLOEXEC as i32);
-                Ok(())
-            });
+        // A descriptor a replica finds beyond stdin/stdout/stderr (and the
+        // one asked for) then came from supervise itself.
+        only_descriptors(&mut cmd, self.inherited.as_ref());
+        if let Some(limit) = self.open_files {
+            // SAFETY: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )?;
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("start supervise");
         let out = Lines::spawn_reader(child.stdout.take().unwrap());
@@ -403,6 +449,8 @@ impl Supervise {
             args: Vec::new(),
             wrapper: Vec::new(),
             dir: None,
+            inherited: None,
+            open_files: None,
         }
     }
 
@@ -417,6 +465,8 @@ impl Supervise {
             args: Vec::new(),
             wrapper: Vec::new(),
             dir: Some(Arc::clone(&self.dir)),
+            inherited: None,
+            open_files: None,
         }
     }
 
