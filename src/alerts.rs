@@ -1,4 +1,4 @@
-//! `[[alerts]]`: delivering events to commands and webhooks (SPEC.md §1).
+//! `[[alerts]]`: delivering events to commands and webhooks (docs/spec-file.md §10).
 //!
 //! Each alert gets a task of its own fed by a bounded queue. The event loop
 //! only filters and `try_send`s ([`Alerts::on_event`]): it never waits for
@@ -245,7 +245,7 @@ impl Delivery {
     }
 }
 
-/// The event as one JSON object (SPEC.md §3, as `events --json` prints it).
+/// The event as one JSON object (docs/commands.md §15.1, as `events --json` prints it).
 fn json(event: &EventRecord) -> String {
     // An EventRecord has only strings and numbers: it always serialises.
     serde_json::to_string(event).unwrap_or_default()

@@ -1,4 +1,4 @@
-//! The command line (SPEC.md §3), as clap definitions. Man pages in `man/`
+//! The command line (docs/commands.md), as clap definitions. Man pages in `man/`
 //! and shell completions are generated from these.
 
 use std::path::PathBuf;

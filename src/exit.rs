@@ -1,4 +1,4 @@
-//! Exit codes of the contract (SPEC.md §3).
+//! Exit codes (docs/commands.md §5).
 
 /// Done; the condition holds.
 pub const OK: i32 = 0;

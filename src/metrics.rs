@@ -9,7 +9,7 @@
 //! server runs in a task of the loop's runtime; with no scrape it costs
 //! nothing (no timer, no polling).
 //!
-//! Series (README "Metrics"):
+//! Series (docs/spec-file.md §11):
 //!
 //! - `supervise_replicas_desired{service}`, `supervise_replicas_running{service}`
 //! - `supervise_replica_up{service,replica}`, `supervise_replica_healthy{service,replica}`

@@ -1,4 +1,4 @@
-//! Crash safety (SPEC.md §5): the real supervisor is killed with SIGKILL and
+//! Crash safety (docs/design.md §10): the real supervisor is killed with SIGKILL and
 //! started again on the same state dir, and must resume with exactly the
 //! desired replicas — none lost, none duplicated, no stray left — with its
 //! counters and the replicas' logs intact.
@@ -88,7 +88,7 @@ limit = 0
 "#;
 
 /// Kills the supervisor at random moments and checks, after every resume,
-/// the invariants of SPEC.md §5. `SUPERVISE_CHAOS_KILLS` (default 30) and
+/// the invariants of docs/design.md §10. `SUPERVISE_CHAOS_KILLS` (default 30) and
 /// `SUPERVISE_CHAOS_SEED` (default: random, printed) set the run;
 /// `scripts/chaos` runs it long.
 #[test]

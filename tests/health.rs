@@ -1,5 +1,5 @@
-//! Health checks, readiness and failover against real children (SPEC.md §1
-//! `health`, `failover`; §2 states): every probe kind, `start_period`,
+//! Health checks, readiness and failover against real children (docs/spec-file.md
+//! §7 and §9; states: docs/commands.md §3): every probe kind, `start_period`,
 //! unhealthy → restart, notify with its sender check and watchdog,
 //! dependency gating on `healthy`, and active-standby under repeated loss.
 

@@ -1,5 +1,5 @@
 //! `supervise export --format kubernetes|systemd`: the spec translated for
-//! an engine made for many machines (SPEC.md §6; the mapping is in
+//! an engine made for many machines (docs/export.md; the mapping is in
 //! [`crate::export`]).
 
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! Every command returns [`Exit`]: the exit code, or a [`Failure`] whose
 //! one-line message [`run`] prints as `error: …`. Commands that talk to a
 //! supervisor find it through [`context`] (the state-dir resolution rule,
-//! documented in `--help` and the README).
+//! documented in `--help` and docs/commands.md §1).
 
 mod act;
 mod detach;

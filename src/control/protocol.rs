@@ -84,7 +84,7 @@ pub struct Reply {
     /// Set when `ok` is false: one line for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Set when `ok` is false: the exit code the CLI should use (SPEC.md §3:
+    /// Set when `ok` is false: the exit code the CLI should use (docs/commands.md §5:
     /// 2 for an unknown service or a bad request, 1 for a rejected operation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -191,7 +191,7 @@ impl Reply {
     }
 }
 
-/// `status --json`, schema 1 (SPEC.md §3).
+/// `status --json`, schema 1 (docs/commands.md §8.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub schema: u32,
@@ -262,12 +262,12 @@ pub struct ReloadPlan {
     pub applied: bool,
 }
 
-/// One event (SPEC.md §3 `events --json`).
+/// One event (docs/commands.md §15.1, `events --json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     /// RFC 3339 UTC.
     pub at: String,
-    /// SPEC.md §3's spawned | exited | restarted | unhealthy | healthy |
+    /// docs/commands.md §4: spawned | exited | restarted | unhealthy | healthy |
     /// promoted | failed | scaled | reloaded, and also: stopping | stopped |
     /// adopted (after a resume) | spawn_failed | shim_lost (a shim vanished
     /// without a record) | leftovers_killed | shutdown (begun) | killed

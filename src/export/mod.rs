@@ -1,5 +1,5 @@
 //! `supervise export`: the spec translated for an engine made for many
-//! machines (SPEC.md §6), as Kubernetes manifests ([`kubernetes`]) or systemd
+//! machines (docs/export.md), as Kubernetes manifests ([`kubernetes`]) or systemd
 //! units ([`systemd`]).
 //!
 //! Nothing is dropped silently: each target walks every key of the spec by
@@ -7,7 +7,7 @@
 //! so a key added to the spec fails to compile here until it is either mapped
 //! or reported. What a target cannot express becomes a [`Warning`] naming the
 //! service and the key. A key left at its default value is not reported: the
-//! target's own default behaviour then applies (the README lists each case).
+//! target's own default behaviour then applies (docs/export.md §4 and §5 list each case).
 //! Keys that only mean something to supervise itself (`state_dir`) or only to
 //! another target (`image` for systemd) have nothing to map and no warning.
 
@@ -208,7 +208,7 @@ pub(crate) fn uses(template: &str, name: &str) -> bool {
     parts(template).contains(&Part::Placeholder(name))
 }
 
-/// The defaults of the spec (SPEC.md §1) for the keys a target reports only
+/// The defaults of the spec (docs/spec-file.md §4) for the keys a target reports only
 /// when they were changed: at its default a key means "the usual behaviour",
 /// which the target has its own version of.
 pub(crate) mod defaults {

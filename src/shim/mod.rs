@@ -1,7 +1,7 @@
 //! The shim: one small process per replica, between the supervisor and the
 //! replica (forked from the zygote, see [`zygote`]).
 //!
-//! Why it exists (see README, "Design: the shim"): a supervisor that is
+//! Why it exists (docs/design.md §3): a supervisor that is
 //! killed must not take its children's output or exit status with it. The
 //! shim owns exactly what would otherwise die with the supervisor:
 //! - the read ends of the replica's stdout/stderr pipes (so the replica never

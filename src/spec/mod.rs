@@ -1,4 +1,4 @@
-//! The spec file: validated, typed form of `supervise.toml` (SPEC.md §1).
+//! The spec file: validated, typed form of `supervise.toml` (docs/spec-file.md).
 //!
 //! `load` reads and validates a file; every problem becomes a [`Diagnostic`]
 //! with file, line, column and hint, and all of them are returned at once.
@@ -217,7 +217,7 @@ pub enum AlertTarget {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
-    /// Event names from SPEC.md §3 (`spawned`, `exited`, `restarted`, `unhealthy`,
+    /// Event names from docs/commands.md §4 (`spawned`, `exited`, `restarted`, `unhealthy`,
     /// `healthy`, `promoted`, `failed`, `scaled`, `reloaded`); non-empty.
     pub events: Vec<String>,
     pub target: AlertTarget,

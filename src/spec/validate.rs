@@ -103,7 +103,7 @@ const HEALTH_KEYS: &[&str] = &[
 ];
 const FAILOVER_KEYS: &[&str] = &["mode", "promote", "promote_signal"];
 const ALERT_KEYS: &[&str] = &["events", "command", "webhook"];
-/// The event names of SPEC.md §3.
+/// The event names alerts may name (docs/commands.md §4).
 const EVENTS: &[&str] = &[
     "spawned",
     "exited",

@@ -1,5 +1,5 @@
 //! Failover (`mode = "active-standby"`): exactly one replica of the service
-//! is active, the others are warm standbys (SPEC.md §1 `failover`).
+//! is active, the others are warm standbys (docs/spec-file.md §9).
 //!
 //! Roles are state of the event loop, reconciled like everything else:
 //! whenever a failover service has no active replica, the healthiest standby

@@ -1,5 +1,5 @@
-//! Health: probes, readiness and the `unhealthy` verdict (SPEC.md §1
-//! `health`, §2 states).
+//! Health: probes, readiness and the `unhealthy` verdict (docs/spec-file.md
+//! §7; states: docs/commands.md §3).
 //!
 //! Each running incarnation of a replica with `health` gets one probe task
 //! (exec, http, tcp) that only does I/O: it runs the probe every `interval`,

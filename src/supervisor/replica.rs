@@ -20,7 +20,7 @@ impl fmt::Display for ReplicaId {
     }
 }
 
-/// SPEC.md §2 states, each with what only it knows.
+/// The replica states of docs/commands.md §3.1, each with what only it knows.
 #[derive(Debug, Clone)]
 pub enum Phase {
     /// Waiting for its dependencies.
@@ -72,7 +72,7 @@ impl Phase {
         }
     }
 
-    /// The state's name in `status` (SPEC.md §2).
+    /// The state's name in `status` (docs/commands.md §3.1).
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Pending => "pending",

@@ -265,7 +265,7 @@ fn reload_plan(old: &Spec, new: &Spec, applied: bool) -> ReloadPlan {
     plan
 }
 
-/// SPEC.md §2 service states, from its replicas' shown states.
+/// The service states of docs/commands.md §3.2, from its replicas' shown states.
 fn service_state(states: &[&str]) -> &'static str {
     let all = |f: fn(&str) -> bool| states.iter().all(|s| f(s));
     let any = |f: fn(&str) -> bool| states.iter().any(|s| f(s));
