@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 
@@ -276,4 +277,54 @@ fn down_holds_the_connection_until_the_supervisor_has_exited() {
     assert_eq!(sup.expect_exit(SOON), 0);
     assert!(sup.events().iter().any(|e| e.starts_with("stopped web.0")));
     assert!(!socket(&sup).exists(), "the socket file was left behind");
+}
+
+#[test]
+fn a_follower_that_falls_behind_is_told_how_many_events_it_lost() {
+    // A crash loop makes events far faster than this reader takes them.
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["true"]
+restart = { delay = "0s", limit = 0 }
+"#,
+    );
+    sup.expect_spawned("web.0");
+    let mut s = connect(&sup);
+    s.write_all(b"{\"version\":1,\"request\":{\"type\":\"events\",\"follow\":true}}\n")
+        .unwrap();
+    // Not read meanwhile: the socket buffer fills, then the stream's backlog.
+    let restarts = || {
+        socket_status(&sup.state_dir())
+            .map(|r| replica_in(&r, "web", 0)["restarts"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || restarts() >= 4000),
+        "the crash loop is too slow: {} restarts",
+        restarts()
+    );
+    // The loop goes on making events: read for a bounded time.
+    let deadline = std::time::Instant::now() + SOON;
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    let mut lost = None;
+    while lost.is_none() && std::time::Instant::now() < deadline {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "lost" {
+            lost = Some(event);
+        }
+    }
+    // Before, the gap was silent.
+    let lost = lost.expect("no `lost` record in the stream");
+    let detail = lost["detail"].as_str().unwrap().to_string();
+    assert!(
+        regex::Regex::new(r"^\d+ events lost: this reader fell behind the stream$")
+            .unwrap()
+            .is_match(&detail),
+        "{detail}"
+    );
+    assert!(status_ok(&sup));
 }

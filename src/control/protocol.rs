@@ -271,13 +271,30 @@ pub struct EventRecord {
     /// promoted | failed | scaled | reloaded, and also: stopping | stopped |
     /// adopted (after a resume) | spawn_failed | shim_lost (a shim vanished
     /// without a record) | leftovers_killed | shutdown (begun) | killed
-    /// (a shutdown turned forced: second signal or shutdown_timeout)
+    /// (a shutdown turned forced: second signal or shutdown_timeout) |
+    /// checkpoint_set_aside (a damaged checkpoint, at start) | lost (only in
+    /// a live stream: this reader fell behind and missed events)
     pub event: String,
     pub service: Option<String>,
     pub replica: Option<u32>,
     pub pid: Option<u32>,
     /// The human line, e.g. "api.1 exited with code 3; restart 4 in 800ms".
     pub detail: String,
+}
+
+impl EventRecord {
+    /// Stands in a live stream for the `missed` events a slow reader lost:
+    /// a gap is always said, never silent.
+    pub fn lost(missed: u64) -> EventRecord {
+        EventRecord {
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            event: "lost".into(),
+            service: None,
+            replica: None,
+            pid: None,
+            detail: format!("{missed} events lost: this reader fell behind the stream"),
+        }
+    }
 }
 
 #[cfg(test)]

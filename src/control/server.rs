@@ -162,8 +162,13 @@ async fn serve(stream: UnixStream, calls: mpsc::UnboundedSender<Call>) {
                             return;
                         }
                     }
-                    // A reader too slow for the stream skips what it missed.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // A reader too slow for the stream skips what it missed,
+                    // and is told so.
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        if send(&mut write, &EventRecord::lost(missed)).await.is_err() {
+                            return;
+                        }
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
