@@ -396,8 +396,8 @@ impl Supervisor {
         }
         self.ensure_replicas();
         self.retire_surplus();
-        self.reconcile_roles();
-        let mut wake: Option<Instant> = self.check_watchdogs(now);
+        let roles = self.reconcile_roles(now);
+        let mut wake = earliest(self.check_watchdogs(now), roles);
         for position in 0..self.spec.services.len() {
             let service = &self.spec.services[position];
             let name = service.name.clone();
