@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -139,10 +140,7 @@ action = "none"
 }
 
 const NOTIFY_CHILD: &str = r#"
-import os, socket, sys, time
-def notify(msg):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(msg.encode(), os.environ["NOTIFY_SOCKET"])
+import sys, time
 time.sleep(float(sys.argv[1]))
 notify("READY=1\nSTATUS=serving")
 for i in range(int(sys.argv[2])):
@@ -155,7 +153,7 @@ fn notify_service_is_starting_until_ready_and_unhealthy_when_its_watchdog_lapses
     let sup = Supervise::start(&format!(
         r#"
 [services.daemon]
-command = ["python3", "-c", '''{NOTIFY_CHILD}''', "0.8", "5"]
+command = ["python3", "-c", '''{SD_NOTIFY}{NOTIFY_CHILD}''', "0.8", "5"]
 [services.daemon.health]
 notify = true
 watchdog = "400ms"
@@ -178,33 +176,90 @@ action = "none"
     wait_state(&sup, "daemon", 0, "unhealthy", "unhealthy");
 }
 
+/// `$NOTIFY_SOCKET` as process `pid` has it.
+fn notify_socket_of(pid: i32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|&b| b == 0)
+        .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("NOTIFY_SOCKET="))
+        .expect("NOTIFY_SOCKET in the replica's environment")
+        .to_string()
+}
+
+/// Only a replica's own processes speak for it: READY=1 sent to its
+/// `$NOTIFY_SOCKET` by the test (root, in no replica), by a process of
+/// another user, and by another replica (for which it counts) leaves it
+/// `starting`. The socket is reachable by every user, so those sends do
+/// arrive, and are ignored by the kernel's word on who sent them.
 #[test]
-fn notify_from_an_unrelated_process_is_ignored() {
+fn notify_counts_only_from_the_replicas_own_processes() {
     let sup = Supervise::start(&format!(
         r#"
 [services.daemon]
-command = ["python3", "-c", '''{NOTIFY_CHILD}''', "1000", "0"]
+command = ["python3", "-c", '''{SD_NOTIFY}{NOTIFY_CHILD}''', "1000", "0"]
 [services.daemon.health]
+notify = true
+{}"#,
+        ready_on_go("other")
+    ));
+    let pid = sup.expect_spawned("daemon.0");
+    sup.expect_spawned("other.0");
+    let socket = notify_socket_of(pid);
+    let send = format!("{SD_NOTIFY}\nimport sys\nnotify('READY=1', sys.argv[1])");
+    let mut as_root = Command::new("python3");
+    as_root.args(["-c", &send, &socket]);
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        // The system python: one under /root (pyenv) is out of nobody's reach.
+        .args(["/usr/bin/python3", "-c", &send, &socket]);
+    let senders = if nix::unistd::geteuid().is_root() {
+        vec![as_root, as_nobody]
+    } else {
+        eprintln!("not root: no sender of another user");
+        vec![as_root]
+    };
+    for mut sender in senders {
+        let out = sender.output().unwrap();
+        assert!(out.status.success(), "{sender:?}: {out:?}");
+    }
+    // The datagrams above are queued before the one other.0 now sends,
+    // so once other.0 is healthy they have all been read.
+    std::fs::write(sup.dir().join("go"), "").unwrap();
+    sup.expect_event(r"^other\.0 is healthy$", SOON);
+    assert_eq!(
+        state_of(&sup, "daemon", 0),
+        ("starting".into(), "unknown".into()),
+        "{}",
+        sup.transcript()
+    );
+}
+
+/// A real sd_notify server, Redis with `--supervised systemd` (libsystemd's
+/// sd_notify), running as another user becomes healthy.
+#[test]
+fn redis_running_as_another_user_becomes_healthy_through_sd_notify() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run redis-server as user nobody");
+        return;
+    }
+    assert!(
+        have("redis-server"),
+        "redis-server is not installed (.ci/run installs Debian's redis-server)"
+    );
+    let port = free_port();
+    let sup = Supervise::start(&format!(
+        r#"
+[services.cache]
+command = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--supervised", "systemd", "--save", "", "--appendonly", "no", "--dir", "/tmp"]
+user = "nobody"
+cwd = "/"
+[services.cache.health]
 notify = true
 "#
     ));
-    sup.expect_spawned("daemon.0");
-    let socket = sup.state_dir().join("notify.sock");
-    // Another process (not in the replica's process group) claims readiness.
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', sys.argv[1])",
-        ])
-        .arg(&socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        state_of(&sup, "daemon", 0),
-        ("starting".into(), "unknown".into())
-    );
+    sup.expect_event(r"^cache\.0 is healthy$", SOON);
+    wait_state(&sup, "cache", 0, "running", "healthy");
 }
 
 #[test]

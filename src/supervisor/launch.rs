@@ -56,10 +56,7 @@ impl Supervisor {
         let mut ready_pattern = None;
         match service.health.as_ref().map(|h| (&h.probe, h.watchdog)) {
             Some((Probe::Notify, watchdog)) => {
-                env.push((
-                    "NOTIFY_SOCKET".into(),
-                    self.dir.notify_socket().display().to_string(),
-                ));
+                env.push(("NOTIFY_SOCKET".into(), self.notify_socket.clone()));
                 if let Some(w) = watchdog {
                     env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
                 }

@@ -118,15 +118,17 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         }
         None => None,
     };
+    let notify_socket =
+        notify::socket_name(dir.root()).map_err(|e| setup("name the notify socket", e))?;
     if spec
         .services
         .iter()
         .any(|s| matches!(s.health.as_ref().map(|h| &h.probe), Some(Probe::Notify)))
     {
-        notify::listen(&dir.notify_socket(), tx.clone())
+        notify::listen(&notify_socket, tx.clone())
             .map_err(|e| setup("open the notify socket", e))?;
     }
-    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics);
+    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics, notify_socket);
     sup.resume(checkpoint);
     sup.announce();
 
@@ -268,6 +270,8 @@ struct Supervisor {
     shims: HashMap<Pid, Shim>,
     shutdown: Option<Shutdown>,
     reports: mpsc::UnboundedSender<Message>,
+    /// `NOTIFY_SOCKET` of notify services (see `notify`).
+    notify_socket: String,
 }
 
 /// Can a service start, given the state of what it depends on?
@@ -285,6 +289,7 @@ impl Supervisor {
         display: Display,
         reports: mpsc::UnboundedSender<Message>,
         metrics: Option<Arc<Metrics>>,
+        notify_socket: String,
     ) -> Supervisor {
         let reaper = Reaper::default();
         let alerts = Alerts::start(&spec, reaper.clone());
@@ -310,6 +315,7 @@ impl Supervisor {
             shims: HashMap::new(),
             shutdown: None,
             reports,
+            notify_socket,
         }
     }
 
