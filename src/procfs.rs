@@ -133,6 +133,29 @@ pub fn start_time(pid: u32) -> Option<u64> {
     (s.state != 'Z' && s.state != 'X').then_some(s.start)
 }
 
+/// Would `signal` leave `pid` alive: it catches or ignores it, or its
+/// default action is harmless? Read from `/proc/<pid>/status` (SigCgt,
+/// SigIgn: hex masks, bit N-1 for signal N); false if the process is gone.
+pub fn survives(pid: u32, signal: Signal) -> bool {
+    if matches!(
+        signal,
+        Signal::SIGCHLD | Signal::SIGCONT | Signal::SIGURG | Signal::SIGWINCH
+    ) {
+        return true;
+    }
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (signal as i32 - 1);
+    text.lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigCgt:")
+                .or_else(|| l.strip_prefix("SigIgn:"))
+        })
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & bit != 0)
+}
+
 /// This boot's id: process identities from another boot mean nothing.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

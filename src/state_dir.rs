@@ -78,11 +78,6 @@ impl StateDir {
         self.root.join(crate::control::protocol::SOCKET_NAME)
     }
 
-    /// `NOTIFY_SOCKET` of notify services (see `supervisor::notify`).
-    pub fn notify_socket(&self) -> PathBuf {
-        self.root.join("notify.sock")
-    }
-
     /// See `supervisor::checkpoint`.
     pub fn checkpoint(&self) -> PathBuf {
         self.root.join("checkpoint.json")

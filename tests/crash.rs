@@ -518,3 +518,19 @@ command = ["sleep", "1000"]
     let _ = decoy.kill();
     let _ = decoy.wait();
 }
+
+/// A notify replica adopted after a crash still reaches the supervisor
+/// that resumed it: the `NOTIFY_SOCKET` in its environment names the
+/// socket every supervisor of this state dir binds.
+#[test]
+fn an_adopted_notify_replica_still_reaches_the_resumed_supervisor() {
+    let mut guards = vec![Supervise::start(&ready_on_go("daemon"))];
+    let pid = guards[0].expect_spawned("daemon.0");
+    kill9(guards[0].pid);
+    assert!(guards[0].wait_exit(SOON).is_some());
+    let next = resume(&guards[0]);
+    next.expect_event(&format!(r"^adopted daemon\.0 \(pid {pid},"), SOON);
+    std::fs::write(next.dir().join("go"), "").unwrap();
+    next.expect_event(r"^daemon\.0 is healthy$", SOON);
+    guards.push(next);
+}

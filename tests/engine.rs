@@ -893,6 +893,36 @@ restart = { delay = "10ms" }
     );
 }
 
+/// Starts go on while the supervisor's children end all the time (every
+/// end is a SIGCHLD, which interrupts its wait for the zygote's reply): a
+/// start is never given up on as "the zygote failed", which would leave
+/// the shim it forked running unsupervised.
+#[test]
+fn starts_survive_a_storm_of_sigchld() {
+    let sup = Supervise::start(
+        r#"
+[services.probed]
+command = ["sleep", "1000"]
+replicas = 4
+health = { exec = ["true"], interval = "5ms" }
+
+[services.crash]
+command = ["sh", "-c", "exit 1"]
+replicas = 4
+restart = { delay = "10ms", max_delay = "10ms", limit = 0 }
+"#,
+    );
+    sup.expect_event(r"^probed\.3 is healthy$", SOON);
+    // Hundreds of starts, each under thousands of probe ends a second.
+    sup.expect_event(r"^crash\.0 exited with code 1; restart 100 in ", SOON * 3);
+    let failed: Vec<String> = sup
+        .events()
+        .into_iter()
+        .filter(|e| e.contains("could not") || e.contains("still running"))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
 #[test]
 fn an_adopted_shim_leaves_its_zero_delay_restarts_to_the_new_supervisor() {
     let mut first = Supervise::start(

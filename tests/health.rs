@@ -6,11 +6,16 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+/// How long a standby must have run before it is promoted (the
+/// supervisor's `failover::SETTLE`).
+const SETTLE: Duration = Duration::from_secs(1);
 
 fn state_of(sup: &Supervise, service: &str, index: u64) -> (String, String) {
     let report = socket_status(&sup.state_dir()).unwrap_or_default();
@@ -208,10 +213,7 @@ delay = "50ms"
 }
 
 const NOTIFY_CHILD: &str = r#"
-import os, socket, sys, time
-def notify(msg):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(msg.encode(), os.environ["NOTIFY_SOCKET"])
+import sys, time
 time.sleep(float(sys.argv[1]))
 notify("READY=1\nSTATUS=serving")
 for i in range(int(sys.argv[2])):
@@ -224,7 +226,7 @@ fn notify_service_is_starting_until_ready_and_unhealthy_when_its_watchdog_lapses
     let sup = Supervise::start(&format!(
         r#"
 [services.daemon]
-command = ["python3", "-c", '''{NOTIFY_CHILD}''', "0.8", "5"]
+command = ["python3", "-c", '''{SD_NOTIFY}{NOTIFY_CHILD}''', "0.8", "5"]
 [services.daemon.health]
 notify = true
 watchdog = "400ms"
@@ -247,12 +249,22 @@ action = "none"
     wait_state(&sup, "daemon", 0, "unhealthy", "unhealthy");
 }
 
+/// `$NOTIFY_SOCKET` as process `pid` has it.
+fn notify_socket_of(pid: i32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|&b| b == 0)
+        .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("NOTIFY_SOCKET="))
+        .expect("NOTIFY_SOCKET in the replica's environment")
+        .to_string()
+}
+
 #[test]
 fn a_notify_service_not_ready_within_its_start_period_is_restarted() {
     let sup = Supervise::start(&format!(
         r#"
 [services.daemon]
-command = ["python3", "-c", '''{NOTIFY_CHILD}''', "1000", "0"]
+command = ["python3", "-c", '''{SD_NOTIFY}{NOTIFY_CHILD}''', "1000", "0"]
 [services.daemon.health]
 notify = true
 start_period = "1s"
@@ -269,33 +281,80 @@ delay = "50ms"
     assert_ne!(second, first);
 }
 
+/// Only a replica's own processes speak for it: READY=1 sent to its
+/// `$NOTIFY_SOCKET` by the test (root, in no replica), by a process of
+/// another user, and by another replica (for which it counts) leaves it
+/// `starting`. The socket is reachable by every user, so those sends do
+/// arrive, and are ignored by the kernel's word on who sent them.
 #[test]
-fn notify_from_an_unrelated_process_is_ignored() {
+fn notify_counts_only_from_the_replicas_own_processes() {
     let sup = Supervise::start(&format!(
         r#"
 [services.daemon]
-command = ["python3", "-c", '''{NOTIFY_CHILD}''', "1000", "0"]
+command = ["python3", "-c", '''{SD_NOTIFY}{NOTIFY_CHILD}''', "1000", "0"]
 [services.daemon.health]
+notify = true
+{}"#,
+        ready_on_go("other")
+    ));
+    let pid = sup.expect_spawned("daemon.0");
+    sup.expect_spawned("other.0");
+    let socket = notify_socket_of(pid);
+    let send = format!("{SD_NOTIFY}\nimport sys\nnotify('READY=1', sys.argv[1])");
+    let mut as_root = Command::new("python3");
+    as_root.args(["-c", &send, &socket]);
+    let mut as_nobody = Command::new("setpriv");
+    as_nobody
+        .args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+        // The system python: one under /root (pyenv) is out of nobody's reach.
+        .args(["/usr/bin/python3", "-c", &send, &socket]);
+    let senders = if nix::unistd::geteuid().is_root() {
+        vec![as_root, as_nobody]
+    } else {
+        eprintln!("not root: no sender of another user");
+        vec![as_root]
+    };
+    for mut sender in senders {
+        let out = sender.output().unwrap();
+        assert!(out.status.success(), "{sender:?}: {out:?}");
+    }
+    // The datagrams above are queued before the one other.0 now sends,
+    // so once other.0 is healthy they have all been read.
+    std::fs::write(sup.dir().join("go"), "").unwrap();
+    sup.expect_event(r"^other\.0 is healthy$", SOON);
+    assert_eq!(
+        state_of(&sup, "daemon", 0),
+        ("starting".into(), "unknown".into()),
+        "{}",
+        sup.transcript()
+    );
+}
+
+/// A real sd_notify server, Redis with `--supervised systemd` (libsystemd's
+/// sd_notify), running as another user becomes healthy.
+#[test]
+fn redis_running_as_another_user_becomes_healthy_through_sd_notify() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run redis-server as user nobody");
+        return;
+    }
+    assert!(
+        have("redis-server"),
+        "redis-server is not installed (.ci/run installs Debian's redis-server)"
+    );
+    let port = free_port();
+    let sup = Supervise::start(&format!(
+        r#"
+[services.cache]
+command = ["redis-server", "--port", "{port}", "--bind", "127.0.0.1", "--supervised", "systemd", "--save", "", "--appendonly", "no", "--dir", "/tmp"]
+user = "nobody"
+cwd = "/"
+[services.cache.health]
 notify = true
 "#
     ));
-    sup.expect_spawned("daemon.0");
-    let socket = sup.state_dir().join("notify.sock");
-    // Another process (not in the replica's process group) claims readiness.
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', sys.argv[1])",
-        ])
-        .arg(&socket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        state_of(&sup, "daemon", 0),
-        ("starting".into(), "unknown".into())
-    );
+    sup.expect_event(r"^cache\.0 is healthy$", SOON);
+    wait_state(&sup, "cache", 0, "running", "healthy");
 }
 
 #[test]
@@ -344,6 +403,24 @@ depends_on = { db = "healthy" }
     );
 }
 
+/// The active replicas of `kv` (of 3) in a status report: (index, pid).
+fn actives(report: &serde_json::Value) -> Vec<(u64, i64)> {
+    (0..3)
+        .filter_map(|i| {
+            let r = replica_in(report, "kv", i);
+            (r["role"] == "active").then(|| (i, r["pid"].as_i64().unwrap_or(-1)))
+        })
+        .collect()
+}
+
+/// The `role …` lines the replicas printed: (replica, role).
+fn roles_told(sup: &Supervise) -> Vec<(String, String)> {
+    sup.output()
+        .into_iter()
+        .filter_map(|(r, text)| Some((r, text.strip_prefix("role ")?.to_string())))
+        .collect()
+}
+
 #[test]
 fn failover_promotes_a_standby_within_a_second_each_time_the_active_dies() {
     let sup = Supervise::start(
@@ -364,14 +441,6 @@ promote = ["sh", "-c", "echo {replica} {pid} >> promoted.log"]
         sup.expect_spawned(&format!("kv.{i}"));
     }
     let state_dir = sup.state_dir();
-    let actives = |report: &serde_json::Value| -> Vec<(u64, i64)> {
-        (0..3)
-            .filter_map(|i| {
-                let r = replica_in(report, "kv", i);
-                (r["role"] == "active").then(|| (i, r["pid"].as_i64().unwrap_or(-1)))
-            })
-            .collect()
-    };
     let active_now = || {
         let mut found = None;
         wait_until(SOON, || {
@@ -402,11 +471,19 @@ promote = ["sh", "-c", "echo {replica} {pid} >> promoted.log"]
     let mut promoted = BTreeSet::new();
     let (mut index, mut pid) = active_now();
     for round in 0..20 {
-        // A standby must be there to take over (the others may be restarting).
-        assert!(wait_until(SOON, || socket_status(&state_dir)
-            .is_some_and(|r| (0..3)
-                .any(|i| replica_in(&r, "kv", i)["role"] == "standby"
-                    && replica_in(&r, "kv", i)["state"] == "running"))));
+        // A standby fit to take over must be there (the others may be
+        // restarting): one that has run for the settle time, 1 s.
+        let settled = |r: &serde_json::Value| {
+            let started = r["started_at"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok());
+            r["role"] == "standby"
+                && r["state"] == "running"
+                && started.is_some_and(|t| t.elapsed().unwrap_or_default() > SETTLE)
+        };
+        assert!(wait_until(SOON, || socket_status(&state_dir).is_some_and(
+            |r| (0..3).any(|i| settled(replica_in(&r, "kv", i)))
+        )));
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         let mut next = None;
         let took_over = wait_until(Duration::from_secs(1), || {
@@ -427,23 +504,138 @@ promote = ["sh", "-c", "echo {replica} {pid} >> promoted.log"]
     let samples = sampler.join().expect("the sampler saw two actives");
     assert!(samples > 20, "too few samples: {samples}");
     // The hook ran with each promoted replica's index and pid (it runs on
-    // its own: the last one may still be writing).
+    // its own: the last one may still be writing), and only for the 20
+    // standbys that took over: kv.0 was spawned active.
     let hook_log = sup.dir().join("promoted.log");
     let expected = format!("{index} {pid}");
     let mut log = String::new();
     let complete = wait_until(SOON, || {
         log = std::fs::read_to_string(&hook_log).unwrap_or_default();
-        log.lines().last() == Some(expected.as_str()) && log.lines().count() >= 21
+        log.lines().last() == Some(expected.as_str()) && log.lines().count() >= 20
     });
     assert!(
         complete,
         "promote hook log, expected last {expected:?}:\n{log}"
     );
-    // Replacements come back as standbys.
-    let roles: Vec<String> = sup
-        .output()
+    assert_eq!(log.lines().count(), 20, "{log}");
+    // kv.0 started active; replacements come back as standbys.
+    let roles = roles_told(&sup);
+    let active: Vec<&(String, String)> =
+        roles.iter().filter(|(_, role)| role == "active").collect();
+    assert_eq!(
+        active,
+        [&("kv.0".to_string(), "active".to_string())],
+        "{roles:?}"
+    );
+}
+
+/// A failover service with `promote_signal = "SIGUSR1"` whose replicas
+/// say their role, install their handler only `after` seconds, and then
+/// print `promoted` on each SIGUSR1.
+fn late_catchers(replicas: u32, after: f64) -> String {
+    format!(
+        r#"
+[services.kv]
+command = ["python3", "-u", "-c", "import os, signal, time\nprint('role', os.environ['SUPERVISE_ROLE'])\ntime.sleep({after})\nsignal.signal(signal.SIGUSR1, lambda *_: print('promoted'))\nwhile True: signal.pause()"]
+replicas = {replicas}
+[services.kv.restart]
+delay = "50ms"
+limit = 0
+[services.kv.failover]
+mode = "active-standby"
+promote_signal = "SIGUSR1"
+"#
+    )
+}
+
+fn assert_none_killed_by_sigusr1(sup: &Supervise) {
+    let deaths: Vec<String> = sup
+        .events()
         .into_iter()
-        .filter_map(|(_, text)| text.strip_prefix("role ").map(str::to_string))
+        .filter(|e| e.contains("killed by SIGUSR1"))
         .collect();
-    assert!(roles.iter().all(|r| r == "standby"), "{roles:?}");
+    assert!(deaths.is_empty(), "{deaths:?}\n{}", sup.transcript());
+}
+
+/// The replica that is active from the start is spawned active (no promote
+/// signal for it), and a standby is signalled only once it has settled: a
+/// replica that installs its SIGUSR1 handler 0.5 s after it starts never
+/// dies of the signal, however soon the active is killed.
+#[test]
+fn a_promote_signal_never_kills_a_replica_that_catches_it_late() {
+    let sup = Supervise::start(&late_catchers(3, 0.5));
+    sup.expect_output("kv.0", "^role active$", SOON);
+    let state_dir = sup.state_dir();
+    let mut killed = Vec::new();
+    for round in 0..2 {
+        // The active is killed as soon as it is seen: the standbys may be
+        // in their first moments, before their handler is installed.
+        let mut found = None;
+        let took_over = wait_until(SOON, || {
+            found = socket_status(&state_dir)
+                .map(|r| actives(&r))
+                .and_then(|a| a.first().copied())
+                .filter(|&(_, pid)| pid > 0 && !killed.contains(&pid));
+            found.is_some()
+        });
+        assert!(
+            took_over,
+            "round {round}: no new active\n{}",
+            sup.transcript()
+        );
+        let (index, pid) = found.unwrap();
+        if round == 1 {
+            // It was promoted: the signal reached its handler.
+            sup.expect_output(&format!("kv.{index}"), "^promoted$", SOON);
+        }
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        killed.push(pid);
+    }
+    // It settles: three running, exactly one active (the third one).
+    let settled = wait_until(SOON, || {
+        socket_status(&state_dir).is_some_and(|r| {
+            let a = actives(&r);
+            a.len() == 1
+                && !killed.contains(&a[0].1)
+                && (0..3).all(|i| replica_in(&r, "kv", i)["state"] == "running")
+        })
+    });
+    assert!(settled, "no single active\n{}", sup.transcript());
+    let report = socket_status(&state_dir).unwrap();
+    let (index, _) = actives(&report)[0];
+    sup.expect_output(&format!("kv.{index}"), "^promoted$", SOON);
+    assert_none_killed_by_sigusr1(&sup);
+    for i in 0..3 {
+        assert_ne!(
+            replica_in(&report, "kv", i)["last_exit"]["signal"],
+            "SIGUSR1",
+            "{report:#}"
+        );
+    }
+    // Only kv.0's first incarnation was told at its start that it is active.
+    let roles = roles_told(&sup);
+    let told_active: Vec<usize> = (0..roles.len())
+        .filter(|&i| roles[i].1 == "active")
+        .collect();
+    let first_of_kv0 = roles.iter().position(|(r, _)| r == "kv.0");
+    assert_eq!(told_active.first(), first_of_kv0.as_ref(), "{roles:?}");
+    assert_eq!(told_active.len(), 1, "{roles:?}");
+}
+
+/// A standby past the settle time that does not catch the promote signal
+/// yet is passed over until it does: the signal never kills it.
+#[test]
+fn a_standby_is_promoted_only_once_it_catches_the_promote_signal() {
+    let sup = Supervise::start(&late_catchers(2, 2.0));
+    let first = sup.expect_spawned("kv.0");
+    sup.expect_spawned("kv.1");
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    // Promoted once it catches the signal, which it then gets.
+    let (_, promoted) = sup.expect_event(r"^promoted (kv\.\d) to active", SOON);
+    sup.expect_output(&promoted[1], "^promoted$", SOON);
+    sup.expect_event(
+        r"^not promoting kv\.1: it does not catch SIGUSR1 \(yet\)",
+        SOON,
+    );
+    assert_none_killed_by_sigusr1(&sup);
 }

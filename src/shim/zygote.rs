@@ -124,24 +124,39 @@ impl Zygote {
     /// Has the zygote fork a shim for `config`.
     pub fn start(&self, config: &ShimConfig) -> Result<Started, StartError> {
         let request = serde_json::to_vec(config).map_err(|e| StartError::Broken(e.into()))?;
-        sendmsg::<()>(
-            self.socket.as_raw_fd(),
-            &[IoSlice::new(&request)],
-            &[],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(StartError::from)?;
+        // A signal the supervisor handles (the SIGCHLD of a probe or hook)
+        // interrupts these calls with EINTR, SA_RESTART or not, as the
+        // socket has a timeout (signal(7)); the zygote is fine, so ask again.
+        // Giving up would drop a zygote that may have forked the shim.
+        loop {
+            match sendmsg::<()>(
+                self.socket.as_raw_fd(),
+                &[IoSlice::new(&request)],
+                &[],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Err(Errno::EINTR) => {}
+                sent => {
+                    sent.map_err(StartError::from)?;
+                    break;
+                }
+            }
+        }
         let mut buf = [0u8; 4096];
         let mut space = nix::cmsg_space!([RawFd; 2]);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            self.socket.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(StartError::from)?;
+        let msg = loop {
+            match recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(Errno::EINTR) => {}
+                received => break received.map_err(StartError::from)?,
+            }
+        };
         let mut fds = Vec::new();
         for cmsg in msg.cmsgs().map_err(StartError::from)? {
             if let ControlMessageOwned::ScmRights(received) = cmsg {

@@ -1,32 +1,82 @@
 //! Failover (`mode = "active-standby"`): exactly one replica of the service
 //! is active, the others are warm standbys (docs/spec-file.md §9).
 //!
-//! Roles are state of the event loop, reconciled like everything else:
-//! whenever a failover service has no active replica, the healthiest standby
-//! (running and healthy, lowest index first) is promoted at once — in the
-//! same pass that noticed the loss, before anything is respawned. An active
+//! A replica's role is given when it is spawned and is in its environment
+//! (`SUPERVISE_ROLE`): one spawned while its service has no other live
+//! replica (the first start, or all of them gone) is spawned active, with no
+//! promote hook or signal: nothing takes over. Any other is spawned a
+//! standby. From then on roles are state of the event loop, reconciled like
+//! everything else: whenever a failover service has no active replica, the
+//! first standby fit for it (lowest index) is promoted, in the same pass
+//! that noticed the loss, before anything is respawned. Fit means running
+//! and healthy, for at least [`SETTLE`], and, with `promote_signal`,
+//! catching (or ignoring) that signal: a promotion never kills. An active
 //! that stops, exits or turns unhealthy loses its role first, so there is
-//! never a moment with two actives; a replacement always comes back as a
-//! standby (`SUPERVISE_ROLE=standby`).
+//! never a moment with two actives; a replacement comes back as a standby.
+//!
+//! Whoever is told it is active (spawned active, or promoted) is in the
+//! checkpoint before it is told, so a supervisor resumed after a crash
+//! adopts it as the active and never promotes a second one.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix::sys::signal::kill;
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::Supervisor;
 use super::replica::{Health, Phase, ReplicaId, Role};
+use super::{Supervisor, earliest};
 use crate::procfs;
 use crate::spec::{self, Promote};
 
 /// A promote hook still running after this is killed.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a standby's command must have run before it is promoted: a
+/// process in its first moments has not yet set up what a promotion asks of
+/// it (its signal handler, its connections). Programs get that far in
+/// milliseconds; a second is well past it, and small beside the time a
+/// failover takes anyway. After a resume it counts from the adoption.
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
+
+/// A settled standby that does not catch `promote_signal` yet is looked at
+/// again after this.
+const RECHECK: Duration = Duration::from_millis(100);
+
 impl Supervisor {
+    /// The role a replica of a failover service is spawned with: active if
+    /// no other replica of its service is live (none is active, and no
+    /// standby could take over), else standby. None for other services.
+    pub(super) fn role_at_spawn(&self, id: &ReplicaId) -> Option<Role> {
+        self.spec.service(&id.service)?.failover.as_ref()?;
+        let others_live = self.replicas_of(&id.service).any(|r| {
+            r.id != *id && matches!(r.phase, Phase::Starting { .. } | Phase::Running { .. })
+        });
+        Some(if others_live {
+            Role::Standby
+        } else {
+            Role::Active
+        })
+    }
+
+    /// The command of a failover replica runs: it keeps the role it was
+    /// spawned with (an adopted one is a standby unless the checkpoint says
+    /// otherwise) and may be promoted once it has run for [`SETTLE`].
+    pub(super) fn role_on_running(&mut self, id: &ReplicaId) {
+        let failover = self
+            .spec
+            .service(&id.service)
+            .is_some_and(|s| s.failover.is_some());
+        let replica = self.replica_mut(id);
+        replica.role = failover.then(|| replica.role.unwrap_or(Role::Standby));
+        replica.promotable_from = failover.then(|| Instant::now() + SETTLE);
+        replica.passed_over = false;
+    }
+
     /// Gives every failover service without an active replica one, if a
-    /// standby is fit for it.
-    pub(super) fn reconcile_roles(&mut self) {
+    /// standby is fit for it. Returns when a standby that is not fit yet
+    /// may be.
+    pub(super) fn reconcile_roles(&mut self, now: Instant) -> Option<Instant> {
         let services: Vec<String> = self
             .spec
             .services
@@ -34,28 +84,63 @@ impl Supervisor {
             .filter(|s| s.failover.is_some())
             .map(|s| s.name.clone())
             .collect();
-        for service in services {
-            let actives: Vec<ReplicaId> = self
-                .replicas_of(&service)
-                .filter(|r| r.role == Some(Role::Active))
-                .map(|r| r.id.clone())
-                .collect();
-            // Only one may be active: should two ever be (say, both adopted
-            // from a confused checkpoint), the lowest index keeps the role.
-            for extra in actives.iter().skip(1) {
-                self.demote(extra);
-            }
-            if !actives.is_empty() {
-                continue;
-            }
-            let candidate = self
-                .replicas_of(&service)
-                .filter(|r| matches!(r.phase, Phase::Running { .. }) && r.health == Health::Healthy)
-                .map(|r| r.id.clone())
-                .next();
-            if let Some(id) = candidate {
+        services
+            .iter()
+            .map(|service| self.fill_role(service, now))
+            .fold(None, earliest)
+    }
+
+    fn fill_role(&mut self, service: &str, now: Instant) -> Option<Instant> {
+        let actives: Vec<ReplicaId> = self
+            .replicas_of(service)
+            .filter(|r| r.role == Some(Role::Active))
+            .map(|r| r.id.clone())
+            .collect();
+        // Only one may be active: should two ever be (say, both adopted
+        // from a confused checkpoint), the lowest index keeps the role.
+        for extra in actives.iter().skip(1) {
+            self.demote(extra);
+        }
+        if !actives.is_empty() {
+            return None;
+        }
+        let signal = match self.spec.service(service)?.failover.as_ref()?.promote {
+            Some(Promote::Signal(signal)) => Some(signal),
+            _ => None,
+        };
+        let standbys: Vec<(ReplicaId, u32, Instant)> = self
+            .replicas_of(service)
+            .filter(|r| r.health == Health::Healthy)
+            .filter_map(|r| match r.phase {
+                Phase::Running { pid, .. } => Some((r.id.clone(), pid, r.promotable_from?)),
+                _ => None,
+            })
+            .collect();
+        let mut wake = None;
+        for (id, pid, from) in standbys {
+            if from > now {
+                wake = earliest(wake, Some(from));
+            } else if let Some(signal) = signal.filter(|&s| !procfs::survives(pid, s)) {
+                self.pass_over(&id, signal, now);
+                wake = earliest(wake, Some(now + RECHECK));
+            } else {
                 self.promote(&id);
+                return None;
             }
+        }
+        wake
+    }
+
+    /// A settled standby that the promote signal would kill is not promoted
+    /// (yet): it is said once, and it is looked at again shortly.
+    fn pass_over(&mut self, id: &ReplicaId, signal: Signal, now: Instant) {
+        let replica = self.replica_mut(id);
+        replica.promotable_from = Some(now + RECHECK);
+        if !std::mem::replace(&mut replica.passed_over, true) {
+            self.display.event(&format!(
+                "not promoting {id}: it does not catch {} (yet), which would kill it",
+                signal.as_str()
+            ));
         }
     }
 
@@ -73,6 +158,7 @@ impl Supervisor {
             return;
         };
         self.replica_mut(id).role = Some(Role::Active);
+        self.save_checkpoint();
         let service = self
             .spec
             .service(&id.service)

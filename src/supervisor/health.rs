@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::replica::{AfterStop, Health, Phase, ReplicaId, Role};
+use super::replica::{AfterStop, Health, Phase, ReplicaId};
 use super::{Message, Supervisor};
 use crate::procfs;
 use crate::reaper::Reaper;
@@ -107,12 +107,8 @@ impl Supervisor {
             .spec
             .service(&id.service)
             .is_some_and(|s| s.health.is_some());
-        let failover = self
-            .spec
-            .service(&id.service)
-            .is_some_and(|s| s.failover.is_some());
+        self.role_on_running(id);
         let replica = self.replica_mut(id);
-        replica.role = failover.then_some(Role::Standby);
         if has_health {
             replica.health = Health::Unknown;
             self.start_health(id);

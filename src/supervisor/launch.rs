@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
-use super::replica::{Phase, ReplicaId};
+use super::replica::{Phase, ReplicaId, Role};
 use super::restart::{History, Outcome};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
@@ -32,6 +32,7 @@ const STATUS_BUFFER: usize = 256;
 
 impl Supervisor {
     pub(super) fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
+        let role = self.role_at_spawn(id);
         let service = &self.spec.services[position];
         let plan = service.replica(&self.spec.dir, id.index);
         let name = id.to_string();
@@ -39,6 +40,7 @@ impl Supervisor {
             .replicas
             .get_mut(id)
             .expect("replica ids come from the map");
+        replica.role = role;
         replica.generation += 1;
         let generation = replica.generation;
         let restarts = replica.restarts;
@@ -48,18 +50,13 @@ impl Supervisor {
             procfs::MARKER_VAR.into(),
             procfs::marker(&name, self.dir.root()),
         ));
-        if service.failover.is_some() {
-            // Every incarnation starts as a standby; promotion is announced
-            // through the promote hook or signal.
-            env.push(("SUPERVISE_ROLE".into(), "standby".into()));
+        if let Some(role) = role {
+            env.push(("SUPERVISE_ROLE".into(), role.as_str().into()));
         }
         let mut ready_pattern = None;
         match service.health.as_ref().map(|h| (&h.probe, h.watchdog)) {
             Some((Probe::Notify, watchdog)) => {
-                env.push((
-                    "NOTIFY_SOCKET".into(),
-                    self.dir.notify_socket().display().to_string(),
-                ));
+                env.push(("NOTIFY_SOCKET".into(), self.notify_socket.clone()));
                 if let Some(w) = watchdog {
                     env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
                 }
@@ -94,6 +91,10 @@ impl Supervisor {
             respawn: respawn_leave(service, &history),
         };
         let _ = std::fs::remove_file(&config.exit_record);
+        if role == Some(Role::Active) {
+            // Checkpointed before it is told (see `failover`).
+            self.save_checkpoint();
+        }
         match self.start_shim(&config) {
             Ok(Started { pid, pidfd, status }) => {
                 self.watch(id, pid, pidfd, Some((generation, status)));

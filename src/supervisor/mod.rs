@@ -127,15 +127,17 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         }
         None => None,
     };
+    let notify_socket =
+        notify::socket_name(dir.root()).map_err(|e| setup("name the notify socket", e))?;
     if spec
         .services
         .iter()
         .any(|s| matches!(s.health.as_ref().map(|h| &h.probe), Some(Probe::Notify)))
     {
-        notify::listen(&dir.notify_socket(), tx.clone())
+        notify::listen(&notify_socket, tx.clone())
             .map_err(|e| setup("open the notify socket", e))?;
     }
-    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics);
+    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics, notify_socket);
     if let Some(detail) = set_aside {
         // An event, so that `up -d` and `events` can show it too.
         sup.record(CHECKPOINT_SET_ASIDE, None, None, None, detail);
@@ -322,6 +324,8 @@ struct Supervisor {
     shims: HashMap<Pid, Shim>,
     shutdown: Option<Shutdown>,
     reports: mpsc::UnboundedSender<Message>,
+    /// `NOTIFY_SOCKET` of notify services (see `notify`).
+    notify_socket: String,
 }
 
 /// Can a service start, given the state of what it depends on?
@@ -339,6 +343,7 @@ impl Supervisor {
         display: Display,
         reports: mpsc::UnboundedSender<Message>,
         metrics: Option<Arc<Metrics>>,
+        notify_socket: String,
     ) -> Supervisor {
         let reaper = Reaper::default();
         let alerts = Alerts::start(&spec, reaper.clone());
@@ -364,6 +369,7 @@ impl Supervisor {
             shims: HashMap::new(),
             shutdown: None,
             reports,
+            notify_socket,
         }
     }
 
@@ -450,8 +456,8 @@ impl Supervisor {
         }
         self.ensure_replicas();
         self.retire_surplus();
-        self.reconcile_roles();
-        let mut wake: Option<Instant> = self.check_watchdogs(now);
+        let roles = self.reconcile_roles(now);
+        let mut wake = earliest(self.check_watchdogs(now), roles);
         for position in 0..self.spec.services.len() {
             let service = &self.spec.services[position];
             let name = service.name.clone();

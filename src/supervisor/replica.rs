@@ -123,6 +123,16 @@ pub enum Role {
     Standby,
 }
 
+impl Role {
+    /// As `status` and `SUPERVISE_ROLE` say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Replica {
     pub id: ReplicaId,
@@ -145,8 +155,14 @@ pub struct Replica {
     /// notify services: unhealthy if not ready (or, with `watchdog`, silent)
     /// past this.
     pub watchdog_until: Option<Instant>,
-    /// Failover services only.
+    /// Failover services only; given at spawn (see `supervisor::failover`).
     pub role: Option<Role>,
+    /// Failover: not promoted before this, set when its command starts
+    /// (see `failover::SETTLE`).
+    pub promotable_from: Option<Instant>,
+    /// Failover with `promote_signal`: it was said once that it does not
+    /// catch the signal yet, so is passed over.
+    pub passed_over: bool,
 }
 
 impl Replica {
@@ -165,6 +181,8 @@ impl Replica {
             probe: None,
             watchdog_until: None,
             role: None,
+            promotable_from: None,
+            passed_over: false,
         }
     }
 }

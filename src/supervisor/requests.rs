@@ -17,7 +17,7 @@ use crate::spec::{self, Spec};
 use super::Supervisor;
 use super::desired::Scaled;
 use super::journal::rfc3339;
-use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId, Role};
+use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId};
 use super::restart::Outcome;
 
 impl Supervisor {
@@ -305,10 +305,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
             Health::Unknown => "unknown",
         }
         .into(),
-        role: r.role.map(|role| match role {
-            Role::Active => "active".into(),
-            Role::Standby => "standby".into(),
-        }),
+        role: r.role.map(|role| role.as_str().into()),
         restarts: r.restarts,
         started_at: r.started_at.map(rfc3339),
         last_exit: r.last_exit.as_ref().map(|(outcome, at)| LastExit {

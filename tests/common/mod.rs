@@ -934,3 +934,32 @@ pub fn replica_in<'a>(
         .and_then(|rs| rs.iter().find(|r| r["index"] == index))
         .unwrap_or(&serde_json::Value::Null)
 }
+
+/// Sends one sd_notify datagram to `$NOTIFY_SOCKET` (a leading `@` names an
+/// abstract socket, as sd_notify(3) says); a module for `python3 -c`.
+pub const SD_NOTIFY: &str = r#"
+import os, socket
+def notify(msg, address=None):
+    address = address or os.environ["NOTIFY_SOCKET"]
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), address)
+"#;
+
+/// A notify service `name` whose replica sends READY=1 once a file `go`
+/// exists in its directory.
+pub fn ready_on_go(name: &str) -> String {
+    format!(
+        r#"
+[services.{name}]
+command = ["python3", "-c", '''{SD_NOTIFY}
+import os, time
+while not os.path.exists("go"): time.sleep(0.02)
+notify("READY=1")
+time.sleep(1000)''']
+[services.{name}.health]
+notify = true
+"#
+    )
+}
