@@ -361,6 +361,47 @@ restart = { delay = "0s" }
 }
 
 #[test]
+fn a_replica_started_from_a_since_edited_definition_is_restarted_on_resume() {
+    let spec = |greeting: &str| {
+        format!(
+            r#"
+[services.web]
+command = ["sh", "-c", "echo greeting=$GREETING; exec sleep 1000"]
+env = {{ GREETING = "{greeting}" }}
+[services.db]
+command = ["sleep", "1000"]
+"#
+        )
+    };
+    let mut first = Supervise::start(&spec("hello"));
+    let old = first.expect_spawned("web.0");
+    let db = first.expect_spawned("db.0");
+    first.expect_output("web.0", "^greeting=hello$", SOON);
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+    std::fs::write(first.spec_path(), spec("bonjour")).unwrap();
+
+    let next = first.another().start();
+    // Before, web.0 was adopted with its old environment and kept.
+    let (line, _) = next.expect_event(
+        r"^web\.0 runs an older definition of web \(the spec changed while no supervisor ran\); restarting it$",
+        SOON,
+    );
+    let (_, new) = next.expect_spawned_from(line.index, "web.0");
+    assert_ne!(new, old);
+    next.expect_output("web.0", "^greeting=bonjour$", SOON);
+    assert!(wait_until(SOON, || !is_alive(old)));
+    // What did not change is adopted and kept.
+    next.expect_event(&format!(r"^adopted db\.0 \(pid {db}, "), SOON);
+    assert!(is_alive(db));
+    assert!(
+        next.events()
+            .iter()
+            .all(|e| !e.contains("db.0 runs an older"))
+    );
+}
+
+#[test]
 fn a_checkpoint_set_aside_at_up_detached_is_told_by_up_and_by_events() {
     let p = Project::new(
         r#"

@@ -306,6 +306,7 @@ fn run(config: ShimConfig) -> i32 {
         boot_id: procfs::boot_id(),
         started_at: SystemTime::now(),
         respawns: config.respawn.is_some(),
+        definition: Some(config.definition.clone()),
     };
     announce(
         &config,

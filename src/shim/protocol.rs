@@ -45,6 +45,8 @@ pub struct ShimConfig {
     pub tee_prefix: Option<String>,
     /// Leave to start the command again, at once, when it ends.
     pub respawn: Option<Respawn>,
+    /// [`crate::spec::Service::fingerprint`] of what it runs.
+    pub definition: String,
 }
 
 /// The supervisor's leave for a shim to start its command again, at once,
@@ -142,6 +144,10 @@ pub struct RunningRecord {
     /// pipe went with the supervisor that started the shim).
     #[serde(default)]
     pub respawns: bool,
+    /// The replica's [`ShimConfig::definition`]; absent in records of
+    /// older versions.
+    #[serde(default)]
+    pub definition: Option<String>,
 }
 
 /// Writes `value` as JSON so that a reader sees all of it or none of it.

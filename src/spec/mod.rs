@@ -271,6 +271,33 @@ impl Service {
             port,
         }
     }
+
+    /// A fingerprint of what replica `index` is started from: its argv,
+    /// environment, directory, user, group and stop settings (not health or
+    /// restart policy, which the supervisor applies as they are now). Kept
+    /// with each incarnation, so that a supervisor resuming after a crash
+    /// can tell a replica started from a definition since edited.
+    pub fn fingerprint(&self, spec_dir: &Path, index: u32) -> String {
+        let plan = self.replica(spec_dir, index);
+        let definition = serde_json::json!([
+            plan.argv,
+            plan.env,
+            plan.cwd,
+            self.user.as_ref().map(|u| u.uid),
+            self.group.as_ref().map(|g| g.gid),
+            self.stop_signal as i32,
+            self.stop_timeout.as_millis() as u64,
+        ]);
+        // FNV-1a: the same value from every build (std's hasher may change
+        // between Rust releases, and a resume may run a newer binary).
+        let hash = definition
+            .to_string()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("{hash:016x}")
+    }
 }
 
 impl Spec {

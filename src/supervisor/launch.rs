@@ -89,6 +89,7 @@ impl Supervisor {
             ready_pattern,
             tee_prefix: self.display.prefix(&name, position),
             respawn: respawn_leave(service, &history),
+            definition: service.fingerprint(&self.spec.dir, id.index),
         };
         let _ = std::fs::remove_file(&config.exit_record);
         if role == Some(Role::Active) {

@@ -170,6 +170,26 @@ impl Supervisor {
         );
         self.emit("adopted", Some(id), Some(record.pid), detail);
         self.on_running(id);
+        let now = self
+            .spec
+            .service(&id.service)
+            .map(|s| s.fingerprint(&self.spec.dir, id.index));
+        if record.definition.is_some() && record.definition != now {
+            // As `reload` does with a changed service: never kept as if current.
+            let pid = record.pid;
+            self.emit(
+                "outdated",
+                Some(id),
+                Some(pid),
+                format!(
+                    "{id} runs an older definition of {} (the spec changed while no supervisor \
+                     ran); restarting it",
+                    id.service
+                ),
+            );
+            self.stop_replica(id, AfterStop::Start);
+            return;
+        }
         // What the checkpoint says of health and role is about this very
         // incarnation only if the generations agree (it may lag behind).
         if memo.generation == record.generation {
