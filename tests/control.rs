@@ -298,6 +298,34 @@ restart = { delay = "2s", limit = 0 }
 }
 
 #[test]
+fn supervise_log_has_no_colour_codes() {
+    let p = Project::new(
+        r#"
+[services.n]
+command = ["sleep", "1000"]
+health = { notify = true }
+"#,
+    );
+    // Not told NO_COLOR: a file must get no colour whatever the environment.
+    let mut up = p.command(&["-v", "up", "-d"]);
+    up.env_remove("NO_COLOR");
+    run_bounded(up, COMMAND_TIMEOUT).expect(0);
+    // A datagram from no replica: the supervisor logs it (-v) through tracing.
+    let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    socket
+        .send_to(b"STATUS=x", p.state_dir().join("notify.sock"))
+        .unwrap();
+    let path = p.state_dir().join("supervise.log");
+    let mut log = String::new();
+    let logged = wait_until(SOON, || {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        log.contains("ignored a message from a process of no replica")
+    });
+    assert!(logged, "{log}");
+    assert!(!log.contains('\x1b'), "{log:?}");
+}
+
+#[test]
 fn up_detached_reports_a_supervisor_that_dies_before_it_is_ready() {
     let p = Project::new(SPEC);
     // A directory where the socket goes: the supervisor takes the lock,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+use crate::commands::colour_allowed;
 use crate::logfiles::Tail;
 
 /// How often the log files of adopted replicas are read.
@@ -41,11 +42,6 @@ struct Tee {
     followed: Arc<Mutex<HashMap<String, (Tail, String)>>>,
     /// Polls `followed`; started with the first adopted replica.
     follower: Option<JoinHandle<()>>,
-}
-
-/// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
-fn colour_allowed(is_tty: bool) -> bool {
-    is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 impl Display {
