@@ -72,8 +72,8 @@ dependency order, print their output prefixed `svc.N │ ` and the supervisor's 
 replicas in reverse dependency order and exits 0; a second Ctrl-C kills them at once.
 
 With -d the supervisor runs in the background (its own session, stdin from /dev/null, \
-its output appended to <state_dir>/supervise.log) and `up` returns once every replica \
-is started (running, or exited for one-shot jobs), or healthy with --wait.",
+its output appended to <state_dir>/supervise.log, rotated at log_max_size) and `up` returns \
+once every replica is started (running, or exited for one-shot jobs), or healthy with --wait.",
         after_help = "\
 Examples:
   supervise up                          run ./supervise.toml in the foreground
