@@ -75,8 +75,9 @@ SIGUSR1, SIGUSR2 and the other signals that would end it but ask nothing of it (
 SIGPWR, SIGXCPU, SIGXFSZ, real-time signals) are logged and ignored; SIGPIPE is ignored.
 
 With -d the supervisor runs in the background (its own session, stdin from /dev/null, \
-its output appended to <state_dir>/supervise.log) and `up` returns once every replica \
-is started (running, or exited for one-shot jobs), or healthy with --wait.
+its output appended to <state_dir>/supervise.log, rotated at log_max_size) and `up` returns \
+once every replica has been spawned at least once (never waiting out a restart delay: \
+replicas in backoff are named on stderr), or is healthy with --wait.
 
 The state dir, its logs/ and run/ must belong to the user running `up` and be writable \
 by nobody else (else: exit 1, naming the fix).",

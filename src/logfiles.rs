@@ -165,6 +165,28 @@ impl ReplicaLogs {
     }
 }
 
+/// `<path>.<n>`: the `n`th newest rotated file of log `path`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    p.into()
+}
+
+/// Rotates log `path` (replicas' and the supervisor's alike): `x.log`
+/// becomes `x.log.1`, `x.log.1` becomes `x.log.2`, …; the oldest beyond
+/// `keep` goes. The caller opens a new `x.log`.
+pub fn rotate(path: &Path, keep: u32) {
+    if keep == 0 {
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    let _ = std::fs::remove_file(rotated(path, keep));
+    for n in (1..keep).rev() {
+        let _ = std::fs::rename(rotated(path, n), rotated(path, n + 1));
+    }
+    let _ = std::fs::rename(path, rotated(path, 1));
+}
+
 fn read_all(replica: &str, path: &Path) -> Vec<Entry> {
     let mut bytes = Vec::new();
     if let Ok(mut f) = state_dir::options().read(true).open(path) {

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -26,8 +27,12 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SUPERVISE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // A detached supervisor's stderr is its log file: colour codes there are noise.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(supervise::commands::colour_allowed(
+            std::io::stderr().is_terminal(),
+        ))
         .with_writer(std::io::stderr)
         .init();
 }

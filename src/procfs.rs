@@ -4,8 +4,11 @@
 //! A shim is a child subreaper, so a descendant that double-forks or calls
 //! `setsid` to leave the replica's process group is re-parented to the shim
 //! instead of init: it stays among the shim's descendants and is found here.
-//! Each query is one pass over `/proc`: cheap next to a stop, and never done
-//! while idle.
+//! Descendants are found by walking down from the root through
+//! `/proc/<pid>/task/<tid>/children`, so a stop costs O(its own tree): with
+//! thousands of replicas stopping at once, a pass over all of `/proc` per
+//! shim made `down` quadratic. Only a kernel without those files
+//! (CONFIG_PROC_CHILDREN) gets the pass over `/proc`.
 
 use std::collections::HashMap;
 
@@ -44,7 +47,46 @@ pub fn with_marker(marker: &str) -> Vec<Pid> {
 
 /// Every live descendant of `root`, parents before children.
 pub fn descendants(root: Pid) -> Vec<Pid> {
-    Parents::scan().descendants(root)
+    if !children_files() {
+        return Parents::scan().descendants(root);
+    }
+    let mut out = Vec::new();
+    let mut queue = vec![root.as_raw()];
+    while let Some(p) = queue.pop() {
+        for c in children_of(p) {
+            out.push(Pid::from_raw(c));
+            queue.push(c);
+        }
+    }
+    out
+}
+
+/// Does this kernel have `/proc/<pid>/task/<tid>/children`?
+fn children_files() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| std::path::Path::new("/proc/thread-self/children").exists())
+}
+
+/// The children of `pid`, whichever of its threads forked them. A process
+/// that is gone has none: its children, re-parented to their subreaper, are
+/// found from there by the next sweep.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let mut path = task.path();
+            path.push("children");
+            std::fs::read_to_string(path).ok()
+        })
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
 }
 
 /// Every process's parent, read from `/proc` in one pass: ask it many
@@ -249,7 +291,54 @@ mod tests {
         assert!(parents.is_within(sh, sh));
         assert!(!parents.is_within(sh, found[0]));
         assert!(!parents.is_within(Pid::this(), sh));
+        assert_eq!(parents.descendants(sh), found, "the pass over /proc agrees");
         assert_eq!(signal_descendants(sh, Signal::SIGKILL), 1);
         child.wait().unwrap();
+    }
+
+    /// Read syscalls made so far by this thread (not the other tests').
+    fn reads_so_far() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/io")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("syscr: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn finding_a_tree_reads_only_that_tree_not_every_process() {
+        // 300 processes that are not the tree: a pass over /proc would read
+        // each one's stat.
+        let mut others: Vec<_> = (0..300)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut tree = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let sh = Pid::from_raw(tree.id() as i32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while descendants(sh).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let before = reads_so_far();
+        let found = descendants(sh);
+        let reads = reads_so_far() - before;
+        signal_descendants(sh, Signal::SIGKILL);
+        let _ = tree.kill();
+        tree.wait().unwrap();
+        for other in &mut others {
+            let _ = other.kill();
+            other.wait().unwrap();
+        }
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(reads < 50, "{reads} reads to find a tree of 3 processes");
     }
 }

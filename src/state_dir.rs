@@ -83,6 +83,12 @@ impl StateDir {
         self.root.join("checkpoint.json")
     }
 
+    /// A detached supervisor's own log (its stdout and stderr), rotated by
+    /// it at `log_max_size` (see `supervisor::display`).
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.root.join("supervise.log")
+    }
+
     /// The lock a replica's shim holds while any process of the replica runs.
     pub fn instance_lock(&self, replica: &str) -> PathBuf {
         self.run().join(format!("{replica}.lock"))

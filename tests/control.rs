@@ -298,6 +298,167 @@ restart = { delay = "2s", limit = 0 }
 }
 
 #[test]
+fn supervise_log_has_no_colour_codes() {
+    let p = Project::new(
+        r#"
+[services.n]
+command = ["sleep", "1000"]
+health = { notify = true }
+"#,
+    );
+    // Not told NO_COLOR: a file must get no colour whatever the environment.
+    let mut up = p.command(&["-v", "up", "-d"]);
+    up.env_remove("NO_COLOR");
+    run_bounded(up, COMMAND_TIMEOUT).expect(0);
+    // A datagram from no replica: the supervisor logs it (-v) through tracing.
+    let pid = p.replicas("n")[0].1.expect("n.0 runs") as i32;
+    send_notify(&notify_socket_of(pid), b"STATUS=x");
+    let path = p.state_dir().join("supervise.log");
+    let mut log = String::new();
+    let logged = wait_until(SOON, || {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        log.contains("ignored a message from a process of no replica")
+    });
+    assert!(logged, "{log}");
+    assert!(!log.contains('\x1b'), "{log:?}");
+}
+
+/// A replica that fails at once, restarted at once for ever, and a small
+/// supervise.log: rotated every few dozen restarts.
+fn crash_loop_spec(log_keep: u32) -> String {
+    format!(
+        r#"
+[supervisor]
+log_max_size = "4KiB"
+log_keep = {log_keep}
+
+[services.c]
+command = ["false"]
+restart = {{ delay = "0s", limit = 0 }}
+"#
+    )
+}
+
+/// supervise.log and its rotated files, oldest first, that exist.
+fn supervisor_logs(p: &Project) -> Vec<(std::path::PathBuf, String)> {
+    let log = p.state_dir().join("supervise.log");
+    let mut files: Vec<_> = (1..100)
+        .map(|n| p.state_dir().join(format!("supervise.log.{n}")))
+        .take_while(|f| f.exists())
+        .collect();
+    files.reverse();
+    files.push(log);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            (f, text)
+        })
+        .collect()
+}
+
+fn restarts_of(p: &Project, replica: &str) -> u64 {
+    socket_status(&p.state_dir())
+        .and_then(|r| replica_in(&r, replica, 0)["restarts"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn supervise_log_is_rotated_without_losing_a_line() {
+    let p = Project::new(&crash_loop_spec(50));
+    p.up(&[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || restarts_of(&p, "c") >= 300),
+        "{} restarts in a minute",
+        restarts_of(&p, "c")
+    );
+    p.run(&["down"]).expect(0);
+    let files = supervisor_logs(&p);
+    assert!(files.len() > 3, "not rotated: {files:#?}");
+    for (file, text) in &files {
+        assert!(
+            text.len() <= 4096,
+            "{} has {} bytes",
+            file.display(),
+            text.len()
+        );
+    }
+    // Every restart's line, once, in order, across the files.
+    let all: String = files.iter().map(|(_, text)| text.as_str()).collect();
+    let re = regex::Regex::new(r"(?m)^supervise │ c\.0 exited with code 1; restart (\d+) in 0s$")
+        .unwrap();
+    let numbers: Vec<u64> = re
+        .captures_iter(&all)
+        .map(|c| c[1].parse().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert!(numbers.len() >= 300, "{} restart lines", numbers.len());
+    assert_eq!(numbers, expected);
+    assert!(all.ends_with("exiting with code 0\n"), "{all}");
+}
+
+#[test]
+fn supervise_log_takes_at_most_log_keep_plus_one_files() {
+    let p = Project::new(&crash_loop_spec(1));
+    p.up(&[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || restarts_of(&p, "c") >= 300),
+        "{} restarts in a minute",
+        restarts_of(&p, "c")
+    );
+    let names: Vec<String> = std::fs::read_dir(p.state_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("supervise.log"))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let files = supervisor_logs(&p);
+    for (file, text) in &files {
+        assert!(
+            text.len() <= 4096,
+            "{} has {} bytes",
+            file.display(),
+            text.len()
+        );
+    }
+}
+
+#[test]
+fn up_detached_shows_the_end_of_a_log_the_supervisor_rotated_before_it_died() {
+    let port = free_port();
+    let p = Project::new(&format!(
+        r#"
+[supervisor]
+log_max_size = "4KiB"
+metrics = "127.0.0.1:{port}"
+
+[services.web]
+command = ["sleep", "1000"]
+"#
+    ));
+    // Its metrics address is taken: it exits 1 once it has set up its log.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::fs::create_dir_all(p.state_dir()).unwrap();
+    let old = "a line of an earlier run\n".repeat(400);
+    std::fs::write(p.state_dir().join("supervise.log"), &old).unwrap();
+    let ran = p.run(&["up", "-d"]);
+    ran.expect(1);
+    assert!(
+        ran.stderr.contains("before it was ready")
+            && ran
+                .stderr
+                .contains(&format!("cannot serve metrics on 127.0.0.1:{port}")),
+        "{ran:#?}"
+    );
+    assert!(!ran.stderr.contains("earlier run"), "{ran:#?}");
+    // The full log of the earlier runs was moved aside, whole.
+    let rotated = std::fs::read_to_string(p.state_dir().join("supervise.log.1")).unwrap();
+    assert_eq!(rotated, old);
+    let log = std::fs::read_to_string(p.state_dir().join("supervise.log")).unwrap();
+    assert!(log.contains("cannot serve metrics"), "{log}");
+}
+
+#[test]
 fn up_detached_reports_a_supervisor_that_dies_before_it_is_ready() {
     let p = Project::new(SPEC);
     // A directory where the socket goes: the supervisor takes the lock,

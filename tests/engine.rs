@@ -451,6 +451,41 @@ command = ["sleep", "1000"]
     assert_nothing_left(&sup);
 }
 
+#[test]
+fn a_tight_crash_loop_keeps_the_checkpoint_small() {
+    let mut sup = Supervise::start(
+        r#"
+[services.crash]
+command = ["false"]
+restart = { delay = "0s", limit = 0 }
+"#,
+    );
+    let state_dir = sup.state_dir();
+    let restarts = || {
+        socket_status(&state_dir)
+            .and_then(|r| replica_in(&r, "crash", 0)["restarts"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || restarts() >= 2000),
+        "{} restarts in a minute",
+        restarts()
+    );
+    // Written at most 20 ms after the last change: the loop goes on meanwhile.
+    let mut size = 0;
+    let settled = wait_until(SOON, || {
+        let memo = std::fs::read(state_dir.join("checkpoint.json")).unwrap_or_default();
+        size = memo.len();
+        serde_json::from_slice::<serde_json::Value>(&memo)
+            .is_ok_and(|cp| cp["replicas"]["crash.0"]["restarts"].as_u64() >= Some(2000))
+    });
+    assert!(settled, "no checkpoint of 2000 restarts");
+    assert!(size < 4096, "a checkpoint of {size} bytes for one replica");
+    sup.signal(Signal::SIGTERM);
+    sup.expect_exit(SOON);
+    assert_nothing_left(&sup);
+}
+
 // ---------------------------------------------------------------- stopping
 
 #[test]

@@ -249,16 +249,6 @@ action = "none"
     wait_state(&sup, "daemon", 0, "unhealthy", "unhealthy");
 }
 
-/// `$NOTIFY_SOCKET` as process `pid` has it.
-fn notify_socket_of(pid: i32) -> String {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    environ
-        .split(|&b| b == 0)
-        .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("NOTIFY_SOCKET="))
-        .expect("NOTIFY_SOCKET in the replica's environment")
-        .to_string()
-}
-
 #[test]
 fn a_notify_service_not_ready_within_its_start_period_is_restarted() {
     let sup = Supervise::start(&format!(

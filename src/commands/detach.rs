@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -21,6 +21,7 @@ use crate::cli::{Cli, UpArgs};
 use crate::control::client::{self, ClientError, Next};
 use crate::control::protocol::{Request, StatusReport};
 use crate::exit;
+use crate::logfiles;
 use crate::progress::Progress;
 use crate::spec::Spec;
 use crate::state_dir::{self, LockError, StateDir};
@@ -47,7 +48,7 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         }
         Err(e) => return Err(Failure::new(exit::FAILED, e.to_string())),
     }
-    let log_path = dir.root().join("supervise.log");
+    let log_path = dir.supervisor_log();
     let log = state_dir::options()
         .create(true)
         .append(true)
@@ -60,11 +61,19 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
             )
         })?;
     let log_start = log.metadata().map_or(0, |m| m.len());
+    // To read back what it wrote even once it rotated this file away.
+    let first_log = File::open(&log_path).map_err(|e| {
+        Failure::new(
+            exit::FAILED,
+            format!("cannot read {}: {e}", log_path.display()),
+        )
+    })?;
     let mut child = spawn(cli, args, spec, &log)
         .map_err(|e| Failure::new(exit::FAILED, format!("cannot start the supervisor: {e}")))?;
     let started = Started {
         pid: child.id(),
         log: &log_path,
+        first_log,
         log_start,
     };
     let deadline = Deadline::from_now(args.timeout);
@@ -189,7 +198,9 @@ fn spawn(cli: &Cli, args: &UpArgs, spec: &Spec, log: &File) -> std::io::Result<C
 struct Started<'a> {
     pid: u32,
     log: &'a Path,
-    /// Where its part of the (appended) log begins.
+    /// The log file it started with (a rotation may move it).
+    first_log: File,
+    /// Where its part of that (appended) file begins.
     log_start: u64,
 }
 
@@ -202,7 +213,7 @@ impl Started<'_> {
             "error: the supervisor exited with code {code} before it was ready; {} ends with:",
             self.log.display()
         );
-        for line in tail(self.log, self.log_start, TAIL_LINES) {
+        for line in tail(&self.first_log, self.log_start, self.log, TAIL_LINES) {
             eprintln!("  {line}");
         }
         Failure::quiet(code)
@@ -255,16 +266,35 @@ fn exited(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// The last `n` lines of `path` from byte `from` on.
-fn tail(path: &Path, from: u64, n: usize) -> Vec<String> {
-    let mut text = String::new();
-    if let Ok(mut f) = state_dir::options().read(true).open(path)
-        && f.seek(SeekFrom::Start(from)).is_ok()
-    {
-        let mut bytes = Vec::new();
-        let _ = f.read_to_end(&mut bytes);
-        text = String::from_utf8_lossy(&bytes).into_owned();
+/// The last `n` lines the supervisor wrote: in `first` (its log file when
+/// it started) from byte `from` on, then in the files that took its place
+/// at `path` if it rotated its log meanwhile (`path.1`, `path`, the newest
+/// last).
+fn tail(first: &File, from: u64, path: &Path, n: usize) -> Vec<String> {
+    let first_id = first.metadata().ok().map(|m| (m.dev(), m.ino()));
+    let mut later = Vec::new();
+    let mut lines = 0;
+    let newest_first =
+        std::iter::once(path.to_path_buf()).chain((1..).map(|k| logfiles::rotated(path, k)));
+    for file in newest_first {
+        match std::fs::metadata(&file) {
+            Ok(m) if Some((m.dev(), m.ino())) != first_id && lines < n => {
+                let bytes = state_dir::read(&file).unwrap_or_default();
+                lines += bytes.iter().filter(|&&b| b == b'\n').count();
+                later.push(bytes);
+            }
+            _ => break,
+        }
     }
+    let mut bytes = Vec::new();
+    if lines < n {
+        let mut first = first;
+        if first.seek(SeekFrom::Start(from)).is_ok() {
+            let _ = first.read_to_end(&mut bytes);
+        }
+    }
+    later.iter().rev().for_each(|b| bytes.extend_from_slice(b));
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
@@ -279,14 +309,39 @@ mod tests {
         let path = dir.path().join("supervise.log");
         std::fs::write(&path, "old run\n").unwrap();
         let start = std::fs::metadata(&path).unwrap().len();
+        let first = File::open(&path).unwrap();
         let mut text = String::from("old run\n");
         for i in 0..30 {
             text.push_str(&format!("line {i}\n"));
         }
         std::fs::write(&path, text).unwrap();
-        let t = tail(&path, start, 3);
+        let t = tail(&first, start, &path, 3);
         assert_eq!(t, ["line 27", "line 28", "line 29"]);
-        assert_eq!(tail(&path, start, 100).len(), 30);
-        assert!(tail(&dir.path().join("missing"), 0, 3).is_empty());
+        assert_eq!(tail(&first, start, &path, 100).len(), 30);
+    }
+
+    #[test]
+    fn tail_follows_the_log_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervise.log");
+        std::fs::write(&path, "old run\nline 0\n").unwrap();
+        let first = File::open(&path).unwrap();
+        // Rotated twice: the first file is now .2, then .1, then the log.
+        logfiles::rotate(&path, 5);
+        std::fs::write(&path, "line 1\n").unwrap();
+        logfiles::rotate(&path, 5);
+        std::fs::write(&path, "line 2\nline 3\n").unwrap();
+        let all = tail(&first, "old run\n".len() as u64, &path, 100);
+        assert_eq!(all, ["line 0", "line 1", "line 2", "line 3"]);
+        assert_eq!(tail(&first, 0, &path, 3), ["line 1", "line 2", "line 3"]);
+
+        // Rotated out of existence (log_keep = 0): still read through `first`.
+        let path = dir.path().join("keep-0.log");
+        std::fs::write(&path, "old run\nline 0\n").unwrap();
+        let first = File::open(&path).unwrap();
+        logfiles::rotate(&path, 0);
+        std::fs::write(&path, "line 1\n").unwrap();
+        let t = tail(&first, "old run\n".len() as u64, &path, 3);
+        assert_eq!(t, ["line 0", "line 1"]);
     }
 }

@@ -29,6 +29,8 @@ use crate::control::client::ClientError;
 use crate::exit;
 use crate::spec::{self, Spec};
 
+pub use format::colour_allowed;
+
 /// Why a command did not succeed.
 #[derive(Debug)]
 pub struct Failure {

@@ -44,6 +44,7 @@ fn foreground(cli: &Cli, args: &UpArgs, spec: Spec) -> Exit {
         // supervisor's own log keeps only its events.
         show_output: !args.background,
         quiet: cli.quiet,
+        own_log: args.background,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

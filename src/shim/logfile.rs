@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use super::protocol::LogConfig;
@@ -169,23 +168,9 @@ impl<'t> LogWriter<'t> {
         }
     }
 
-    /// `x.log` becomes `x.log.1`, `x.log.1` becomes `x.log.2`, …; the oldest beyond `keep` goes.
     fn rotate(&mut self) {
-        let rotated = |n: u32| -> PathBuf {
-            let mut p = self.config.path.clone().into_os_string();
-            p.push(format!(".{n}"));
-            p.into()
-        };
         self.file = None;
-        if self.config.keep == 0 {
-            let _ = std::fs::remove_file(&self.config.path);
-        } else {
-            let _ = std::fs::remove_file(rotated(self.config.keep));
-            for n in (1..self.config.keep).rev() {
-                let _ = std::fs::rename(rotated(n), rotated(n + 1));
-            }
-            let _ = std::fs::rename(&self.config.path, rotated(1));
-        }
+        crate::logfiles::rotate(&self.config.path, self.config.keep);
         self.reopen();
     }
 

@@ -45,7 +45,8 @@ pub struct ReplicaMemo {
     pub restarts: u32,
     /// Failures in a row (the backoff exponent).
     pub consecutive: u32,
-    /// Restarts within the current window, as wall-clock times.
+    /// The last restarts within the current window (at most the limit, see
+    /// `restart::History`), as wall-clock times.
     pub recent: Vec<SystemTime>,
     /// Waiting to restart until then.
     pub backoff_until: Option<SystemTime>,

@@ -9,8 +9,10 @@
 //! back from their log files instead, for as long as that shim lives.
 
 use std::collections::HashMap;
+use std::fs::OpenOptions;
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +20,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+use crate::commands::colour_allowed;
 use crate::logfiles::Tail;
 
 /// How often the log files of adopted replicas are read.
@@ -32,6 +35,53 @@ pub struct Display {
     /// Width of the longest replica name, to align the `│`.
     width: usize,
     tee: Option<Tee>,
+    own_log: Option<OwnLog>,
+}
+
+/// The log a detached supervisor writes its stdout and stderr to (`up -d`
+/// opens it for them), rotated at `log_max_size` like the replicas' logs:
+/// the files move on, then a new file takes the place of stdout and stderr.
+/// A line written meanwhile goes to the file just moved, so none is lost.
+/// The zygote and the shims keep the file they were started with, for the
+/// few lines of their own they may write.
+struct OwnLog {
+    path: PathBuf,
+    max_size: u64,
+    keep: u32,
+}
+
+impl OwnLog {
+    /// Rotates the log if `coming` more bytes would overfill it. Checked
+    /// before every event line, which is nearly all a supervisor writes: a
+    /// crash loop's line per restart then takes at most
+    /// `log_max_size × (log_keep + 1)` of disk.
+    fn rotate_if_full(&self, coming: usize) {
+        let stderr = std::io::stderr();
+        let Ok(ours) = nix::sys::stat::fstat(stderr.as_fd()) else {
+            return;
+        };
+        let size = ours.st_size as u64;
+        if size == 0 || size + coming as u64 <= self.max_size {
+            return;
+        }
+        // Not ours at `path` (ours moved but no new file could be opened, or
+        // someone else moved it): nothing to rotate, only a file to open.
+        let at_path = std::fs::symlink_metadata(&self.path);
+        if at_path.is_ok_and(|m| m.dev() == ours.st_dev && m.ino() == ours.st_ino) {
+            crate::logfiles::rotate(&self.path, self.keep);
+        }
+        // No file: the old one goes on growing until one can be opened.
+        if let Ok(file) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&self.path)
+        {
+            let _ = nix::unistd::dup2_stdout(&file);
+            let _ = nix::unistd::dup2_stderr(&file);
+        }
+    }
 }
 
 struct Tee {
@@ -41,11 +91,6 @@ struct Tee {
     followed: Arc<Mutex<HashMap<String, (Tail, String)>>>,
     /// Polls `followed`; started with the first adopted replica.
     follower: Option<JoinHandle<()>>,
-}
-
-/// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
-fn colour_allowed(is_tty: bool) -> bool {
-    is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 impl Display {
@@ -79,7 +124,21 @@ impl Display {
             quiet,
             width,
             tee,
+            own_log: None,
         })
+    }
+
+    /// Stdout and stderr are the detached supervisor's log `path`: rotate
+    /// it when it is full, now (a log left full by earlier runs) and as
+    /// event lines are written.
+    pub fn rotate_own_log(&mut self, path: PathBuf, max_size: u64, keep: u32) {
+        let log = OwnLog {
+            path,
+            max_size,
+            keep,
+        };
+        log.rotate_if_full(0);
+        self.own_log = Some(log);
     }
 
     /// The write end of the output pipe, to hand to a shim.
@@ -138,12 +197,15 @@ impl Display {
             return;
         }
         let label = format!("{:<width$}", "supervise", width = self.width);
-        let mut err = std::io::stderr().lock();
-        let _ = if self.colour_err {
-            writeln!(err, "\x1b[1m{label} │\x1b[0m {message}")
+        let line = if self.colour_err {
+            format!("\x1b[1m{label} │\x1b[0m {message}\n")
         } else {
-            writeln!(err, "{label} │ {message}")
+            format!("{label} │ {message}\n")
         };
+        if let Some(log) = &self.own_log {
+            log.rotate_if_full(line.len());
+        }
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     /// Closes our end of the output pipe and waits until everything the

@@ -56,6 +56,8 @@ pub struct Options {
     /// Show replica output on stdout.
     pub show_output: bool,
     pub quiet: bool,
+    /// Stdout and stderr are `<state_dir>/supervise.log` (`up -d`): rotate it.
+    pub own_log: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,8 +118,16 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         .chain(["supervise".len()])
         .max()
         .unwrap_or_default();
-    let display = Display::new(width, options.quiet, options.show_output)
+    let mut display = Display::new(width, options.quiet, options.show_output)
         .map_err(|e| setup("set up the output pipe", e))?;
+    if options.own_log {
+        let settings = &spec.supervisor;
+        display.rotate_own_log(
+            dir.supervisor_log(),
+            settings.log_max_size,
+            settings.log_keep,
+        );
+    }
     let metrics = match spec.supervisor.metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::default());

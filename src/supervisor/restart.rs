@@ -70,7 +70,10 @@ pub enum Decision {
 pub struct History {
     /// Failures in a row, for the exponential backoff.
     pub consecutive: u32,
-    /// When the restarts within the current window were decided.
+    /// When the last restarts within the current window were decided: at
+    /// most `limit` of them, the only ones a give-up can depend on (none
+    /// without a limit), so a tight crash loop cannot grow it, nor the
+    /// checkpoint that keeps it.
     pub recent: VecDeque<Instant>,
 }
 
@@ -117,6 +120,8 @@ impl History {
         }
         self.consecutive = self.consecutive.saturating_add(1);
         self.recent.push_back(now);
+        let older = self.recent.len().saturating_sub(policy.limit as usize);
+        self.recent.drain(..older);
         Decision::Restart {
             delay: backoff(policy, self.consecutive, jitter),
         }
@@ -251,6 +256,28 @@ mod tests {
             .map(|_| delay_of(h.on_exit(&p, &Outcome::Code(1), Duration::ZERO, now, 0.0)))
             .last();
         assert_eq!(last, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn only_the_restarts_a_give_up_depends_on_are_kept() {
+        let t0 = Instant::now();
+        let mut unlimited = History::default();
+        let p = policy(Policy::Always, 0);
+        for i in 0..1000 {
+            let at = t0 + Duration::from_millis(i);
+            delay_of(unlimited.on_exit(&p, &Outcome::Code(1), Duration::ZERO, at, 0.0));
+        }
+        assert!(unlimited.recent.is_empty(), "{}", unlimited.recent.len());
+
+        // Limit 3 in a minute, one restart every 30 s: never given up, and
+        // never more than 3 kept.
+        let p = policy(Policy::Always, 3);
+        let mut limited = History::default();
+        for i in 0..100 {
+            let at = t0 + Duration::from_secs(30 * i);
+            delay_of(limited.on_exit(&p, &Outcome::Code(1), Duration::ZERO, at, 0.0));
+            assert!(limited.recent.len() <= 3, "{}", limited.recent.len());
+        }
     }
 
     #[test]

@@ -963,3 +963,24 @@ notify = true
 "#
     )
 }
+
+/// `$NOTIFY_SOCKET` as process `pid` has it.
+pub fn notify_socket_of(pid: i32) -> String {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|&b| b == 0)
+        .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("NOTIFY_SOCKET="))
+        .expect("NOTIFY_SOCKET in the replica's environment")
+        .to_string()
+}
+
+/// Sends `message` to a `$NOTIFY_SOCKET` (`@name`: an abstract socket).
+pub fn send_notify(socket: &str, message: &[u8]) {
+    use std::os::linux::net::SocketAddrExt;
+    let name = socket.strip_prefix('@').expect("an abstract socket name");
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+    std::os::unix::net::UnixDatagram::unbound()
+        .unwrap()
+        .send_to_addr(message, &address)
+        .unwrap();
+}
