@@ -90,7 +90,8 @@ Examples:
   supervise up ci.toml --exit-with tests  stop everything when `tests` is done; exit with its code
 
 Exit status: 0 after a clean stop (with -d: once everything is started); 1 when a \
-replica failed to start (with -d; the supervisor keeps running); 2 for an invalid spec; \
+replica is failed (with -d; the supervisor keeps running) or the state dir is refused; \
+2 for an invalid spec; \
 4 when a supervisor already runs for the state dir (its pid is named); 124 when -d timed \
 out (what is still missing is printed); 130 after a forced stop; or SVC's code with \
 --exit-with."
@@ -113,7 +114,7 @@ Exit status: 0 when the spec is valid, 2 with diagnostics (file:line:column, hin
     #[command(
         long_about = "Show every replica's state as a table: SERVICE, REPLICA, PID, STATE, \
 HEALTH, ROLE, RESTARTS, UPTIME, LAST EXIT. States are coloured on a terminal (never \
-with NO_COLOR). --json prints the status report, schema 1 (see the README).",
+with NO_COLOR). --json prints the status report, schema 1 (see docs/commands.md).",
         after_help = "\
 Examples:
   supervise status                 every service
@@ -262,9 +263,9 @@ replica had stopped (the rest was killed).")]
 --format kubernetes writes one YAML stream: per service a Deployment (a StatefulSet when \
 the service uses {replica}, a Job for restart.policy = \"never\"), probes from `health`, \
 and a Service when `port` is set; every service needs an `image`. --format systemd writes \
-into -o DIR one template unit per service (<service>@.service, the instance is the replica \
+one template unit per service (<service>@.service, the instance is the replica \
 index), a drop-in per replica for its {port}, and <project>.target, which wants every \
-replica.
+replica: to stdout, each file after a `# <file name>` line, or as files into -o DIR.
 
 Whatever the target cannot express is reported on stderr, one `warning:` line per key, \
 naming the service; nothing is dropped silently. Keys left at their default are not \
@@ -282,8 +283,8 @@ Examples:
   supervise export --format systemd -o units/ --strict   exit 1 if anything is left out
 
 Exit status: 0 when written (warnings may have been printed); 1 with --strict when \
-there were warnings (nothing is written then); 2 for an invalid spec, a usage error \
-(--format systemd without -o), or a service Kubernetes cannot run (no `image`)."
+there were warnings (nothing is written then); 2 for an invalid spec, a usage error, \
+or a service Kubernetes cannot run (no `image`)."
     )]
     Export(Lazy<ExportArgs>),
 
@@ -499,7 +500,7 @@ pub struct EventsArgs {
 pub enum ExportFormat {
     /// Kubernetes manifests: one YAML stream
     Kubernetes,
-    /// systemd unit files, into a directory (-o DIR)
+    /// systemd unit files: to stdout, or into a directory (-o DIR)
     Systemd,
 }
 
