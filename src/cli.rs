@@ -379,6 +379,18 @@ pub struct StatusArgs {
     /// Print the status report as JSON (schema 1)
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub answer: AnswerTimeout,
+}
+
+/// How long a command that asks the supervisor once waits for its answer.
+#[derive(Debug, Args)]
+pub struct AnswerTimeout {
+    /// Give up (exit 1) when the supervisor does not answer within this long
+    /// (it is stopped or wedged)
+    #[arg(long = "timeout", value_name = "D", value_parser = duration, default_value = "10s")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -439,6 +451,9 @@ pub struct ScaleArgs {
     /// Print the affected replicas as JSON: {"replicas": [...]}
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub answer: AnswerTimeout,
 }
 
 #[derive(Debug, Args)]
@@ -454,6 +469,9 @@ pub struct ReloadArgs {
     /// Print the plan as JSON: {"added", "removed", "changed", "unchanged", "applied"}
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub answer: AnswerTimeout,
 }
 
 /// What `wait` waits for.
@@ -493,6 +511,9 @@ pub struct EventsArgs {
     /// Follow: keep printing new events until the supervisor exits
     #[arg(short = 'f', long)]
     pub follow: bool,
+
+    #[command(flatten)]
+    pub answer: AnswerTimeout,
 }
 
 /// What `export` writes.

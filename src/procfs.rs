@@ -168,6 +168,14 @@ pub fn process_group(pid: u32) -> Option<u32> {
     stat(i32::try_from(pid).ok()?).and_then(|s| u32::try_from(s.pgrp).ok())
 }
 
+/// Is `pid` stopped (SIGSTOP, SIGTSTP: state `T`)?
+pub fn is_stopped(pid: u32) -> bool {
+    i32::try_from(pid)
+        .ok()
+        .and_then(stat)
+        .is_some_and(|s| s.state == 'T')
+}
+
 /// When a live (not zombie) process started, in clock ticks after boot.
 /// A pid is only ever the same process if this is the same too.
 pub fn start_time(pid: u32) -> Option<u64> {

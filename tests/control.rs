@@ -10,6 +10,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// Two long-running replicas and a one-shot job.
@@ -272,6 +274,40 @@ command = ["sleep", "1000"]
     let ran = p.run(&["-q", "check"]);
     ran.expect(2);
     assert!(ran.stderr.contains("supervise.toml:2"), "{ran:#?}");
+}
+
+#[test]
+fn a_stopped_supervisor_is_named_within_the_answer_timeout() {
+    let p = Project::new(SPEC);
+    let supervisor = p.up(&[]);
+    let pid = Pid::from_raw(supervisor);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // Resumed whatever the assertions say, so that cleanup can stop it.
+    struct Resume(Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let _resume = Resume(pid);
+    let why = format!(
+        "did not answer within 500ms: it (pid {supervisor}) is stopped (SIGSTOP or Ctrl-Z); \
+         resume it with `kill -CONT {supervisor}`"
+    );
+    for args in [
+        &["status", "--timeout", "500ms"][..],
+        &["scale", "web=2", "--timeout", "500ms"],
+        &["reload", "--timeout", "500ms"],
+        &["events", "--timeout", "500ms"],
+    ] {
+        let started = Instant::now();
+        let ran = p.run(args);
+        ran.expect(1);
+        assert!(ran.stderr.contains(&why), "{args:?}: {ran:#?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?}");
+    }
+    kill(pid, Signal::SIGCONT).unwrap();
+    p.run(&["status"]).expect(0);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use super::format::millis;
 use super::{Exit, context, emit};
 
 pub fn run(cli: &Cli, args: &EventsArgs) -> Exit {
+    client::set_reply_timeout(args.answer.timeout);
     let ctx = context(cli)?;
     let mut conn = client::connect(&ctx.state_dir)?;
     conn.request_accepted(Request::Events {

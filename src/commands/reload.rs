@@ -12,6 +12,7 @@ use crate::spec;
 use super::{Context, Exit, Failure, absolute, emit, spec_file};
 
 pub fn run(cli: &Cli, args: &ReloadArgs) -> Exit {
+    client::set_reply_timeout(args.answer.timeout);
     // Without a spec file here, the supervisor reloads the file it was
     // started with (and validates it itself).
     let (path, spec) = match spec_file(cli, args.spec.as_ref()) {

@@ -8,6 +8,7 @@ use crate::exit;
 use super::{Exit, context, emit};
 
 pub fn run(cli: &Cli, args: &ScaleArgs) -> Exit {
+    client::set_reply_timeout(args.answer.timeout);
     let ctx = context(cli)?;
     let counts = args.counts.iter().cloned().collect();
     let replicas = client::affected(&ctx.state_dir, Request::Scale { counts })?;

@@ -27,6 +27,7 @@ const STATE: usize = 3;
 const HEALTH: usize = 4;
 
 pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
+    client::set_reply_timeout(args.answer.timeout);
     let ctx = context(cli)?;
     let mut report = client::status(&ctx.state_dir)?;
     let keep: Vec<String> = select::services(&report, &args.services)?

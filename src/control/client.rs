@@ -12,6 +12,7 @@
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
@@ -19,9 +20,20 @@ use super::protocol::{
 };
 use crate::exit;
 
-/// Bound on the wait for a reply. The supervisor answers from its event
-/// loop at once; this only keeps a wedged supervisor from hanging a script.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on the wait for each reply, in milliseconds: 10 s unless a
+/// command's `--timeout` says otherwise. The supervisor answers from its
+/// event loop at once; this only keeps a stopped or wedged supervisor from
+/// hanging a script.
+static REPLY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(10_000);
+
+/// Sets the bound on the wait for each reply, for this process.
+pub fn set_reply_timeout(timeout: Duration) {
+    REPLY_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
+}
+
+fn reply_timeout() -> Duration {
+    Duration::from_millis(REPLY_TIMEOUT_MS.load(Ordering::Relaxed))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -35,7 +47,7 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the supervisor of state dir {} did not answer within {}", dir.display(), humantime::format_duration(*after))]
+    #[error("the supervisor of state dir {} did not answer within {}{}", dir.display(), humantime::format_duration(*after), stopped_hint(dir))]
     NoAnswer { dir: PathBuf, after: Duration },
     #[error("the supervisor closed the connection without replying")]
     Closed,
@@ -130,6 +142,20 @@ pub fn reload(
     }
 }
 
+/// Why a supervisor may not answer, when it can be told: it is stopped
+/// (its pid is in the lock file).
+fn stopped_hint(state_dir: &Path) -> String {
+    let pid = std::fs::read_to_string(state_dir.join("supervise.lock"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    match pid {
+        Some(pid) if crate::procfs::is_stopped(pid) => format!(
+            ": it (pid {pid}) is stopped (SIGSTOP or Ctrl-Z); resume it with `kill -CONT {pid}`"
+        ),
+        _ => String::new(),
+    }
+}
+
 fn unexpected(wanted: &str, got: &Outcome) -> ClientError {
     ClientError::Protocol(format!("wanted {wanted}, got {got:?}"))
 }
@@ -156,13 +182,14 @@ impl Connection {
             .get_mut()
             .write_all(&line)
             .map_err(|e| self.io(e))?;
-        let line = match self.next_line(Some(Instant::now() + REPLY_TIMEOUT))? {
+        let timeout = reply_timeout();
+        let line = match self.next_line(Some(Instant::now() + timeout))? {
             Next::Item(line) => line,
             Next::Closed => return Err(ClientError::Closed),
             Next::TimedOut => {
                 return Err(ClientError::NoAnswer {
                     dir: self.dir.clone(),
-                    after: REPLY_TIMEOUT,
+                    after: timeout,
                 });
             }
         };
