@@ -379,3 +379,35 @@ fn sighup_reloads_the_spec_and_a_detached_supervisor_logs_it() {
     assert_eq!(replica_in(&report, "web", 0)["pid"], web.unwrap());
     assert_eq!(replica_in(&report, "api", 0)["state"], "running");
 }
+
+#[test]
+fn logs_of_a_state_dir_another_user_cannot_read_say_so() {
+    if !is_root() || !have("setpriv") {
+        eprintln!("skipped: needs root and setpriv to read the logs as nobody");
+        return;
+    }
+    let project = Project::new(HELLO);
+    project.up(&[]);
+    let state = project.state_dir();
+    for args in [&["logs"][..], &["logs", "web"]] {
+        let ran = run_bounded(
+            {
+                let mut cmd = std::process::Command::new("setpriv");
+                cmd.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups"])
+                    .arg(env!("CARGO_BIN_EXE_supervise"))
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(args)
+                    .current_dir("/");
+                cmd
+            },
+            COMMAND_TIMEOUT,
+        );
+        // Before: exit 0 and nothing, or "no service named web".
+        ran.expect(1);
+        assert!(
+            ran.stderr.contains("permission denied"),
+            "{args:?}: {ran:#?}"
+        );
+    }
+}

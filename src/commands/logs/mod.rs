@@ -24,6 +24,20 @@ const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "91"];
 pub fn run(cli: &Cli, args: &LogsArgs) -> Exit {
     let ctx = context(cli)?;
     let dir = StateDir::new(ctx.state_dir.clone()).logs();
+    // No logs yet is no error; logs that are there but not ours to read
+    // must not look like no logs at all.
+    if let Err(e) = std::fs::read_dir(&dir)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(Failure::new(
+            exit::FAILED,
+            format!(
+                "cannot read the logs in {}: permission denied; run as the user the \
+                 supervisor runs as (or root)",
+                dir.display()
+            ),
+        ));
+    }
     let found = files::discover(&dir);
     // Known services: the spec's, in start order, then any with log files.
     let mut services: Vec<String> = ctx
