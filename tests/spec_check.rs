@@ -3,6 +3,8 @@
 //! wording; the valid ones check parsed values and defaults; the last tests
 //! feed truncated, mutated and random files to make sure `load` never panics.
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -475,5 +477,34 @@ fn random_bytes_never_panic() {
                 .collect()
         };
         assert_no_panic(dir.path(), &bytes);
+    }
+}
+
+#[test]
+fn an_env_file_must_be_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    nix::unistd::mkfifo(&dir.path().join("fifo.env"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::fs::write(dir.path().join("big.env"), vec![b'#'; 2 << 20]).unwrap();
+    for (file, why) in [
+        // Before: a FIFO with no writer hung `check`, /dev/zero ate memory.
+        ("fifo.env", "is not a regular file"),
+        ("/dev/zero", "is not a regular file"),
+        ("big.env", "is larger than 1024 KiB"),
+    ] {
+        let path = dir.path().join("spec.toml");
+        std::fs::write(
+            &path,
+            format!("[services.a]\ncommand = [\"true\"]\nenv_file = \"{file}\"\n"),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_supervise"));
+        cmd.arg("check").arg(&path);
+        let ran = common::run_bounded(cmd, Duration::from_secs(20));
+        ran.expect(2);
+        assert!(
+            ran.stderr.contains(&format!("env file \"{file}\" {why}")),
+            "{file}: {ran:#?}"
+        );
+        assert!(ran.stderr.contains("spec.toml:3:"), "{file}: {ran:#?}");
     }
 }

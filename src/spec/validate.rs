@@ -1010,7 +1010,7 @@ impl<'s> Checker<'s> {
         };
         let full = self.dir.join(rel);
         let shown = self.path.parent().unwrap_or(Path::new("")).join(rel);
-        let text = match std::fs::read(&full) {
+        let text = match env_file::read(&full) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => text,
                 Err(_) => {
@@ -1022,12 +1022,7 @@ impl<'s> Checker<'s> {
                     return Vec::new();
                 }
             },
-            Err(e) => {
-                let why = if e.kind() == std::io::ErrorKind::NotFound {
-                    "not found".to_string()
-                } else {
-                    format!("cannot be read: {e}")
-                };
+            Err(why) => {
                 self.error(
                     v.span(),
                     format!("env file {} {why}", quote(rel)),

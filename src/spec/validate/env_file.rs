@@ -1,8 +1,44 @@
 //! Env files (`env_file = ".env"`): `KEY=VALUE` lines as docker compose and
 //! systemd's `EnvironmentFile=` read them, minus variable interpolation.
 
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
 use super::Span;
 use super::text::quote;
+
+/// An env file larger than this is refused: it is a few settings, and a
+/// path like /dev/zero must not be read until memory runs out.
+const MAX_SIZE: u64 = 1024 * 1024;
+
+/// Reads an env file, which must be a regular file of at most [`MAX_SIZE`];
+/// `Err` says why not, to follow the file's quoted name.
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, String> {
+    // Non-blocking, so that opening a FIFO with no writer cannot hang.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "not found".to_string(),
+            _ => format!("cannot be read: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_SIZE {
+        return Err(format!("is larger than {} KiB", MAX_SIZE / 1024));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    Ok(bytes)
+}
 
 /// A problem in an env file, located in that file.
 pub(super) struct EnvFileError {
