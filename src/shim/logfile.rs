@@ -98,7 +98,13 @@ impl<'t> LogWriter<'t> {
         let mut buf = std::mem::take(&mut self.pending[slot]);
         let mut start = 0;
         while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-            self.line(stream, &buf[start..start + nl]);
+            // However the line arrived, its records are at most MAX_LINE.
+            let mut line = &buf[start..start + nl];
+            while line.len() > MAX_LINE {
+                self.line(stream, &line[..MAX_LINE]);
+                line = &line[MAX_LINE..];
+            }
+            self.line(stream, line);
             start += nl + 1;
         }
         while buf.len() - start >= MAX_LINE {
@@ -218,6 +224,19 @@ mod tests {
         w.feed(Stream::Out, b"lo\nwor");
         w.flush_partial();
         assert_eq!(lines(&dir.path().join("a.0.log")), ["oops", "hello", "wor"]);
+    }
+
+    #[test]
+    fn a_line_longer_than_max_line_is_split_into_records_of_max_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(config(dir.path(), 1 << 20, 2), None);
+        let long = "x".repeat(2 * MAX_LINE + 100);
+        w.feed(Stream::Out, format!("{long}\nnext\n").as_bytes());
+        let lengths: Vec<usize> = lines(&dir.path().join("a.0.log"))
+            .iter()
+            .map(String::len)
+            .collect();
+        assert_eq!(lengths, [MAX_LINE, MAX_LINE, 100, 4]);
     }
 
     #[test]
