@@ -311,6 +311,43 @@ fn a_stopped_supervisor_is_named_within_the_answer_timeout() {
 }
 
 #[test]
+fn up_detached_fails_when_the_supervisor_is_told_to_stop_before_it_is_ready() {
+    let p = Project::new(
+        r#"
+[services.slow]
+command = ["sleep", "1000"]
+[services.slow.health]
+exec = ["false"]
+interval = "100ms"
+[services.dep]
+command = ["sleep", "1000"]
+depends_on = { slow = "healthy" }
+"#,
+    );
+    // `up -d` waits for dep, pending on a dependency that never gets healthy.
+    let mut up = p.command(&["up", "-d"]);
+    up.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = up.spawn().unwrap();
+    let mut supervisor = None;
+    assert!(wait_until(SOON, || {
+        supervisor = std::fs::read_to_string(p.state_dir().join("supervise.lock"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok());
+        supervisor.is_some() && socket_status(&p.state_dir()).is_some()
+    }));
+    kill(Pid::from_raw(supervisor.unwrap()), Signal::SIGTERM).unwrap();
+    let status = wait_bounded(&mut child, COMMAND_TIMEOUT).expect("up -d returned");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    // Before: "supervise running in the background", exit 0.
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("before it was ready"), "{stderr}");
+    assert!(!stdout.contains("running in the background"), "{stdout}");
+}
+
+#[test]
 fn up_detached_wait_times_out_with_124_naming_what_is_missing() {
     let p = Project::new(
         r#"

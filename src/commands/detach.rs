@@ -19,13 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cli::{Cli, UpArgs};
 use crate::control::client::{self, ClientError, Next};
-use crate::control::protocol::{Request, StatusReport};
+use crate::control::protocol::{EventRecord, Request, StatusReport};
 use crate::exit;
 use crate::logfiles;
 use crate::progress::Progress;
 use crate::spec::Spec;
 use crate::state_dir::{self, LockError, StateDir};
-use crate::supervisor::CHECKPOINT_SET_ASIDE;
+use crate::supervisor::{CHECKPOINT_SET_ASIDE, SHUTDOWN};
 
 use super::format::{compact, exit_cause, parse_time};
 use super::wait::{self, Deadline, Goal, Wanted};
@@ -62,12 +62,15 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
         })?;
     let log_start = log.metadata().map_or(0, |m| m.len());
     // To read back what it wrote even once it rotated this file away.
-    let first_log = File::open(&log_path).map_err(|e| {
-        Failure::new(
-            exit::FAILED,
-            format!("cannot read {}: {e}", log_path.display()),
-        )
-    })?;
+    let first_log = state_dir::options()
+        .read(true)
+        .open(&log_path)
+        .map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("cannot read {}: {e}", log_path.display()),
+            )
+        })?;
     let mut child = spawn(cli, args, spec, &log)
         .map_err(|e| Failure::new(exit::FAILED, format!("cannot start the supervisor: {e}")))?;
     let started = Started {
@@ -80,7 +83,11 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
     let mut progress = Progress::new(cli.quiet);
     progress.set("starting the supervisor");
     answering(&mut child, &started, dir.root(), deadline.at)?;
-    warn_of_set_aside_checkpoint(dir.root())?;
+    for record in history(dir.root())? {
+        if record.event == CHECKPOINT_SET_ASIDE {
+            eprintln!("warning: {}", record.detail);
+        }
+    }
     let wanted = Wanted {
         targets: &[],
         goal: if args.wait {
@@ -110,6 +117,28 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
             }),
         }
     })?;
+    // Told to stop while it started (SIGTERM, `down`), its replicas look
+    // started as they stop: it is not running in the background.
+    let stopping = match history(dir.root()) {
+        Ok(events) => events
+            .into_iter()
+            .find(|r| r.event == SHUTDOWN)
+            .map(|r| r.detail),
+        Err(e) => Some(e.message.unwrap_or_default()),
+    };
+    if let Some(why) = stopping {
+        return Err(match exited(&mut child, Duration::from_secs(1)) {
+            Some(status) => started.died(status),
+            None => Failure::new(
+                exit::FAILED,
+                format!(
+                    "the supervisor (pid {}) is stopping before it was ready: {why} (see {})",
+                    started.pid,
+                    log_path.display()
+                ),
+            ),
+        });
+    }
     // A warning, not chatter: shown with -q too.
     warn_of_backoffs(&report);
     if !cli.quiet {
@@ -123,17 +152,17 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
     Ok(exit::OK)
 }
 
-/// What the supervisor found wrong at its start, which would otherwise be
-/// only in its log: a damaged checkpoint it moved aside.
-fn warn_of_set_aside_checkpoint(state_dir: &Path) -> Result<(), Failure> {
+/// The supervisor's events so far: what it found wrong at its start (a
+/// damaged checkpoint it moved aside), which would otherwise be only in its
+/// log, and whether it was told to stop.
+fn history(state_dir: &Path) -> Result<Vec<EventRecord>, Failure> {
     let mut conn = client::connect(state_dir)?;
     conn.request_accepted(Request::Events { follow: false })?;
+    let mut records = Vec::new();
     while let Next::Item((record, _)) = conn.next_event(None)? {
-        if record.event == CHECKPOINT_SET_ASIDE {
-            eprintln!("warning: {}", record.detail);
-        }
+        records.push(record);
     }
-    Ok(())
+    Ok(records)
 }
 
 /// Replicas that exited at once and wait out a restart delay: named, as
@@ -216,7 +245,8 @@ impl Started<'_> {
         for line in tail(&self.first_log, self.log_start, self.log, TAIL_LINES) {
             eprintln!("  {line}");
         }
-        Failure::quiet(code)
+        // Even a clean stop (told to, code 0) is not what `up -d` was for.
+        Failure::quiet(if code == exit::OK { exit::FAILED } else { code })
     }
 }
 

@@ -76,6 +76,8 @@ const FORCED_EXIT: i32 = 130;
 
 /// The event of an unreadable checkpoint that was moved aside at start.
 pub const CHECKPOINT_SET_ASIDE: &str = "checkpoint_set_aside";
+/// The event of a shutdown begun (a signal, `down`, the end of --exit-with).
+pub const SHUTDOWN: &str = "shutdown";
 
 /// Runs the supervisor until it is shut down; returns the process exit code.
 pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
@@ -651,7 +653,7 @@ impl Supervisor {
             return;
         }
         self.emit(
-            "shutdown",
+            SHUTDOWN,
             None,
             None,
             format!("{why}; stopping all replicas"),
