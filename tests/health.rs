@@ -250,6 +250,33 @@ action = "none"
 }
 
 #[test]
+fn a_watchdog_ping_before_ready_does_not_shield_a_replica_for_ever() {
+    // One WATCHDOG=1 at once, then silence, never READY=1.
+    let sup = Supervise::start(&format!(
+        r#"
+[services.daemon]
+command = ["python3", "-c", '''{SD_NOTIFY}
+import time
+notify("WATCHDOG=1")
+time.sleep(1000)
+''']
+[services.daemon.health]
+notify = true
+watchdog = "300ms"
+start_period = "1s"
+action = "none"
+"#
+    ));
+    sup.expect_spawned("daemon.0");
+    // Before, the ping's deadline passed inside the start period, unjudged,
+    // and no other came: `starting` for ever.
+    sup.expect_event(
+        r"^daemon\.0 did not become healthy within 1s \(last check: watchdog expired: no WATCHDOG=1 in time\)$",
+        SOON,
+    );
+}
+
+#[test]
 fn a_notify_service_not_ready_within_its_start_period_is_restarted() {
     let sup = Supervise::start(&format!(
         r#"

@@ -152,7 +152,16 @@ impl Supervisor {
                 }
                 Some(("WATCHDOG", "1")) => {
                     if let Some(w) = health.watchdog {
-                        self.replica_mut(&id).watchdog_until = Some(Instant::now() + w);
+                        let replica = self.replica_mut(&id);
+                        let next = Instant::now() + w;
+                        // Before READY=1 the start period's deadline stands
+                        // (an earlier one would pass unjudged, and none follow).
+                        replica.watchdog_until = match replica.watchdog_until {
+                            Some(start) if replica.health == Health::Unknown => {
+                                Some(start.max(next))
+                            }
+                            _ => Some(next),
+                        };
                     }
                 }
                 Some(("WATCHDOG", "trigger")) => {
