@@ -277,6 +277,40 @@ action = "none"
 }
 
 #[test]
+fn a_notify_service_added_by_reload_is_heard() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    sup.expect_spawned("web.0");
+    std::fs::write(
+        sup.spec_path(),
+        format!(
+            r#"
+[services.web]
+command = ["sleep", "1000"]
+[services.daemon]
+command = ["python3", "-c", '''{SD_NOTIFY}{NOTIFY_CHILD}''', "0", "0"]
+[services.daemon.health]
+notify = true
+"#
+        ),
+    )
+    .unwrap();
+    let mut reload = std::process::Command::new(env!("CARGO_BIN_EXE_supervise"));
+    reload
+        .arg("--state-dir")
+        .arg(sup.state_dir())
+        .arg("reload")
+        .arg(sup.spec_path());
+    run_bounded(reload, COMMAND_TIMEOUT).expect(0);
+    // Before, no socket was bound for it: `starting` for ever.
+    sup.expect_event(r"^daemon\.0 is healthy$", SOON);
+}
+
+#[test]
 fn a_notify_service_not_ready_within_its_start_period_is_restarted() {
     let sup = Supervise::start(&format!(
         r#"

@@ -141,15 +141,11 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     };
     let notify_socket =
         notify::socket_name(dir.root()).map_err(|e| setup("name the notify socket", e))?;
-    if spec
-        .services
-        .iter()
-        .any(|s| matches!(s.health.as_ref().map(|h| &h.probe), Some(Probe::Notify)))
-    {
-        notify::listen(&notify_socket, tx.clone())
+    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics, notify_socket);
+    if wants_notify(&sup.spec) {
+        sup.listen_for_notify()
             .map_err(|e| setup("open the notify socket", e))?;
     }
-    let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics, notify_socket);
     if let Some(detail) = set_aside {
         // An event, so that `up -d` and `events` can show it too.
         sup.record(CHECKPOINT_SET_ASIDE, None, None, None, detail);
@@ -255,6 +251,13 @@ fn catch_stray_signals(events: &mpsc::UnboundedSender<Message>) -> std::io::Resu
     Ok(())
 }
 
+/// Does `spec` have a service that reports over the notify socket?
+fn wants_notify(spec: &Spec) -> bool {
+    spec.services
+        .iter()
+        .any(|s| matches!(s.health.as_ref().map(|h| &h.probe), Some(Probe::Notify)))
+}
+
 /// Lifts the soft limit on open files to the hard one: the supervisor holds
 /// two descriptors per replica (the shim's pidfd and its status
 /// pipe), and 1024, a common default, would stop it near 500 replicas.
@@ -338,6 +341,9 @@ struct Supervisor {
     reports: mpsc::UnboundedSender<Message>,
     /// `NOTIFY_SOCKET` of notify services (see `notify`).
     notify_socket: String,
+    /// The notify socket is bound: from the start, or from the first reload
+    /// that brought a notify service.
+    notify_listening: bool,
 }
 
 /// Can a service start, given the state of what it depends on?
@@ -382,7 +388,17 @@ impl Supervisor {
             shutdown: None,
             reports,
             notify_socket,
+            notify_listening: false,
         }
+    }
+
+    /// Binds the notify socket, unless it is bound already.
+    fn listen_for_notify(&mut self) -> std::io::Result<()> {
+        if !self.notify_listening {
+            notify::listen(&self.notify_socket, self.reports.clone())?;
+            self.notify_listening = true;
+        }
+        Ok(())
     }
 
     /// Creates the replicas the desired counts call for that do not exist

@@ -187,6 +187,16 @@ impl Supervisor {
         if dry_run {
             return Reply::ok(Reply_::Reload(plan));
         }
+        if super::wants_notify(&new)
+            && let Err(e) = self.listen_for_notify()
+        {
+            return Reply::error(
+                exit::FAILED,
+                format!(
+                    "reload rejected, the running state is untouched: cannot open the notify socket: {e}"
+                ),
+            );
+        }
         for name in &plan.changed {
             // The new definition's replica count wins over an earlier `scale`.
             self.desired.scaled.remove(name);
