@@ -299,8 +299,8 @@ Examples:
 
 /// A subcommand's arguments, defined only once that subcommand is parsed
 /// (or help, a man page or completions ask for them): clap otherwise builds
-/// every subcommand's arguments at each start (5 % of the instructions of a
-/// `status` run at 100 replicas).
+/// every subcommand's arguments at each start, a measurable part of a short
+/// command such as `status` (BENCHMARKS.md).
 #[derive(Debug)]
 pub struct Lazy<T>(pub T);
 

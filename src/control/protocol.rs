@@ -108,8 +108,8 @@ pub enum Outcome {
 }
 
 /// serde's derived reader of an internally tagged enum buffers the whole
-/// value before it looks at the tag: 0.69 M of the 2.10 M instructions of a
-/// `supervise status` at 100 replicas (callgrind). The server writes the tag
+/// value before it looks at the tag, a large part of a `supervise status`
+/// (BENCHMARKS.md has the figures). The server writes the tag
 /// first, as serde's writer does, so the variant is read straight from the
 /// line after it; a result whose tag comes later is still read, buffered.
 impl<'de> Deserialize<'de> for Outcome {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::desired::Desired;
 use super::replica::Role;
-use super::restart::Outcome;
+use super::restart::Ending;
 
 pub const VERSION: u32 = 1;
 
@@ -50,7 +50,7 @@ pub struct ReplicaMemo {
     pub recent: Vec<SystemTime>,
     /// Waiting to restart until then.
     pub backoff_until: Option<SystemTime>,
-    pub last_exit: Option<(Outcome, SystemTime)>,
+    pub last_exit: Option<(Ending, SystemTime)>,
     /// `exited`, `failed` or `stopped`: settled, not to be started again.
     pub settled: Option<String>,
     /// Of the running incarnation, kept for adoption: an adopted active
@@ -217,7 +217,7 @@ mod tests {
             ReplicaMemo {
                 generation: 3,
                 restarts: 2,
-                last_exit: Some((Outcome::Code(3), SystemTime::UNIX_EPOCH)),
+                last_exit: Some((Ending::Code(3), SystemTime::UNIX_EPOCH)),
                 ..ReplicaMemo::default()
             },
         );

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use super::Supervisor;
 use super::replica::{AfterStop, Phase, ReplicaId};
-use super::restart::{Decision, Outcome};
+use super::restart::{Decision, Ending};
 use crate::exit;
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
@@ -73,14 +73,14 @@ impl Supervisor {
             );
         }
         let outcome = match record {
-            Some(r) if r.generation == generation => Outcome::of_record(&r),
+            Some(r) if r.generation == generation => Ending::of_record(&r),
             _ => {
                 let detail = format!(
                     "the shim of {id} ended without saying how its replica ended (it was killed?)"
                 );
                 self.emit("shim_lost", Some(id), None, detail);
                 self.kill_leftovers(id);
-                Outcome::Unknown
+                Ending::Unknown
             }
         };
         self.on_exit(id, outcome, Instant::now());
@@ -109,7 +109,7 @@ impl Supervisor {
         shim: Pid,
         generation: u64,
         pid: u32,
-        outcome: Outcome,
+        outcome: Ending,
     ) {
         let replica = self.replica_mut(id);
         replica.generation = generation;
@@ -157,7 +157,7 @@ impl Supervisor {
     }
 
     /// A replica's processes are all gone: apply its restart policy.
-    pub(super) fn on_exit(&mut self, id: &ReplicaId, outcome: Outcome, now: Instant) {
+    pub(super) fn on_exit(&mut self, id: &ReplicaId, outcome: Ending, now: Instant) {
         self.end_health(id);
         let how = describe(&outcome);
         let replica = self.replica_mut(id);
@@ -171,7 +171,7 @@ impl Supervisor {
                 ..
             } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
-                self.apply_policy(id, Outcome::Unhealthy, Duration::ZERO, now);
+                self.apply_policy(id, Ending::Unhealthy, Duration::ZERO, now);
                 return;
             }
             Phase::Stopping { then, .. } => {
@@ -189,7 +189,7 @@ impl Supervisor {
     pub(super) fn apply_policy(
         &mut self,
         id: &ReplicaId,
-        outcome: Outcome,
+        outcome: Ending,
         uptime: Duration,
         now: Instant,
     ) {
@@ -263,16 +263,16 @@ impl Supervisor {
     }
 }
 
-fn describe(outcome: &Outcome) -> String {
+fn describe(outcome: &Ending) -> String {
     match outcome {
-        Outcome::Code(c) => format!("exited with code {c}"),
-        Outcome::Signal(s) => match Signal::try_from(*s) {
+        Ending::Code(c) => format!("exited with code {c}"),
+        Ending::Signal(s) => match Signal::try_from(*s) {
             Ok(sig) => format!("was killed by {}", sig.as_str()),
             Err(_) => format!("was killed by signal {s}"),
         },
-        Outcome::SpawnFailed => "could not start".into(),
-        Outcome::Unknown => "ended (exit status unknown)".into(),
-        Outcome::Unhealthy => "was unhealthy".into(),
+        Ending::SpawnFailed => "could not start".into(),
+        Ending::Unknown => "ended (exit status unknown)".into(),
+        Ending::Unhealthy => "was unhealthy".into(),
     }
 }
 

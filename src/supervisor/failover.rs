@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::replica::{Health, Phase, ReplicaId, Role};
+use super::replica::{Phase, ReplicaId, Role, Verdict};
 use super::{Supervisor, earliest};
 use crate::procfs;
 use crate::spec::{self, Promote};
@@ -110,7 +110,7 @@ impl Supervisor {
         };
         let standbys: Vec<(ReplicaId, u32, Instant)> = self
             .replicas_of(service)
-            .filter(|r| r.health == Health::Healthy)
+            .filter(|r| r.health == Verdict::Healthy)
             .filter_map(|r| match r.phase {
                 Phase::Running { pid, .. } => Some((r.id.clone(), pid, r.promotable_from?)),
                 _ => None,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::replica::{AfterStop, Health, Phase, ReplicaId};
+use super::replica::{AfterStop, Phase, ReplicaId, Verdict};
 use super::{Message, Supervisor};
 use crate::procfs;
 use crate::reaper::Reaper;
@@ -110,10 +110,10 @@ impl Supervisor {
         self.role_on_running(id);
         let replica = self.replica_mut(id);
         if has_health {
-            replica.health = Health::Unknown;
+            replica.health = Verdict::Unknown;
             self.start_health(id);
         } else {
-            replica.health = Health::Healthy;
+            replica.health = Verdict::Healthy;
         }
     }
 
@@ -157,7 +157,7 @@ impl Supervisor {
                         // Before READY=1 the start period's deadline stands
                         // (an earlier one would pass unjudged, and none follow).
                         replica.watchdog_until = match replica.watchdog_until {
-                            Some(start) if replica.health == Health::Unknown => {
+                            Some(start) if replica.health == Verdict::Unknown => {
                                 Some(start.max(next))
                             }
                             _ => Some(next),
@@ -184,7 +184,7 @@ impl Supervisor {
         if let Some(task) = replica.probe.take() {
             task.abort();
         }
-        replica.health = Health::Unknown;
+        replica.health = Verdict::Unknown;
         replica.probe_failures = 0;
         replica.watchdog_until = None;
     }
@@ -211,8 +211,8 @@ impl Supervisor {
     pub(super) fn mark_healthy(&mut self, id: &ReplicaId) {
         let replica = self.replica_mut(id);
         replica.probe_failures = 0;
-        if replica.health != Health::Healthy {
-            replica.health = Health::Healthy;
+        if replica.health != Verdict::Healthy {
+            replica.health = Verdict::Healthy;
             let pid = replica.phase.pid();
             self.emit("healthy", Some(id), pid, format!("{id} is healthy"));
         }
@@ -235,15 +235,15 @@ impl Supervisor {
         };
         // As with Docker: the start period shields a replica until its first
         // success, not after.
-        if replica.health == Health::Unknown && since.elapsed() < health.start_period {
+        if replica.health == Verdict::Unknown && since.elapsed() < health.start_period {
             return;
         }
         replica.probe_failures += 1;
-        if replica.probe_failures < health.retries || replica.health == Health::Unhealthy {
+        if replica.probe_failures < health.retries || replica.health == Verdict::Unhealthy {
             return;
         }
-        let never_healthy = replica.health == Health::Unknown;
-        replica.health = Health::Unhealthy;
+        let never_healthy = replica.health == Verdict::Unknown;
+        replica.health = Verdict::Unhealthy;
         let pid = replica.phase.pid();
         let failures = replica.probe_failures;
         self.demote(id);

@@ -13,7 +13,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
 use super::replica::{Phase, ReplicaId, Role};
-use super::restart::{History, Outcome};
+use super::restart::{Ending, History};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
 use crate::shim::protocol::{LogConfig, Respawn, ShimConfig};
@@ -116,7 +116,7 @@ impl Supervisor {
                 // command that did not start, so the restart policy decides.
                 let detail = format!("{id} could not be started: {e}");
                 self.emit("spawn_failed", Some(id), None, detail);
-                self.on_exit(id, Outcome::SpawnFailed, now);
+                self.on_exit(id, Ending::SpawnFailed, now);
             }
         }
     }

@@ -45,7 +45,7 @@ use desired::Desired;
 use display::Display;
 use journal::Journal;
 use launch::Shim;
-use replica::{AfterStop, Health, Phase, Replica, ReplicaId};
+use replica::{AfterStop, Phase, Replica, ReplicaId, Verdict};
 
 /// How `supervise up` was asked to run.
 #[derive(Debug, Clone, Default)]
@@ -603,7 +603,8 @@ impl Supervisor {
                     }
                     (Phase::Exited, Condition::Completed) => {}
                     (Phase::Running { .. }, Condition::Started) => {}
-                    (Phase::Running { .. }, Condition::Healthy) if r.health == Health::Healthy => {}
+                    (Phase::Running { .. }, Condition::Healthy) if r.health == Verdict::Healthy => {
+                    }
                     _ => return Readiness::Waiting,
                 }
             }
@@ -778,7 +779,7 @@ impl Supervisor {
                 phase,
             ) => {
                 if let Some(shim) = phase.shim() {
-                    let outcome = restart::Outcome::ended(code, signal);
+                    let outcome = restart::Ending::ended(code, signal);
                     self.on_respawned(&report.id, shim, generation, pid, outcome);
                 }
             }

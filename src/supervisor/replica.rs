@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
-use super::restart::{History, Outcome};
+use super::restart::{Ending, History};
 
 /// `service.N`, e.g. `api.1`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,7 +107,7 @@ pub enum AfterStop {
 
 /// What the health probe says of the current incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Health {
+pub enum Verdict {
     /// No verdict yet (or no process).
     #[default]
     Unknown,
@@ -141,13 +141,13 @@ pub struct Replica {
     pub generation: u64,
     pub restarts: u32,
     pub history: History,
-    pub last_exit: Option<(Outcome, SystemTime)>,
+    pub last_exit: Option<(Ending, SystemTime)>,
     /// When the current incarnation's command started.
     pub started_at: Option<SystemTime>,
     /// Marked with `stop`: stays down until `start`/`restart`.
     pub stop_requested: bool,
     /// Of the current incarnation; see `supervisor::health`.
-    pub health: Health,
+    pub health: Verdict,
     /// Probe failures in a row (after `start_period`).
     pub probe_failures: u32,
     /// The current incarnation's probe task, aborted when it ends.
@@ -176,7 +176,7 @@ impl Replica {
             last_exit: None,
             started_at: None,
             stop_requested: false,
-            health: Health::Unknown,
+            health: Verdict::Unknown,
             probe_failures: 0,
             probe: None,
             watchdog_until: None,

@@ -17,8 +17,8 @@ use crate::spec::{self, Spec};
 use super::Supervisor;
 use super::desired::Scaled;
 use super::journal::rfc3339;
-use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId};
-use super::restart::Outcome;
+use super::replica::{AfterStop, Phase, Replica, ReplicaId, Verdict};
+use super::restart::Ending;
 
 impl Supervisor {
     pub(super) fn on_call(&mut self, call: Call) {
@@ -298,8 +298,8 @@ fn service_state(states: &[&str]) -> &'static str {
 /// health probe first succeeds, and `unhealthy` after it fails for good.
 fn shown_state(r: &Replica) -> &'static str {
     match (&r.phase, r.health) {
-        (Phase::Running { .. }, Health::Unknown) => "starting",
-        (Phase::Running { .. }, Health::Unhealthy) => "unhealthy",
+        (Phase::Running { .. }, Verdict::Unknown) => "starting",
+        (Phase::Running { .. }, Verdict::Unhealthy) => "unhealthy",
         (phase, _) => phase.name(),
     }
 }
@@ -310,9 +310,9 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         pid: r.phase.pid(),
         state: shown_state(r).into(),
         health: match r.health {
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-            Health::Unknown => "unknown",
+            Verdict::Healthy => "healthy",
+            Verdict::Unhealthy => "unhealthy",
+            Verdict::Unknown => "unknown",
         }
         .into(),
         role: r.role.map(|role| role.as_str().into()),
@@ -320,12 +320,12 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         started_at: r.started_at.map(rfc3339),
         last_exit: r.last_exit.as_ref().map(|(outcome, at)| LastExit {
             code: match outcome {
-                Outcome::Code(c) => Some(*c),
-                Outcome::SpawnFailed => Some(127),
+                Ending::Code(c) => Some(*c),
+                Ending::SpawnFailed => Some(127),
                 _ => None,
             },
             signal: match outcome {
-                Outcome::Signal(s) => Some(
+                Ending::Signal(s) => Some(
                     nix::sys::signal::Signal::try_from(*s)
                         .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_string()),
                 ),

@@ -10,7 +10,7 @@ use crate::spec::{Policy, RestartPolicy};
 /// How one incarnation ended.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum Ending {
     Code(i32),
     Signal(i32),
     /// The command never ran (missing binary, bad directory, …).
@@ -21,36 +21,36 @@ pub enum Outcome {
     Unhealthy,
 }
 
-impl Outcome {
+impl Ending {
     /// The end of a command that ran: by its exit code, else its signal.
-    pub fn ended(code: Option<i32>, signal: Option<i32>) -> Outcome {
+    pub fn ended(code: Option<i32>, signal: Option<i32>) -> Ending {
         match (code, signal) {
-            (Some(code), _) => Outcome::Code(code),
-            (None, Some(signal)) => Outcome::Signal(signal),
-            (None, None) => Outcome::Unknown,
+            (Some(code), _) => Ending::Code(code),
+            (None, Some(signal)) => Ending::Signal(signal),
+            (None, None) => Ending::Unknown,
         }
     }
 
     /// What a shim's exit record says.
-    pub fn of_record(record: &crate::shim::protocol::ExitRecord) -> Outcome {
+    pub fn of_record(record: &crate::shim::protocol::ExitRecord) -> Ending {
         match record.spawn_error {
-            Some(_) => Outcome::SpawnFailed,
-            None => Outcome::ended(record.code, record.signal),
+            Some(_) => Ending::SpawnFailed,
+            None => Ending::ended(record.code, record.signal),
         }
     }
 
     pub fn is_success(&self, policy: &RestartPolicy) -> bool {
-        matches!(self, Outcome::Code(c) if policy.exit_codes.contains(c))
+        matches!(self, Ending::Code(c) if policy.exit_codes.contains(c))
     }
 
     /// The shell's convention, for `--exit-with`: the code, 128+signal, 127
     /// for a command that could not run, 1 when nothing is known.
     pub fn shell_code(&self) -> i32 {
         match self {
-            Outcome::Code(c) => *c,
-            Outcome::Signal(s) => 128 + s,
-            Outcome::SpawnFailed => 127,
-            Outcome::Unknown | Outcome::Unhealthy => 1,
+            Ending::Code(c) => *c,
+            Ending::Signal(s) => 128 + s,
+            Ending::SpawnFailed => 127,
+            Ending::Unknown | Ending::Unhealthy => 1,
         }
     }
 }
@@ -82,7 +82,7 @@ impl History {
     pub fn on_exit(
         &mut self,
         policy: &RestartPolicy,
-        outcome: &Outcome,
+        outcome: &Ending,
         uptime: Duration,
         now: Instant,
         jitter: f64,
@@ -184,15 +184,15 @@ mod tests {
         let mut h = History::default();
         let now = Instant::now();
         assert_eq!(
-            h.on_exit(&p, &Outcome::Code(0), Duration::ZERO, now, 0.0),
+            h.on_exit(&p, &Ending::Code(0), Duration::ZERO, now, 0.0),
             Decision::Done
         );
         assert!(matches!(
-            h.on_exit(&p, &Outcome::Code(3), Duration::ZERO, now, 0.0),
+            h.on_exit(&p, &Ending::Code(3), Duration::ZERO, now, 0.0),
             Decision::Restart { .. }
         ));
         assert!(matches!(
-            h.on_exit(&p, &Outcome::Signal(9), Duration::ZERO, now, 0.0),
+            h.on_exit(&p, &Ending::Signal(9), Duration::ZERO, now, 0.0),
             Decision::Restart { .. }
         ));
     }
@@ -205,7 +205,7 @@ mod tests {
         };
         let mut h = History::default();
         assert_eq!(
-            h.on_exit(&p, &Outcome::Code(3), Duration::ZERO, Instant::now(), 0.0),
+            h.on_exit(&p, &Ending::Code(3), Duration::ZERO, Instant::now(), 0.0),
             Decision::Done
         );
     }
@@ -216,11 +216,11 @@ mod tests {
         let mut h = History::default();
         let now = Instant::now();
         assert_eq!(
-            h.on_exit(&p, &Outcome::Code(0), Duration::ZERO, now, 0.0),
+            h.on_exit(&p, &Ending::Code(0), Duration::ZERO, now, 0.0),
             Decision::Done
         );
         assert!(matches!(
-            h.on_exit(&p, &Outcome::Code(1), Duration::ZERO, now, 0.0),
+            h.on_exit(&p, &Ending::Code(1), Duration::ZERO, now, 0.0),
             Decision::GiveUp { .. }
         ));
     }
@@ -232,11 +232,11 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..3 {
             let at = t0 + Duration::from_secs(i);
-            delay_of(h.on_exit(&p, &Outcome::Code(1), Duration::ZERO, at, 0.0));
+            delay_of(h.on_exit(&p, &Ending::Code(1), Duration::ZERO, at, 0.0));
         }
         let fourth = h.on_exit(
             &p,
-            &Outcome::Code(1),
+            &Ending::Code(1),
             Duration::ZERO,
             t0 + Duration::from_secs(3),
             0.0,
@@ -244,7 +244,7 @@ mod tests {
         assert!(matches!(fourth, Decision::GiveUp { .. }), "{fourth:?}");
         // Once the first restarts leave the window, restarting is allowed again.
         let later = t0 + Duration::from_secs(61);
-        delay_of(h.on_exit(&p, &Outcome::Code(1), Duration::ZERO, later, 0.0));
+        delay_of(h.on_exit(&p, &Ending::Code(1), Duration::ZERO, later, 0.0));
     }
 
     #[test]
@@ -253,7 +253,7 @@ mod tests {
         let mut h = History::default();
         let now = Instant::now();
         let last = (0..100)
-            .map(|_| delay_of(h.on_exit(&p, &Outcome::Code(1), Duration::ZERO, now, 0.0)))
+            .map(|_| delay_of(h.on_exit(&p, &Ending::Code(1), Duration::ZERO, now, 0.0)))
             .last();
         assert_eq!(last, Some(Duration::from_secs(1)));
     }
@@ -265,7 +265,7 @@ mod tests {
         let p = policy(Policy::Always, 0);
         for i in 0..1000 {
             let at = t0 + Duration::from_millis(i);
-            delay_of(unlimited.on_exit(&p, &Outcome::Code(1), Duration::ZERO, at, 0.0));
+            delay_of(unlimited.on_exit(&p, &Ending::Code(1), Duration::ZERO, at, 0.0));
         }
         assert!(unlimited.recent.is_empty(), "{}", unlimited.recent.len());
 
@@ -275,7 +275,7 @@ mod tests {
         let mut limited = History::default();
         for i in 0..100 {
             let at = t0 + Duration::from_secs(30 * i);
-            delay_of(limited.on_exit(&p, &Outcome::Code(1), Duration::ZERO, at, 0.0));
+            delay_of(limited.on_exit(&p, &Ending::Code(1), Duration::ZERO, at, 0.0));
             assert!(limited.recent.len() <= 3, "{}", limited.recent.len());
         }
     }
@@ -286,9 +286,9 @@ mod tests {
         let mut h = History::default();
         let now = Instant::now();
         for _ in 0..5 {
-            h.on_exit(&p, &Outcome::Code(1), Duration::ZERO, now, 0.0);
+            h.on_exit(&p, &Ending::Code(1), Duration::ZERO, now, 0.0);
         }
-        let after_long_run = h.on_exit(&p, &Outcome::Code(1), Duration::from_secs(31), now, 0.0);
+        let after_long_run = h.on_exit(&p, &Ending::Code(1), Duration::from_secs(31), now, 0.0);
         assert_eq!(delay_of(after_long_run), Duration::from_millis(100));
     }
 }

@@ -19,8 +19,8 @@ use nix::unistd::Pid;
 
 use super::Supervisor;
 use super::checkpoint::{Checkpoint, ReplicaMemo};
-use super::replica::{AfterStop, Health, Phase, Replica, ReplicaId};
-use super::restart::Outcome;
+use super::replica::{AfterStop, Phase, Replica, ReplicaId, Verdict};
+use super::restart::Ending;
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, RunningRecord, read_record};
 
@@ -116,13 +116,13 @@ impl Supervisor {
                 let _ = std::fs::remove_file(self.dir.exit_record(&name));
                 let _ = std::fs::remove_file(self.dir.running_record(&name));
                 found.exited += 1;
-                let outcome = Outcome::of_record(&record);
+                let outcome = Ending::of_record(&record);
                 self.exited_while_down(id, outcome, record.at);
             }
             _ if was_live => {
                 let _ = std::fs::remove_file(self.dir.running_record(&name));
                 found.unknown += 1;
-                self.exited_while_down(id, Outcome::Unknown, SystemTime::now());
+                self.exited_while_down(id, Ending::Unknown, SystemTime::now());
             }
             _ => {}
         }
@@ -195,7 +195,7 @@ impl Supervisor {
         if memo.generation == record.generation {
             let replica = self.replica_mut(id);
             if memo.healthy {
-                replica.health = Health::Healthy;
+                replica.health = Verdict::Healthy;
             }
             if replica.role.is_some() && memo.role.is_some() {
                 replica.role = memo.role;
@@ -204,7 +204,7 @@ impl Supervisor {
     }
 
     /// A replica ended while no supervisor ran: its policy decides now.
-    fn exited_while_down(&mut self, id: &ReplicaId, outcome: Outcome, at: SystemTime) {
+    fn exited_while_down(&mut self, id: &ReplicaId, outcome: Ending, at: SystemTime) {
         self.kill_leftovers(id);
         let replica = self.replica_mut(id);
         let uptime = replica
@@ -335,7 +335,7 @@ impl Supervisor {
                     .is_settled()
                     .then(|| replica.phase.name().to_string()),
                 role: replica.role,
-                healthy: replica.health == Health::Healthy,
+                healthy: replica.health == Verdict::Healthy,
             };
             checkpoint.replicas.insert(replica.id.to_string(), memo);
         }
