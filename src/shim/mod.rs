@@ -239,7 +239,7 @@ impl Output<'_> {
         self.log.flush_partial();
         let dropped = std::mem::take(&mut self.log.dropped_lines);
         if dropped > 0 {
-            eprintln!("supervise: {replica}: {dropped} log lines could not be written");
+            crate::say!("supervise: {replica}: {dropped} log lines could not be written");
         }
     }
 }
@@ -249,7 +249,7 @@ fn run(config: ShimConfig) -> i32 {
     let signals = match watch_signals() {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!(
+            crate::say!(
                 "supervise: {}: cannot set up signal handling: {e}",
                 config.replica
             );
@@ -392,7 +392,7 @@ fn supervise_tree(
         if let Err(e) = poll(&mut fds, tree.poll_timeout())
             && e != Errno::EINTR
         {
-            eprintln!("supervise: {replica}: poll failed: {e}");
+            crate::say!("supervise: {replica}: poll failed: {e}");
             return Err(1);
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
@@ -434,7 +434,7 @@ fn announce(
     if let Err(e) = write_record(running, &config.running_record) {
         // The replica runs all the same; only a resuming supervisor could not
         // recognise it (it would then count it as gone and sweep it).
-        eprintln!(
+        crate::say!(
             "supervise: {}: cannot write {}: {e}",
             config.replica,
             config.running_record.display()
@@ -586,7 +586,7 @@ fn finish(config: &ShimConfig, record: &ExitRecord) -> i32 {
     match written {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!(
+            crate::say!(
                 "supervise: {}: cannot write exit record {}: {e}",
                 config.replica,
                 config.exit_record.display()
