@@ -228,6 +228,30 @@ pub fn create_new(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Replaces the file at `path` with `bytes` through `<path>.tmp` and a
+/// rename, so that a reader sees all of it or none. A temp file that could
+/// not be written in full (a full disk) is removed, not left behind as an
+/// empty or partial file. `durable`: fsynced, file and directory, so that a
+/// power loss too leaves the old or the new content.
+pub fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = create_new(&tmp)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    if durable && let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// The whole of a file in the state dir.
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();

@@ -715,17 +715,18 @@ restart = { policy = "never" }
     std::fs::write(p.dir().join("go"), "").unwrap();
     assert!(wait_until(SOON, || !is_alive(pid)));
     std::fs::remove_file(filler).unwrap();
-    let mut replicas = Vec::new();
+    let mut events = String::new();
     assert!(
         wait_until(SOON, || {
-            replicas = p.replicas("job");
-            replicas[0].2 == "exited"
+            events = p.run(&["events"]).expect(0).stdout.clone();
+            events
+                .lines()
+                .any(|l| l.contains("job.0") && l.contains("; failed"))
         }),
-        "{replicas:?}"
+        "{events}"
     );
-    let events = p.run(&["events"]).expect(0).stdout.clone();
     assert!(
-        events.contains("job.0 exited with code 3; done"),
+        events.contains("job.0 exited with code 3; failed (restart policy is never)"),
         "{events}"
     );
     assert_eq!(temp_files(&state_dir), Vec::<String>::new());
