@@ -91,7 +91,7 @@ impl Drops {
         }
         *last = Some(now);
         let n = self.unreported.swap(0, Ordering::Relaxed);
-        eprintln!(
+        crate::say!(
             "supervise: alert {}: queue full ({QUEUE} events waiting), dropped {n} event{} ({total} in all)",
             self.label,
             plural(n)
@@ -103,7 +103,7 @@ impl Drops {
         let n = self.unreported.swap(0, Ordering::Relaxed);
         if n > 0 {
             let total = self.total.load(Ordering::Relaxed);
-            eprintln!(
+            crate::say!(
                 "supervise: alert {}: caught up; dropped {n} more event{} while the queue was full ({total} in all)",
                 self.label,
                 plural(n)
@@ -141,7 +141,7 @@ impl Alerts {
                 AlertTarget::Webhook(url) => match WebhookTarget::new(url, WEBHOOK_TIMEOUT) {
                     Ok(webhook) => Delivery::Webhook(webhook),
                     Err(e) => {
-                        eprintln!(
+                        crate::say!(
                             "supervise: alert {}: cannot set up an HTTP client ({e}); its events are not delivered",
                             redact(url)
                         );
@@ -195,7 +195,7 @@ impl Target {
         let task = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 if let Err(why) = delivery.deliver(&event).await {
-                    eprintln!(
+                    crate::say!(
                         "supervise: alert {} failed for event {}: {why}",
                         delivery.label(),
                         describe(&event)

@@ -9,6 +9,19 @@
 //! - [`control`]: the control socket: protocol, server, client;
 //! - [`export`]: the spec translated to Kubernetes manifests or systemd units;
 //! - [`cli`], [`commands`], [`exit`], [`progress`]: the command line.
+
+/// `eprintln!` for the long-running processes (supervisor, zygote, shims),
+/// whose stderr may be `supervise.log` on a full disk: a line that cannot be
+/// written is dropped, where `eprintln!` panics, which would take the
+/// process (and a shim's replica) down with it.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod alerts;
 pub mod cli;
 pub mod commands;

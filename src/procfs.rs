@@ -35,14 +35,29 @@ fn all_pids() -> impl Iterator<Item = i32> {
 /// Live processes whose environment has `SUPERVISE_INSTANCE=<marker>`.
 /// (Only processes of the same user, or all as root, can be read.)
 pub fn with_marker(marker: &str) -> Vec<Pid> {
-    let needle = format!("{MARKER_VAR}={marker}");
     all_pids()
-        .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
-        })
+        .filter(|&pid| has_marker(pid, marker))
         .map(Pid::from_raw)
         .collect()
+}
+
+fn has_marker(pid: i32, marker: &str) -> bool {
+    let needle = format!("{MARKER_VAR}={marker}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+}
+
+/// The command a shim runs for the replica of `marker`: its child that
+/// leads its own process group (the shim starts it so) and carries the
+/// marker; of several (a descendant that called `setsid` and was
+/// re-parented to the shim), the oldest.
+pub fn command_of(shim: Pid, marker: &str) -> Option<u32> {
+    descendants(shim)
+        .into_iter()
+        .filter_map(|pid| Some((pid.as_raw(), stat(pid.as_raw())?)))
+        .filter(|(pid, s)| s.ppid == shim.as_raw() && s.pgrp == *pid && has_marker(*pid, marker))
+        .min_by_key(|(_, s)| s.start)
+        .and_then(|(pid, _)| u32::try_from(pid).ok())
 }
 
 /// Every live descendant of `root`, parents before children.
@@ -183,6 +198,45 @@ pub fn start_time(pid: u32) -> Option<u64> {
     (s.state != 'Z' && s.state != 'X').then_some(s.start)
 }
 
+/// When a live process started, on the wall clock: its start time after
+/// boot, against the time since boot (`/proc/uptime`).
+pub fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    let ticks = start_time(pid)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let age = uptime - ticks as f64 / per_second as f64;
+    std::time::SystemTime::now().checked_sub(std::time::Duration::from_secs_f64(age.max(0.0)))
+}
+
+/// The pid of the process holding an exclusive `flock` on `file`, as the
+/// kernel tells in `/proc/locks` (lines such as
+/// `1: FLOCK  ADVISORY  WRITE 4242 00:2a:17 0 EOF`; a waiter's line has `->`).
+pub fn flock_holder(file: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let dev = meta.dev();
+    let wanted = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino()
+    );
+    std::fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .find_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [_, "FLOCK", _, "WRITE", pid, at, ..] if at == wanted => pid.parse().ok(),
+                _ => None,
+            },
+        )
+}
+
 /// Would `signal` leave `pid` alive: it catches or ignores it, or its
 /// default action is harmless? Read from `/proc/<pid>/status` (SigCgt,
 /// SigIgn: hex masks, bit N-1 for signal N); false if the process is gone.
@@ -302,6 +356,18 @@ mod tests {
         assert_eq!(parents.descendants(sh), found, "the pass over /proc agrees");
         assert_eq!(signal_descendants(sh, Signal::SIGKILL), 1);
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn the_kernel_names_the_holder_of_a_flock() {
+        use nix::fcntl::{Flock, FlockArg};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let file = std::fs::File::create(&path).unwrap();
+        assert_eq!(flock_holder(&file), None);
+        let _held = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+        let other = std::fs::File::open(&path).unwrap();
+        assert_eq!(flock_holder(&other), Some(std::process::id()));
     }
 
     /// Read syscalls made so far by this thread (not the other tests').

@@ -94,18 +94,53 @@ impl StateDir {
         self.run().join(format!("{replica}.lock"))
     }
 
-    /// The pid of the shim holding `replica`'s instance lock, if one does.
+    /// The pid of the shim holding `replica`'s instance lock, if one does:
+    /// the one it wrote into the file or, when the file has none (the shim
+    /// could not write it: a full disk), the kernel's word.
     pub fn instance_holder(&self, replica: &str) -> Option<u32> {
+        let mut file = self.held_instance_lock(replica)?;
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        pid.trim()
+            .parse()
+            .ok()
+            .or_else(|| crate::procfs::flock_holder(&file))
+    }
+
+    /// Who holds `replica`'s instance lock, as the kernel says
+    /// (`/proc/locks`): what the file says could be stale.
+    pub fn instance_holder_per_kernel(&self, replica: &str) -> Option<u32> {
+        crate::procfs::flock_holder(&self.held_instance_lock(replica)?)
+    }
+
+    /// `replica`'s instance lock, opened, if someone holds it.
+    fn held_instance_lock(&self, replica: &str) -> Option<File> {
         let file = options()
             .read(true)
             .open(self.instance_lock(replica))
             .ok()?;
         match Flock::lock(file, FlockArg::LockSharedNonblock) {
             Ok(_) => None,
-            Err((mut file, _)) => {
-                let mut pid = String::new();
-                file.read_to_string(&mut pid).ok()?;
-                pid.trim().parse().ok()
+            Err((file, _)) => Some(file),
+        }
+    }
+
+    /// Removes the temp files in `run/` of replicas whose shim is gone (a
+    /// writer killed mid-write leaves one); a live shim's are its own.
+    pub fn remove_leftover_temp_files(&self) {
+        for entry in std::fs::read_dir(self.run())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let Some(record) = name.to_str().and_then(|n| n.strip_suffix(".tmp")) else {
+                continue;
+            };
+            // `web.0.running.tmp`, `web.0.exit.tmp`: the replica is `web.0`.
+            let replica = record.rsplit_once('.').map_or(record, |(r, _)| r);
+            if self.instance_holder(replica).is_none() {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }
@@ -226,6 +261,30 @@ pub fn create_new(path: &Path) -> std::io::Result<File> {
         .create_new(true)
         .mode(0o600)
         .open(path)
+}
+
+/// Replaces the file at `path` with `bytes` through `<path>.tmp` and a
+/// rename, so that a reader sees all of it or none. A temp file that could
+/// not be written in full (a full disk) is removed, not left behind as an
+/// empty or partial file. `durable`: fsynced, file and directory, so that a
+/// power loss too leaves the old or the new content.
+pub fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = create_new(&tmp)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    if durable && let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The whole of a file in the state dir.

@@ -486,6 +486,55 @@ restart = { delay = "0s", limit = 0 }
     assert_nothing_left(&sup);
 }
 
+/// Every restart counted is told by its `restarted` event, also one a shim
+/// made by itself (`delay = "0s"`) just before `down` reached it: after
+/// `down`, the restart numbers of the events are exactly 1..=the count the
+/// checkpoint keeps.
+#[test]
+fn every_counted_restart_has_its_event_also_while_stopping() {
+    let mut sup = Supervise::start(
+        r#"
+[services.crash]
+command = ["false"]
+replicas = 8
+restart = { delay = "0s", limit = 0 }
+"#,
+    );
+    let state_dir = sup.state_dir();
+    let looping = wait_until(SOON, || {
+        socket_status(&state_dir).is_some_and(|r| {
+            (0..8).all(|i| replica_in(&r, "crash", i)["restarts"].as_u64() >= Some(50))
+        })
+    });
+    assert!(looping, "the crash loop did not get going");
+    let mut down = Command::new(env!("CARGO_BIN_EXE_supervise"));
+    down.arg("down").current_dir(sup.dir());
+    run_bounded(down, SOON).expect(0);
+    assert_eq!(sup.expect_exit(SOON), 0);
+    sup.drain(SOON);
+
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("checkpoint.json")).unwrap()).unwrap();
+    let events = sup.events();
+    let told = regex::Regex::new(r"^restarting (crash\.\d) \(restart (\d+)\)$").unwrap();
+    for i in 0..8 {
+        let name = format!("crash.{i}");
+        let counted = checkpoint["replicas"][&name]["restarts"].as_u64().unwrap();
+        let numbers: Vec<u64> = events
+            .iter()
+            .filter_map(|e| told.captures(e))
+            .filter(|c| c[1] == name)
+            .map(|c| c[2].parse().unwrap())
+            .collect();
+        assert_eq!(
+            numbers,
+            (1..=counted).collect::<Vec<u64>>(),
+            "{name}: {counted} restarts counted, these told"
+        );
+    }
+    assert_nothing_left(&sup);
+}
+
 // ---------------------------------------------------------------- stopping
 
 #[test]

@@ -55,6 +55,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// While killing, the tree is swept again this often (new forks, slow exits).
 const KILL_SWEEP: Duration = Duration::from_millis(50);
 
+/// A record that could not be written (a full disk) is tried again this
+/// often. Only a shim that owes one wakes up for it: an idle shim waits in
+/// poll without a timeout.
+const RETRY: Duration = Duration::from_secs(1);
+
 enum Phase {
     Running,
     /// Stop signal sent; SIGKILL at the deadline.
@@ -171,14 +176,15 @@ impl Tree {
         }
     }
 
-    fn poll_timeout(&self) -> PollTimeout {
-        let wait = match self.phase {
-            Phase::Running => return PollTimeout::NONE,
-            Phase::Stopping { deadline } => deadline.saturating_duration_since(Instant::now()),
-            Phase::Killing => KILL_SWEEP,
-        };
-        PollTimeout::try_from(wait.as_millis().min(i32::MAX as u128 - 1) as i32 + 1)
-            .unwrap_or(PollTimeout::MAX)
+    /// How long the stop may wait for the tree before acting again.
+    fn wait(&self) -> Option<Duration> {
+        match self.phase {
+            Phase::Running => None,
+            Phase::Stopping { deadline } => {
+                Some(deadline.saturating_duration_since(Instant::now()))
+            }
+            Phase::Killing => Some(KILL_SWEEP),
+        }
     }
 
     /// The main process's exit code or signal.
@@ -200,6 +206,52 @@ impl Tree {
             spawn_error: None,
             at: SystemTime::now(),
         }
+    }
+}
+
+/// The running record of the current incarnation, and when it is next
+/// tried if it could not be written yet: a resuming supervisor recognises
+/// the replica without it (by its instance lock and `/proc`), but its
+/// generation and definition are only in the record.
+struct Running<'c> {
+    config: &'c ShimConfig,
+    record: RunningRecord,
+    retry_at: Option<Instant>,
+}
+
+impl Running<'_> {
+    fn write(&mut self) {
+        let path = &self.config.running_record;
+        match write_record(&self.record, path) {
+            Ok(()) if self.retry_at.take().is_some() => crate::say!(
+                "supervise: {}: wrote {} after all",
+                self.config.replica,
+                path.display()
+            ),
+            Ok(()) => {}
+            Err(e) => {
+                if self.retry_at.is_none() {
+                    crate::say!(
+                        "supervise: {}: cannot write {}: {e}; retrying every {}s",
+                        self.config.replica,
+                        path.display(),
+                        RETRY.as_secs()
+                    );
+                }
+                self.retry_at = Some(Instant::now() + RETRY);
+            }
+        }
+    }
+
+    fn retry_if_due(&mut self) {
+        if self.retry_at.is_some_and(|at| Instant::now() >= at) {
+            self.write();
+        }
+    }
+
+    fn wait(&self) -> Option<Duration> {
+        self.retry_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -239,7 +291,7 @@ impl Output<'_> {
         self.log.flush_partial();
         let dropped = std::mem::take(&mut self.log.dropped_lines);
         if dropped > 0 {
-            eprintln!("supervise: {replica}: {dropped} log lines could not be written");
+            crate::say!("supervise: {replica}: {dropped} log lines could not be written");
         }
     }
 }
@@ -249,7 +301,7 @@ fn run(config: ShimConfig) -> i32 {
     let signals = match watch_signals() {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!(
+            crate::say!(
                 "supervise: {}: cannot set up signal handling: {e}",
                 config.replica
             );
@@ -293,23 +345,26 @@ fn run(config: ShimConfig) -> i32 {
                 spawn_error: Some(error),
                 at: SystemTime::now(),
             };
-            return finish(&config, &record);
+            return finish(&config, &record, &signals, false);
         }
     };
     // What identifies the shim is read once; each incarnation adds its own.
-    let mut running = RunningRecord {
-        generation: config.generation,
-        shim_pid: std::process::id(),
-        shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
-        pid: child.id(),
-        pid_start: 0,
-        boot_id: procfs::boot_id(),
-        started_at: SystemTime::now(),
-        respawns: config.respawn.is_some(),
-        definition: Some(config.definition.clone()),
+    let mut running = Running {
+        config: &config,
+        record: RunningRecord {
+            generation: config.generation,
+            shim_pid: std::process::id(),
+            shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
+            pid: child.id(),
+            pid_start: 0,
+            boot_id: procfs::boot_id(),
+            started_at: SystemTime::now(),
+            respawns: config.respawn.is_some(),
+            definition: Some(config.definition.clone()),
+        },
+        retry_at: None,
     };
     announce(
-        &config,
         &mut running,
         config.generation,
         child.id(),
@@ -335,7 +390,7 @@ fn run(config: ShimConfig) -> i32 {
     let mut generation = config.generation;
     let mut respawn = config.respawn.clone();
     loop {
-        if let Err(code) = supervise_tree(&mut tree, &mut output, &signals, &config.replica) {
+        if let Err(code) = supervise_tree(&mut tree, &mut output, &mut running, &signals) {
             return code;
         }
         output.finish(&config.replica);
@@ -350,7 +405,6 @@ fn run(config: ShimConfig) -> i32 {
             Ok((child, out, err)) => {
                 generation += 1;
                 announce(
-                    &config,
                     &mut running,
                     generation,
                     child.id(),
@@ -372,7 +426,12 @@ fn run(config: ShimConfig) -> i32 {
             }
         }
     }
-    finish(&config, &tree.record(generation))
+    finish(
+        &config,
+        &tree.record(generation),
+        &signals,
+        tree.asked_to_stop,
+    )
 }
 
 /// Runs one incarnation of the replica: drains its output, passes on stop
@@ -381,18 +440,22 @@ fn run(config: ShimConfig) -> i32 {
 fn supervise_tree(
     tree: &mut Tree,
     output: &mut Output,
+    running: &mut Running,
     signals: &Signals,
-    replica: &str,
 ) -> Result<(), i32> {
     loop {
         let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        if let Err(e) = poll(&mut fds, tree.poll_timeout())
+        let wait = match (tree.wait(), running.wait()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Err(e) = poll(&mut fds, poll_timeout(wait))
             && e != Errno::EINTR
         {
-            eprintln!("supervise: {replica}: poll failed: {e}");
+            crate::say!("supervise: {}: poll failed: {e}", running.config.replica);
             return Err(1);
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
@@ -414,32 +477,29 @@ fn supervise_tree(
             return Ok(());
         }
         tree.tick();
+        running.retry_if_due();
     }
+}
+
+/// Poll's timeout for a wait (None: until something happens), rounded up so
+/// that a deadline is never woken for just before it.
+fn poll_timeout(wait: Option<Duration>) -> PollTimeout {
+    wait.map_or(PollTimeout::NONE, |wait| {
+        PollTimeout::try_from(wait.as_millis().min(i32::MAX as u128 - 1) as i32 + 1)
+            .unwrap_or(PollTimeout::MAX)
+    })
 }
 
 /// Records who runs now, for a resuming supervisor, then tells the running
 /// one: in that order, so a supervisor killed the moment it heard of an
-/// incarnation finds its record when it resumes.
-fn announce(
-    config: &ShimConfig,
-    running: &mut RunningRecord,
-    generation: u64,
-    pid: u32,
-    status: &Status,
-) {
-    running.generation = generation;
-    running.pid = pid;
-    running.pid_start = procfs::start_time(pid).unwrap_or_default();
-    running.started_at = SystemTime::now();
-    if let Err(e) = write_record(running, &config.running_record) {
-        // The replica runs all the same; only a resuming supervisor could not
-        // recognise it (it would then count it as gone and sweep it).
-        eprintln!(
-            "supervise: {}: cannot write {}: {e}",
-            config.replica,
-            config.running_record.display()
-        );
-    }
+/// incarnation finds its record when it resumes (unless the disk is full:
+/// then the record follows once it can be written).
+fn announce(running: &mut Running, generation: u64, pid: u32, status: &Status) {
+    running.record.generation = generation;
+    running.record.pid = pid;
+    running.record.pid_start = procfs::start_time(pid).unwrap_or_default();
+    running.record.started_at = SystemTime::now();
+    running.write();
     report(status);
 }
 
@@ -494,6 +554,16 @@ struct Signals {
 }
 
 impl Signals {
+    /// Waits up to `wait` for a request to stop (SIGTERM, SIGINT, SIGHUP,
+    /// SIGUSR1), once the replica is gone.
+    fn stop_requested_within(&self, wait: Duration) -> bool {
+        let mut fds = [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, poll_timeout(Some(wait)));
+        self.take()
+            .into_iter()
+            .any(|signal| !matches!(signal, Signal::SIGCHLD | Signal::SIGUSR2))
+    }
+
     /// The signals that came since the last call; empties the self-pipe.
     fn take(&self) -> Vec<Signal> {
         let mut buf = [0u8; 64];
@@ -578,20 +648,37 @@ fn close_status_pipe() {
     }
 }
 
-fn finish(config: &ShimConfig, record: &ExitRecord) -> i32 {
-    let written = write_record(record, &config.exit_record);
-    // Only after the exit is on record: a supervisor that looks in between
-    // must find one or the other.
-    let _ = std::fs::remove_file(&config.running_record);
-    match written {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!(
-                "supervise: {}: cannot write exit record {}: {e}",
+/// Writes the exit record and lets go of the running record. An exit record
+/// that cannot be written (a full disk) is kept and tried again until it
+/// can be, holding the instance lock meanwhile, so the end is judged by how
+/// it really went; a stop request (the supervisor's `down`, `stop`), before
+/// or during the wait, ends it, as the end is then a stop whatever the
+/// record would say.
+fn finish(config: &ShimConfig, record: &ExitRecord, signals: &Signals, stopping: bool) -> i32 {
+    let mut owed = false;
+    let code = loop {
+        match write_record(record, &config.exit_record) {
+            Ok(()) => break 0,
+            Err(e) if !owed => crate::say!(
+                "supervise: {}: cannot write exit record {}: {e}; retrying every {}s",
+                config.replica,
+                config.exit_record.display(),
+                RETRY.as_secs()
+            ),
+            Err(_) => {}
+        }
+        owed = true;
+        if stopping || signals.stop_requested_within(RETRY) {
+            crate::say!(
+                "supervise: {}: asked to stop; exit record {} not written",
                 config.replica,
                 config.exit_record.display()
             );
-            1
+            break 1;
         }
-    }
+    };
+    // Only after the exit is on record: a supervisor that looks in between
+    // must find one or the other.
+    let _ = std::fs::remove_file(&config.running_record);
+    code
 }

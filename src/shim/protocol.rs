@@ -153,14 +153,7 @@ pub struct RunningRecord {
 /// Writes `value` as JSON so that a reader sees all of it or none of it.
 /// No fsync: records describe live processes, which a power loss ends anyway.
 pub fn write_record<T: Serialize>(value: &T, path: &Path) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::io::Write::write_all(
-        &mut crate::state_dir::create_new(&tmp)?,
-        &serde_json::to_vec(value)?,
-    )?;
-    std::fs::rename(&tmp, path)
+    crate::state_dir::replace(path, &serde_json::to_vec(value)?, false)
 }
 
 pub fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {

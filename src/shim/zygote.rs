@@ -227,7 +227,7 @@ pub fn main() -> i32 {
     let children = match children {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!("supervise: zygote: cannot watch its children: {e}");
+            crate::say!("supervise: zygote: cannot watch its children: {e}");
             return 1;
         }
     };
@@ -239,7 +239,7 @@ pub fn main() -> i32 {
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
-                eprintln!("supervise: zygote: poll failed: {e}");
+                crate::say!("supervise: zygote: poll failed: {e}");
                 return 1;
             }
         }
@@ -340,7 +340,7 @@ fn become_shim(request: &[u8], status: OwnedFd) -> i32 {
         .and_then(|_| nix::unistd::dup2_stdout(status.as_fd()));
     drop(status);
     if let Err(e) = redirected {
-        eprintln!("supervise: shim: cannot set up its session and standard streams: {e}");
+        crate::say!("supervise: shim: cannot set up its session and standard streams: {e}");
         return 1;
     }
     match serde_json::from_slice::<ShimConfig>(request) {
@@ -352,7 +352,7 @@ fn become_shim(request: &[u8], status: OwnedFd) -> i32 {
             super::run(config)
         }
         Err(e) => {
-            eprintln!("supervise: shim started without a valid configuration: {e}");
+            crate::say!("supervise: shim started without a valid configuration: {e}");
             2
         }
     }

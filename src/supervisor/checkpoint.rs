@@ -13,7 +13,6 @@
 //! no C build or opaque format.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -120,15 +119,7 @@ impl Checkpoint {
 /// Replaces the file at `path` with `bytes` so that a crash at any point
 /// leaves either the old or the new content, durably.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut file = crate::state_dir::create_new(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::state_dir::replace(path, bytes, true)
 }
 
 /// Moves a damaged checkpoint out of the way (never overwritten silently),

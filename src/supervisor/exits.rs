@@ -115,9 +115,11 @@ impl Supervisor {
         replica.generation = generation;
         if let Phase::Stopping { pid: shown, .. } = &mut replica.phase {
             // It started again before our stop reached the shim; the stop
-            // takes the new incarnation down.
+            // takes the new incarnation down. It ran all the same: counted
+            // and told, as every restart is.
             *shown = Some(pid);
             replica.restarts += 1;
+            self.tell_restart(id, pid);
             return;
         }
         let now = Instant::now();
@@ -145,7 +147,13 @@ impl Supervisor {
             since: now,
         };
         replica.started_at = Some(SystemTime::now());
-        let detail = format!("restarting {id} (restart {})", replica.restarts);
+        self.tell_restart(id, pid);
+        self.on_running(id);
+    }
+
+    /// The events of a restart its shim made: `restarted`, then `spawned`.
+    fn tell_restart(&mut self, id: &ReplicaId, pid: u32) {
+        let detail = format!("restarting {id} (restart {})", self.replicas[id].restarts);
         self.emit("restarted", Some(id), None, detail);
         self.emit(
             "spawned",
@@ -153,7 +161,6 @@ impl Supervisor {
             Some(pid),
             format!("spawned {id} (pid {pid})"),
         );
-        self.on_running(id);
     }
 
     /// A replica's processes are all gone: apply its restart policy.

@@ -204,12 +204,15 @@ impl Supervisor {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HOOK_TIMEOUT, exited).await {
                         Ok(Ok(nix::sys::wait::WaitStatus::Exited(_, 0))) => {}
-                        Ok(status) => eprintln!("supervise: {what} failed: {status:?}"),
+                        Ok(status) => crate::say!("supervise: {what} failed: {status:?}"),
                         Err(_) => {
                             if let Ok(fd) = &pidfd {
                                 let _ = procfs::pidfd_signal(fd, nix::sys::signal::Signal::SIGKILL);
                             }
-                            eprintln!("supervise: {what} killed after {}s", HOOK_TIMEOUT.as_secs());
+                            crate::say!(
+                                "supervise: {what} killed after {}s",
+                                HOOK_TIMEOUT.as_secs()
+                            );
                         }
                     }
                 });

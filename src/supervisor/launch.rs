@@ -96,6 +96,12 @@ impl Supervisor {
             // Checkpointed before it is told (see `failover`).
             self.save_checkpoint();
         }
+        if restarts > 0 {
+            // Before the attempt: a restart that cannot even fork its shim
+            // is counted too, and so told.
+            let detail = format!("restarting {id} (restart {restarts})");
+            self.emit("restarted", Some(id), None, detail);
+        }
         match self.start_shim(&config) {
             Ok(Started { pid, pidfd, status }) => {
                 self.watch(id, pid, pidfd, Some((generation, status)));
@@ -106,10 +112,6 @@ impl Supervisor {
                         since: now,
                     },
                 );
-                if restarts > 0 {
-                    let detail = format!("restarting {id} (restart {restarts})");
-                    self.emit("restarted", Some(id), None, detail);
-                }
             }
             Err(e) => {
                 // Could not even fork the shim (EAGAIN, ENOMEM): the same as a

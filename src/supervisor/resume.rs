@@ -5,7 +5,9 @@
 //! shim still holds the replica's instance lock; it is adopted only if the
 //! shim's running record names processes that `/proc` confirms are the very
 //! same (pid *and* start time, same boot), so a recycled pid is never taken
-//! for a replica. An adopted shim is not our child: its exit is learned from
+//! for a replica; or, when the record could not be written (a full disk),
+//! if the kernel says the shim holds the lock and its command carries the
+//! replica's marker (see `recognised`). An adopted shim is not our child: its exit is learned from
 //! a pidfd, and its exit record says how its replica ended. A replica that
 //! ended while no supervisor ran left an exit record (or, if its shim was
 //! killed too, nothing: an exit with unknown status); either way its restart
@@ -60,6 +62,7 @@ impl Supervisor {
         // Processes of this state dir that no adopted shim accounts for
         // (their shim was killed while we were down) must not live on.
         found.swept = self.sweep_strays();
+        self.dir.remove_leftover_temp_files();
         if checkpoint.is_some() || found.adopted + found.exited + found.unknown > 0 {
             self.display.event(&format!(
                 "resumed: {} adopted, {} exited while down, {} unknown{}",
@@ -84,16 +87,23 @@ impl Supervisor {
         if let (Some(shim), Some(record)) = (held, &running)
             && let Some(pidfd) = verified(shim, record)
         {
-            self.adopt(id, record, pidfd, &memo);
+            self.adopt(id, record, pidfd, &memo, true);
+            found.adopted += 1;
+            return;
+        }
+        if let Some(shim) = held
+            && let Some((pidfd, record)) = self.recognised(&name, shim, &memo)
+        {
+            self.adopt(id, &record, pidfd, &memo, false);
             found.adopted += 1;
             return;
         }
         if let Some(shim) = held
             && let Ok(pidfd) = procfs::pidfd_open(shim)
         {
-            // A live shim we cannot vouch for (killed before it wrote its
-            // record, or a record that does not match): take its tree down
-            // and start afresh once it is gone, never beside it.
+            // A live shim we cannot vouch for (its command is gone, or the
+            // lock is not its own): take its tree down and start afresh
+            // once it is gone, never beside it.
             let _ = procfs::pidfd_signal(&pidfd, Signal::SIGUSR1);
             let shim = Pid::from_raw(shim as i32);
             self.watch(id, shim, pidfd, None);
@@ -128,12 +138,49 @@ impl Supervisor {
         }
     }
 
+    /// A live shim whose running record is missing, unreadable or stale
+    /// (the disk was full when it started its command) is still recognised:
+    /// once a pidfd pins it, the kernel must say it holds the replica's
+    /// instance lock (the file's content may be stale), and its command, a
+    /// child carrying the replica's marker, must be found. What only the
+    /// record knows is taken from the checkpoint (the generation) or
+    /// assumed: a respawn leave (revoked all the same), and a current
+    /// definition.
+    fn recognised(
+        &self,
+        name: &str,
+        shim: u32,
+        memo: &ReplicaMemo,
+    ) -> Option<(OwnedFd, RunningRecord)> {
+        let pidfd = procfs::pidfd_open(shim).ok()?;
+        if self.dir.instance_holder_per_kernel(name) != Some(shim) {
+            return None;
+        }
+        let marker = procfs::marker(name, self.dir.root());
+        let pid = procfs::command_of(Pid::from_raw(i32::try_from(shim).ok()?), &marker)?;
+        let record = RunningRecord {
+            generation: memo.generation,
+            shim_pid: shim,
+            shim_start: procfs::start_time(shim)?,
+            pid,
+            pid_start: procfs::start_time(pid)?,
+            boot_id: procfs::boot_id(),
+            started_at: procfs::started_at(pid).unwrap_or_else(SystemTime::now),
+            respawns: true,
+            definition: None,
+        };
+        Some((pidfd, record))
+    }
+
+    /// `from_record`: the shim's own running record, not one [`Self::recognised`]
+    /// made up.
     fn adopt(
         &mut self,
         id: &ReplicaId,
         record: &RunningRecord,
         pidfd: OwnedFd,
         memo: &ReplicaMemo,
+        from_record: bool,
     ) {
         let shim = Pid::from_raw(record.shim_pid as i32);
         let age = SystemTime::now()
@@ -165,8 +212,14 @@ impl Supervisor {
             position,
         );
         let detail = format!(
-            "adopted {id} (pid {}, shim {})",
-            record.pid, record.shim_pid
+            "adopted {id} (pid {}, shim {}{})",
+            record.pid,
+            record.shim_pid,
+            if from_record {
+                ""
+            } else {
+                "; without its running record: recognised by its instance lock and /proc"
+            }
         );
         self.emit("adopted", Some(id), Some(record.pid), detail);
         self.on_running(id);
@@ -191,8 +244,9 @@ impl Supervisor {
             return;
         }
         // What the checkpoint says of health and role is about this very
-        // incarnation only if the generations agree (it may lag behind).
-        if memo.generation == record.generation {
+        // incarnation only if the generations agree (it may lag behind);
+        // without a record, which incarnation runs is not known.
+        if from_record && memo.generation == record.generation {
             let replica = self.replica_mut(id);
             if memo.healthy {
                 replica.health = Verdict::Healthy;

@@ -984,3 +984,68 @@ pub fn send_notify(socket: &str, message: &[u8]) {
         .send_to_addr(message, &address)
         .unwrap();
 }
+
+/// A small tmpfs mounted on a directory (created if need be): a disk a
+/// test can fill. Mounting needs root; [`Tmpfs::mount`] says why it cannot
+/// and returns `None`, for the test to skip. Unmounted on drop, even when
+/// the test panics; lazily, so processes still holding files in it (a
+/// failed test's, killed by their project's guard) do not keep it mounted.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `size` as mount(8) takes it: `1m`.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(dir).expect("the mount point");
+        let mut mount = Command::new("mount");
+        mount
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir);
+        let ran = run_bounded(mount, Duration::from_secs(10));
+        if ran.code != Some(0) {
+            eprintln!("skipped: cannot mount a tmpfs: {}", ran.stderr.trim());
+            return None;
+        }
+        Some(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Fills the disk: a file in it, written until no space is left.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).expect("the filler");
+        let page = [b'x'; 4096];
+        loop {
+            match file.write(&page) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status();
+    }
+}
