@@ -83,11 +83,6 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
     let mut progress = Progress::new(cli.quiet);
     progress.set("starting the supervisor");
     answering(&mut child, &started, dir.root(), deadline.at)?;
-    for record in history(dir.root())? {
-        if record.event == CHECKPOINT_SET_ASIDE {
-            eprintln!("warning: {}", record.detail);
-        }
-    }
     let wanted = Wanted {
         targets: &[],
         goal: if args.wait {
@@ -102,23 +97,16 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
     } else {
         "starting"
     };
-    let settled = wait::settle(dir.root(), &wanted, Some(deadline), &mut progress, label);
-    progress.finish();
-    let report = settled.map_err(|failure| {
-        // The supervisor may have died meanwhile (then no status answers).
-        match exited(&mut child, Duration::from_secs(1)) {
-            Some(status) => started.died(status),
-            None => failure.reworded(|m| {
-                format!(
-                    "{m}\nthe supervisor keeps running (pid {}): see `supervise status`, \
-                     stop it with `supervise down`",
-                    started.pid
-                )
-            }),
+    let settled = history(dir.root()).and_then(|events| {
+        for record in events.iter().filter(|r| r.event == CHECKPOINT_SET_ASIDE) {
+            eprintln!("warning: {}", record.detail);
         }
-    })?;
-    // Told to stop while it started (SIGTERM, `down`), its replicas look
-    // started as they stop: it is not running in the background.
+        wait::settle(dir.root(), &wanted, Some(deadline), &mut progress, label)
+    });
+    progress.finish();
+    // Told to stop while it started (SIGTERM, `down`), or dead, it is not
+    // running in the background, whatever the wait saw (replicas that are
+    // stopping look started, a connection it closes is an error).
     let stopping = match history(dir.root()) {
         Ok(events) => events
             .into_iter()
@@ -139,6 +127,15 @@ pub fn run(cli: &Cli, args: &UpArgs, spec: &Spec) -> Exit {
             ),
         });
     }
+    let report = settled.map_err(|failure| {
+        failure.reworded(|m| {
+            format!(
+                "{m}\nthe supervisor keeps running (pid {}): see `supervise status`, \
+                 stop it with `supervise down`",
+                started.pid
+            )
+        })
+    })?;
     // A warning, not chatter: shown with -q too.
     warn_of_backoffs(&report);
     if !cli.quiet {
@@ -264,8 +261,9 @@ fn answering(
         match client::status(state_dir) {
             Ok(report) if report.supervisor.pid == started.pid => return Ok(()),
             // Not up yet, or another one that won a race for the lock (ours
-            // will exit 4 shortly).
-            Ok(_) | Err(ClientError::NoSupervisor(_)) => {}
+            // will exit 4 shortly), or ours going away at once (told to
+            // stop: its exit is seen above).
+            Ok(_) | Err(ClientError::NoSupervisor(_) | ClientError::Closed) => {}
             Err(e) => return Err(e.into()),
         }
         if Instant::now() >= deadline {
