@@ -753,13 +753,7 @@ impl<'s> Checker<'s> {
     // ---- [supervisor] -------------------------------------------------
 
     fn supervisor(&mut self, root: &Table) -> SupervisorSettings {
-        let mut settings = SupervisorSettings {
-            state_dir: self.dir.join(".supervise"),
-            shutdown_timeout: Duration::from_secs(30),
-            log_max_size: 10 << 20,
-            log_keep: 5,
-            metrics: None,
-        };
+        let mut settings = SupervisorSettings::with_defaults(&self.dir);
         let Some(t) = self.sub_table(root, "[supervisor]".into(), "supervisor", SUPERVISOR_KEYS)
         else {
             return settings;
@@ -895,7 +889,8 @@ impl<'s> Checker<'s> {
             .map(str::to_string);
         let port_value = t.get("port");
 
-        let replicas: u32 = replicas.unwrap_or(1);
+        let defaults = Service::with_defaults(name, command.unwrap_or_default());
+        let replicas: u32 = replicas.unwrap_or(defaults.replicas);
         self.check_port_uses(name, port_value.is_some());
         if let (Some(base), Some(v)) = (port, port_value) {
             let end = u32::from(base) + replicas;
@@ -914,21 +909,20 @@ impl<'s> Checker<'s> {
 
         Some(Draft {
             service: Service {
-                name: name.to_string(),
-                command: command.unwrap_or_default(),
                 replicas,
                 cwd,
                 env,
                 port,
                 user,
                 group,
-                stop_signal: stop_signal.unwrap_or(Signal::SIGTERM),
-                stop_timeout: stop_timeout.unwrap_or(Duration::from_secs(10)),
+                stop_signal: stop_signal.unwrap_or(defaults.stop_signal),
+                stop_timeout: stop_timeout.unwrap_or(defaults.stop_timeout),
                 health,
                 restart,
                 depends_on,
                 failover,
                 image,
+                ..defaults
             },
             at: key.span(),
             port_at: port_value.map(|v| v.span()),
