@@ -253,27 +253,15 @@ impl Checker<'_> {
         options: &[(&str, T)],
     ) -> Option<T> {
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
-        let listed = names
-            .iter()
-            .map(|n| format!("\"{n}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let text = self.string(key, v, &format!("use one of {listed}"))?;
+        let text = self.string(key, v, &format!("use one of {}", list(&names)))?;
         if let Some((_, value)) = options.iter().find(|(name, _)| *name == text) {
             return Some(*value);
         }
-        let hint = match closest(text, names.iter().copied()) {
-            Some(name) => format!("did you mean \"{name}\"?"),
-            None => format!("use one of {listed}"),
-        };
-        self.error(
-            v.span(),
-            format!("invalid value {} for `{key}`", quote(text)),
-            hint,
-        );
+        self.not_one_of(key, v.span(), text, &names);
         None
     }
 
+    /// Reports `text`, the value of `key` at `at`, as none of `names`.
     pub(super) fn not_one_of(&mut self, key: &str, at: Span, text: &str, names: &[&str]) {
         let hint = match closest(text, names.iter().copied()) {
             Some(name) => format!("did you mean \"{name}\"?"),

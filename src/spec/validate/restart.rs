@@ -28,8 +28,8 @@ impl Checker<'_> {
         let mut restart = RestartPolicy::default();
         let label = format!("[services.{}.restart]", clip(name));
         let Some(t) = self.sub_table(service, label, "restart", RESTART_KEYS) else {
-            let valid = service.get("restart").is_none();
-            return (restart, valid.then_some(Policy::Always));
+            let policy = service.get("restart").is_none().then_some(restart.policy);
+            return (restart, policy);
         };
         let policy = match t.get("policy") {
             Some(v) => self.choice(
@@ -41,7 +41,7 @@ impl Checker<'_> {
                     ("never", Policy::Never),
                 ],
             ),
-            None => Some(Policy::Always),
+            None => Some(restart.policy),
         };
         set(&mut restart.policy, policy);
         set(
