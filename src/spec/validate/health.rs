@@ -1,7 +1,7 @@
 //! `health` (docs/spec-file.md §7): exactly one probe, and the timing keys
 //! that judge it.
 
-use super::read::{Placeholders, STRING_HINT, Table, set};
+use super::read::{Placeholders, STRING_HINT, Table};
 use super::text::{clip, quote};
 use super::values::{is_host_port, regex_reason};
 use super::{Checker, Key, Value};
@@ -58,42 +58,27 @@ impl Checker<'_> {
         let is_notify = matches!(parsed.first(), Some(Some(Probe::Notify)));
 
         let mut health = Health::with_defaults(Probe::Notify);
-        set(
-            &mut health.interval,
-            self.field(&t, "interval", Self::nonzero_duration),
-        );
-        set(
-            &mut health.timeout,
-            self.field(&t, "timeout", Self::nonzero_duration),
-        );
-        set(
-            &mut health.retries,
-            self.field(&t, "retries", |c, k, v| {
-                c.bounded(
-                    k,
-                    v,
-                    1..=u32::MAX.into(),
-                    "retries counts the consecutive failures that make a replica unhealthy; use 1 or more",
-                )
-            }),
-        );
-        set(
-            &mut health.start_period,
-            self.field(&t, "start_period", Self::duration),
-        );
-        set(
-            &mut health.action,
-            self.field(&t, "action", |c, k, v| {
-                c.choice(
-                    k,
-                    v,
-                    &[
-                        ("restart", HealthAction::Restart),
-                        ("none", HealthAction::None),
-                    ],
-                )
-            }),
-        );
+        self.field_into(&t, "interval", &mut health.interval, Self::nonzero_duration);
+        self.field_into(&t, "timeout", &mut health.timeout, Self::nonzero_duration);
+        self.field_into(&t, "retries", &mut health.retries, |c, k, v| {
+            c.count(
+                k,
+                v,
+                1,
+                "retries counts the consecutive failures that make a replica unhealthy; use 1 or more",
+            )
+        });
+        self.field_into(&t, "start_period", &mut health.start_period, Self::duration);
+        self.field_into(&t, "action", &mut health.action, |c, k, v| {
+            c.choice(
+                k,
+                v,
+                &[
+                    ("restart", HealthAction::Restart),
+                    ("none", HealthAction::None),
+                ],
+            )
+        });
         if let Some((k, v)) = t.entry("watchdog") {
             health.watchdog = self.nonzero_duration("watchdog", v);
             if !is_notify && !probes.is_empty() {
@@ -159,9 +144,9 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::spec;
     use std::time::Duration;
 
+    use super::super::tests::spec;
     use super::*;
 
     #[test]

@@ -145,6 +145,12 @@ impl Checker<'_> {
         }
     }
 
+    /// A count of `min` or more, up to `u32::MAX`: only its lower bound is
+    /// a rule worth naming in a message.
+    pub(super) fn count(&mut self, key: &str, v: &Value, min: u32, hint: &str) -> Option<u32> {
+        self.bounded(key, v, i64::from(min)..=u32::MAX.into(), hint)
+    }
+
     pub(super) fn boolean(&mut self, key: &str, v: &Value) -> Option<bool> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
@@ -536,6 +542,20 @@ impl Checker<'_> {
         read(self, key, v)
     }
 
+    /// Reads `key` of `t` into `slot`, when present and valid; otherwise
+    /// `slot` keeps the default it holds.
+    pub(super) fn field_into<'v, 'i, T>(
+        &mut self,
+        t: &Table<'v, 'i>,
+        key: &str,
+        slot: &mut T,
+        read: impl FnOnce(&mut Self, &str, &'v Value<'i>) -> Option<T>,
+    ) {
+        if let Some(value) = self.field(t, key, read) {
+            *slot = value;
+        }
+    }
+
     pub(super) fn unknown_keys(&mut self, table: &Table, known: &[&str]) {
         for (k, v) in &table.entries {
             let key = k.get_ref().as_ref();
@@ -565,13 +585,6 @@ impl Checker<'_> {
             format!("{} has no `{key}`", table.label),
             hint,
         );
-    }
-}
-
-/// Overwrites `slot` with a value that was read successfully.
-pub(super) fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *slot = value;
     }
 }
 

@@ -3,7 +3,7 @@
 
 use toml::de::DeValue;
 
-use super::read::{Table, set};
+use super::read::Table;
 use super::text::clip;
 use super::{Checker, Value};
 use crate::spec::{Policy, RestartPolicy};
@@ -43,31 +43,21 @@ impl Checker<'_> {
             ),
             None => Some(restart.policy),
         };
-        set(&mut restart.policy, policy);
-        set(
-            &mut restart.exit_codes,
-            self.field(&t, "exit_codes", Self::exit_codes),
-        );
-        set(&mut restart.delay, self.field(&t, "delay", Self::duration));
-        set(
-            &mut restart.reset_after,
-            self.field(&t, "reset_after", Self::duration),
-        );
-        set(
-            &mut restart.limit,
-            self.field(&t, "limit", |c, k, v| {
-                c.bounded(
-                    k,
-                    v,
-                    0..=u32::MAX.into(),
-                    "give the number of restarts allowed within `window`; 0 never gives up",
-                )
-            }),
-        );
-        set(
-            &mut restart.window,
-            self.field(&t, "window", Self::nonzero_duration),
-        );
+        if let Some(policy) = policy {
+            restart.policy = policy;
+        }
+        self.field_into(&t, "exit_codes", &mut restart.exit_codes, Self::exit_codes);
+        self.field_into(&t, "delay", &mut restart.delay, Self::duration);
+        self.field_into(&t, "reset_after", &mut restart.reset_after, Self::duration);
+        self.field_into(&t, "limit", &mut restart.limit, |c, k, v| {
+            c.count(
+                k,
+                v,
+                0,
+                "give the number of restarts allowed within `window`; 0 never gives up",
+            )
+        });
+        self.field_into(&t, "window", &mut restart.window, Self::nonzero_duration);
         match t.get("max_delay") {
             Some(v) => {
                 if let Some(max) = self.duration("max_delay", v) {
@@ -105,8 +95,9 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::spec;
     use std::time::Duration;
+
+    use super::super::tests::spec;
 
     #[test]
     fn a_long_delay_raises_the_default_backoff_cap() {

@@ -92,14 +92,16 @@ impl Checker<'_> {
         let t = self.table(label.clone(), name, key.span(), v, SERVICE_KEYS)?;
         self.port_uses.clear();
 
-        let command = match t.get("command") {
-            Some(v) => self.argv("command", v, Placeholders::Replica),
-            None => {
-                self.missing(&t, "command", ARGV_HINT);
-                None
-            }
-        };
-        let replicas = self.field(&t, "replicas", |c, k, v| {
+        // Every key read is set over its default, so the checks across
+        // services see a whole service even where a value was wrong.
+        let mut service = Service::with_defaults(name, Vec::new());
+        match t.get("command") {
+            Some(_) => self.field_into(&t, "command", &mut service.command, |c, k, v| {
+                c.argv(k, v, Placeholders::Replica)
+            }),
+            None => self.missing(&t, "command", ARGV_HINT),
+        }
+        self.field_into(&t, "replicas", &mut service.replicas, |c, k, v| {
             c.bounded(
                 k,
                 v,
@@ -107,16 +109,16 @@ impl Checker<'_> {
                 "use 0 to define a service without starting it; more than 10000 replicas is not supported",
             )
         });
-        let port: Option<u16> = self.field(&t, "port", |c, k, v| {
+        service.port = self.field(&t, "port", |c, k, v| {
             c.bounded(k, v, 1..=65535, "use a TCP port between 1 and 65535")
         });
-        let cwd = self.field(&t, "cwd", |c, k, v| {
+        service.cwd = self.field(&t, "cwd", |c, k, v| {
             c.templated_string(k, v, Placeholders::Replica)
         });
-        let env = self.service_env(&t, name);
-        let group = self.field(&t, "group", Self::group);
-        let user = self.field(&t, "user", |c, k, v| c.user(k, v, group.as_ref()));
-        let stop_signal = self.field(&t, "stop_signal", |c, k, v| {
+        service.env = self.service_env(&t, name);
+        service.group = self.field(&t, "group", Self::group);
+        service.user = self.field(&t, "user", |c, k, v| c.user(k, v, service.group.as_ref()));
+        self.field_into(&t, "stop_signal", &mut service.stop_signal, |c, k, v| {
             c.signal(
                 k,
                 v,
@@ -124,37 +126,26 @@ impl Checker<'_> {
                 "SIGSTOP pauses a process instead of stopping it; use SIGTERM, SIGINT or SIGQUIT",
             )
         });
-        let stop_timeout = self.field(&t, "stop_timeout", Self::duration);
-        let health = self.health(&t, name);
+        self.field_into(
+            &t,
+            "stop_timeout",
+            &mut service.stop_timeout,
+            Self::duration,
+        );
+        service.health = self.health(&t, name);
         let (restart, policy) = self.restart(&t, name);
+        service.restart = restart;
         let (depends_on, dependency_at) = self.depends_on(&t, name, names);
-        let failover = self.failover(&t, name);
-        let image = self
+        service.depends_on = depends_on;
+        service.failover = self.failover(&t, name);
+        service.image = self
             .field(&t, "image", |c, k, v| c.string(k, v, STRING_HINT))
             .map(str::to_string);
         let port_value = t.get("port");
-
-        let defaults = Service::with_defaults(name, command.unwrap_or_default());
-        let replicas: u32 = replicas.unwrap_or(defaults.replicas);
-        self.service_ports(name, port_value, port, replicas);
+        self.service_ports(name, port_value, service.port, service.replicas);
 
         Some(Draft {
-            service: Service {
-                replicas,
-                cwd,
-                env,
-                port,
-                user,
-                group,
-                stop_signal: stop_signal.unwrap_or(defaults.stop_signal),
-                stop_timeout: stop_timeout.unwrap_or(defaults.stop_timeout),
-                health,
-                restart,
-                depends_on,
-                failover,
-                image,
-                ..defaults
-            },
+            service,
             at: key.span(),
             port_at: port_value.map(|v| v.span()),
             dependency_at,
@@ -257,9 +248,7 @@ impl Checker<'_> {
     fn account<'v>(&mut self, key: &str, v: &'v Value) -> Option<Account<'v>> {
         let hint = "give a name in quotes or a numeric id";
         if let DeValue::Integer(_) = v.get_ref() {
-            return self
-                .bounded(key, v, 0..=u32::MAX.into(), hint)
-                .map(Account::Id);
+            return self.count(key, v, 0, hint).map(Account::Id);
         }
         let text = self.string(key, v, hint)?;
         Some(match text.parse::<u32>() {

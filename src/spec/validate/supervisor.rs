@@ -36,12 +36,12 @@ impl Checker<'_> {
                 settings.state_dir = normalize(&self.dir.join(dir));
             }
         }
-        if let Some(d) = t
-            .get("shutdown_timeout")
-            .and_then(|v| self.duration("shutdown_timeout", v))
-        {
-            settings.shutdown_timeout = d;
-        }
+        self.field_into(
+            &t,
+            "shutdown_timeout",
+            &mut settings.shutdown_timeout,
+            Self::duration,
+        );
         if let Some(v) = t.get("log_max_size")
             && let Some(size) = self.size("log_max_size", v)
         {
@@ -51,16 +51,9 @@ impl Checker<'_> {
                 settings.log_max_size = size;
             }
         }
-        if let Some(keep) = t.get("log_keep").and_then(|v| {
-            self.bounded(
-                "log_keep",
-                v,
-                0..=u32::MAX.into(),
-                "give the number of rotated log files to keep",
-            )
-        }) {
-            settings.log_keep = keep;
-        }
+        self.field_into(&t, "log_keep", &mut settings.log_keep, |c, k, v| {
+            c.count(k, v, 0, "give the number of rotated log files to keep")
+        });
         if let Some(v) = t.get("metrics")
             && let Some(text) = self.string("metrics", v, STRING_HINT)
         {
@@ -79,9 +72,10 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::spec;
     use std::path::Path;
     use std::time::Duration;
+
+    use super::super::tests::spec;
 
     #[test]
     fn supervisor_settings() {
