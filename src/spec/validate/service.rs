@@ -89,7 +89,7 @@ impl Checker<'_> {
         let name = key.get_ref().as_ref();
         self.service_name(name, key.span());
         let label = format!("[services.{}]", clip(name));
-        let t = self.table(label.clone(), name, key.span(), v, SERVICE_KEYS)?;
+        let t = self.table(label, name, key.span(), v, SERVICE_KEYS)?;
         self.port_uses.clear();
 
         // Every key read is set over its default, so the checks across
