@@ -15,7 +15,7 @@ pub mod kubernetes;
 pub mod systemd;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::spec::{Alert, Spec, SupervisorSettings};
@@ -127,18 +127,21 @@ pub(crate) fn report_outside_services(
         metrics,
     } = settings;
     let Elsewhere { target, .. } = elsewhere;
+    // A key at its default means "the usual behaviour", which the target has
+    // its own version of; only a changed one is worth a warning.
+    let default = SupervisorSettings::with_defaults(Path::new(""));
     let changed = [
         (
             "shutdown_timeout",
-            *shutdown_timeout != defaults::SHUTDOWN_TIMEOUT,
+            *shutdown_timeout != default.shutdown_timeout,
             elsewhere.shutdown_timeout,
         ),
         (
             "log_max_size",
-            *log_max_size != defaults::LOG_MAX_SIZE,
+            *log_max_size != default.log_max_size,
             elsewhere.logs,
         ),
-        ("log_keep", *log_keep != defaults::LOG_KEEP, elsewhere.logs),
+        ("log_keep", *log_keep != default.log_keep, elsewhere.logs),
         ("metrics", metrics.is_some(), elsewhere.metrics),
     ];
     for (key, _, instead) in changed.into_iter().filter(|(_, changed, _)| *changed) {
@@ -206,17 +209,6 @@ pub(crate) fn parts(template: &str) -> Vec<Part<'_>> {
 /// Whether a template refers to `{name}`.
 pub(crate) fn uses(template: &str, name: &str) -> bool {
     parts(template).contains(&Part::Placeholder(name))
-}
-
-/// The defaults of the spec (docs/spec-file.md §4) for the keys a target reports only
-/// when they were changed: at its default a key means "the usual behaviour",
-/// which the target has its own version of.
-pub(crate) mod defaults {
-    use std::time::Duration;
-
-    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const LOG_MAX_SIZE: u64 = 10 << 20;
-    pub const LOG_KEEP: u32 = 5;
 }
 
 /// Whole seconds, rounded up (at least `min`), for targets that count in

@@ -37,15 +37,27 @@ pub struct Spec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SupervisorSettings {
-    /// Absolute path (relative ones are resolved against the spec's directory). Default `.supervise`.
+    /// Absolute path (relative ones are resolved against the spec's directory).
     pub state_dir: PathBuf,
-    /// Default 30s.
     pub shutdown_timeout: Duration,
-    /// Bytes. Default 10 MiB.
+    /// Bytes.
     pub log_max_size: u64,
-    /// Default 5.
     pub log_keep: u32,
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl SupervisorSettings {
+    /// The settings of a spec in `spec_dir` without a `[supervisor]` table:
+    /// the one place their defaults (docs/spec-file.md §4) are written.
+    pub fn with_defaults(spec_dir: &Path) -> SupervisorSettings {
+        SupervisorSettings {
+            state_dir: spec_dir.join(".supervise"),
+            shutdown_timeout: Duration::from_secs(30),
+            log_max_size: 10 << 20,
+            log_keep: 5,
+            metrics: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +65,7 @@ pub struct Service {
     pub name: String,
     /// argv template, non-empty; a string `command` is split with shell-words rules.
     pub command: Vec<String>,
-    /// Default 1; 0 = defined, not started.
+    /// 0 = defined, not started.
     pub replicas: u32,
     /// Working directory template; `None` = the spec's directory.
     pub cwd: Option<String>,
@@ -65,9 +77,7 @@ pub struct Service {
     /// Resolved numeric ids (names resolved at validation time).
     pub user: Option<UserSpec>,
     pub group: Option<GroupSpec>,
-    /// Default SIGTERM.
     pub stop_signal: Signal,
-    /// Default 10s.
     pub stop_timeout: Duration,
     pub health: Option<Health>,
     pub restart: RestartPolicy,
@@ -113,22 +123,20 @@ pub enum Policy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartPolicy {
-    /// Default Always.
     pub policy: Policy,
-    /// Exit codes that count as success. Default `[0]`.
+    /// Exit codes that count as success.
     pub exit_codes: Vec<i32>,
-    /// Default 100ms.
     pub delay: Duration,
-    /// Default 30s. Always >= delay.
+    /// Always >= delay.
     pub max_delay: Duration,
-    /// Default 30s.
     pub reset_after: Duration,
-    /// Restarts allowed within `window`; 0 = never give up. Default 10.
+    /// Restarts allowed within `window`; 0 = never give up.
     pub limit: u32,
-    /// Default 60s.
     pub window: Duration,
 }
 
+/// The policy of a service without a `restart` table: the one place the
+/// defaults of docs/spec-file.md §6 are written.
 impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy {
@@ -165,16 +173,12 @@ pub enum HealthAction {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     pub probe: Probe,
-    /// Default 2s.
     pub interval: Duration,
-    /// Default 1s.
     pub timeout: Duration,
-    /// Default 3, at least 1.
+    /// At least 1.
     pub retries: u32,
-    /// Default 60s: a slow starter is not judged before then (until its
-    /// first success).
+    /// A slow starter is not judged before then (until its first success).
     pub start_period: Duration,
-    /// Default Restart.
     pub action: HealthAction,
     /// Only allowed with `notify = true`.
     pub watchdog: Option<Duration>,
@@ -182,7 +186,7 @@ pub struct Health {
 
 impl Health {
     /// `probe` with every other key at its default: the one place the
-    /// defaults are written.
+    /// defaults of docs/spec-file.md §7 are written.
     pub fn with_defaults(probe: Probe) -> Health {
         Health {
             probe,
@@ -235,6 +239,28 @@ pub struct ReplicaPlan {
 }
 
 impl Service {
+    /// A service that runs `command`, with every other key at its default:
+    /// the one place the defaults of docs/spec-file.md §5 are written.
+    pub fn with_defaults(name: impl Into<String>, command: Vec<String>) -> Service {
+        Service {
+            name: name.into(),
+            command,
+            replicas: 1,
+            cwd: None,
+            env: Vec::new(),
+            port: None,
+            user: None,
+            group: None,
+            stop_signal: Signal::SIGTERM,
+            stop_timeout: Duration::from_secs(10),
+            health: None,
+            restart: RestartPolicy::default(),
+            depends_on: Vec::new(),
+            failover: None,
+            image: None,
+        }
+    }
+
     pub fn port_of(&self, index: u32) -> Option<u16> {
         // Validation guarantees port + replicas - 1 fits in u16.
         self.port.map(|p| p + index as u16)

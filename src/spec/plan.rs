@@ -180,7 +180,7 @@ fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use nix::sys::signal::Signal;
 
@@ -188,27 +188,8 @@ mod tests {
     use crate::spec::{Dependency, Failover, SupervisorSettings};
 
     fn service(name: &str) -> Service {
-        Service {
-            name: name.into(),
-            command: vec![
-                "./run".into(),
-                "--name".into(),
-                "{service} #{replica}".into(),
-            ],
-            replicas: 1,
-            cwd: None,
-            env: Vec::new(),
-            port: None,
-            user: None,
-            group: None,
-            stop_signal: Signal::SIGTERM,
-            stop_timeout: Duration::from_secs(10),
-            health: None,
-            restart: RestartPolicy::default(),
-            depends_on: Vec::new(),
-            failover: None,
-            image: None,
-        }
+        let command = ["./run", "--name", "{service} #{replica}"];
+        Service::with_defaults(name, command.map(String::from).to_vec())
     }
 
     #[test]
@@ -232,13 +213,7 @@ mod tests {
         let spec = Spec {
             path: "s.toml".into(),
             dir: PathBuf::from("/srv"),
-            supervisor: SupervisorSettings {
-                state_dir: "/srv/.supervise".into(),
-                shutdown_timeout: Duration::from_secs(30),
-                log_max_size: 10 << 20,
-                log_keep: 5,
-                metrics: None,
-            },
+            supervisor: SupervisorSettings::with_defaults(Path::new("/srv")),
             services: vec![db, api],
             alerts: vec![Alert {
                 events: vec!["failed".into()],

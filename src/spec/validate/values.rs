@@ -5,8 +5,10 @@ use std::str::FromStr;
 
 use nix::sys::signal::Signal;
 
-use super::MAX_NAME_LEN;
 use super::text::quote;
+
+/// The longest service name (docs/spec-file.md §3.1).
+pub(super) const MAX_NAME_LEN: usize = 63;
 
 /// Parses a size in bytes. A number alone is bytes; units may follow after an
 /// optional space and are case-insensitive: `B`; `K`/`KiB`, `M`/`MiB`,
