@@ -183,7 +183,7 @@ webhook = "http://127.0.0.1:{}/hook"
 "#,
         receiver.port
     ));
-    sup.expect_event("^api.0 exited with code 3; failed", SOON);
+    sup.expect("failed", "api.0");
     let (post, event) = receiver.expect_post("failed");
     assert_eq!(post["path"], "/hook");
     assert_eq!(post["type"], "application/json");
@@ -231,7 +231,7 @@ command = ["sh", "-c", "cat >> spawned.jsonl"]
     let mut from = 0;
     let mut spawned = Vec::new();
     for _ in 0..8 {
-        let (line, _) = sup.expect_event_from(from, r"^spawned flap\.0 ", SOON);
+        let (line, _) = sup.expect_said_from(from, r"^spawned flap\.0 ", SOON);
         from = line.index + 1;
         spawned.push(line.at);
     }
@@ -330,7 +330,7 @@ command = ["sh", "-c", "if test -e once; then exec sleep 30; fi; touch once; exi
 restart = {{ delay = "50ms" }}
 "#
     ));
-    sup.expect_event(r"^restarting once\.0 \(restart 1\)", SOON);
+    sup.expect("restarted", "once.0");
     let wanted = [
         (
             r#"supervise_restarts_total{service="once",replica="0"}"#,
@@ -407,7 +407,7 @@ command = ["sleep", "30"]
     let line = expect_stderr(&sup, &format!("cannot serve metrics on {addr}"), SOON);
     assert!(line.contains("in use"), "{line}");
     assert!(
-        sup.events().iter().all(|e| !e.starts_with("spawned")),
+        sup.said().iter().all(|e| !e.starts_with("spawned")),
         "{}",
         sup.transcript()
     );

@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// As root, the replica and its check run as nobody: a descriptor leaked to
 /// them would cross users.
 fn as_nobody() -> &'static str {
@@ -65,7 +61,7 @@ fn inherited_descriptors_reach_neither_replicas_nor_checks() {
         [0, 1, 2].into(),
         "the replica holds more than stdin/stdout/stderr"
     );
-    let (line, _) = sup.expect_event(r"web\.0 is (healthy|unhealthy)", SOON);
+    let (line, _) = sup.expect_said(r"web\.0 is (healthy|unhealthy)", SOON);
     assert!(
         line.text.contains("is healthy"),
         "the health check saw descriptor 7: {}",
@@ -228,9 +224,7 @@ fn symlinks_planted_as_temp_files_are_not_written_through() {
 #[test]
 fn a_connection_flood_leaves_the_supervisor_its_descriptors() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    use nix::sys::signal::{Signal, kill};
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-    use nix::unistd::Pid;
 
     const FLOOD: usize = 2000;
     // The test holds the flood; the supervisor gets a limit a flood that
@@ -272,9 +266,9 @@ restart = { delay = "0s" }
     // well within this; one that caps its connections never gets there.
     wait_until(Duration::from_secs(2), || open_fds(sup.pid).len() > 1000);
     let during = open_fds(sup.pid).len();
-    let from = sup.err.snapshot().len();
-    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
-    let (_, second) = sup.expect_spawned_from(from, "web.0");
+    let spawned = sup.expect("spawned", "web.0");
+    kill9(first);
+    let (_, second) = sup.expect_spawned_after(&spawned, "web.0");
     assert_ne!(first, second);
     drop(held);
     let mut status = None;
@@ -322,7 +316,7 @@ fn stray_signals_are_logged_and_change_nothing() {
     for signal in stray {
         let from = sup.err.snapshot().len();
         kill(Pid::from_raw(sup.pid), signal).unwrap();
-        sup.expect_event_from(from, &format!("^received {signal}; ignored"), SOON);
+        sup.expect_said_from(from, &format!("^received {signal}; ignored"), SOON);
     }
     let from = sup.err.snapshot().len();
     // SAFETY: kill with a real-time signal number nix has no name for.
@@ -330,7 +324,7 @@ fn stray_signals_are_logged_and_change_nothing() {
         unsafe { nix::libc::kill(sup.pid, nix::libc::SIGRTMIN() + 3) },
         0
     );
-    sup.expect_event_from(from, r"^received SIGRTMIN\+3; ignored", SOON);
+    sup.expect_said_from(from, r"^received SIGRTMIN\+3; ignored", SOON);
     // Ignored outright (Rust's runtime does), so nothing is logged.
     kill(Pid::from_raw(sup.pid), Signal::SIGPIPE).unwrap();
     let report = socket_status(&sup.state_dir()).expect("status answers");
@@ -338,7 +332,7 @@ fn stray_signals_are_logged_and_change_nothing() {
     assert_eq!(replica_in(&report, "web", 0)["pid"], replica);
     assert!(is_alive(replica));
     assert_eq!(
-        sup.events()
+        sup.said()
             .iter()
             .filter(|e| e.starts_with("spawned"))
             .count(),

@@ -54,7 +54,7 @@ start_period = "10s"
     ));
     sup.expect_spawned("web.0");
     wait_state(&sup, "web", 0, "running", "healthy");
-    sup.expect_event(r"^web\.0 is healthy$", SOON);
+    sup.expect_said(r"^web\.0 is healthy$", SOON);
 }
 
 #[test]
@@ -84,17 +84,16 @@ delay = "50ms"
     let first = sup.expect_spawned("db.0");
     wait_state(&sup, "db", 0, "running", "healthy");
     std::fs::write(sup.dir().join("close"), "").unwrap();
-    let (line, _) = sup.expect_event(
+    sup.expect_said(
         r"^db\.0 is unhealthy after 2 failed checks \(connect .*\); restarting it$",
         SOON,
     );
     std::fs::remove_file(sup.dir().join("close")).unwrap();
-    sup.expect_event_from(
-        line.index,
-        r"^db\.0 was unhealthy; restart 1 in \d+ms$",
-        SOON,
-    );
-    let (_, second) = sup.expect_spawned_from(line.index, "db.0");
+    let unhealthy = sup.expect("unhealthy", "db.0");
+    assert_eq!(unhealthy.pid, Some(first));
+    let restart = sup.expect_after(&unhealthy, "restarted", "db.0");
+    let (_, second) = sup.expect_spawned_after(&restart, "db.0");
+    assert_eq!(sup.replica("db", 0)["restarts"], 1);
     assert_ne!(second, first);
     assert!(wait_until(SOON, || !is_alive(first)));
     wait_state(&sup, "db", 0, "running", "healthy");
@@ -126,11 +125,11 @@ action = "none"
         state_of(&sup, "app", 0),
         ("starting".into(), "unknown".into())
     );
-    assert!(sup.events().iter().all(|e| !e.contains("unhealthy")));
+    assert!(sup.said().iter().all(|e| !e.contains("unhealthy")));
     std::fs::write(sup.dir().join("started-long-ago"), "").unwrap();
     wait_state(&sup, "app", 0, "running", "healthy");
     kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
-    sup.expect_event(
+    sup.expect_said(
         r"^app\.0 is unhealthy after 1 failed checks \(sh exited with code 1\)$",
         SOON,
     );
@@ -173,7 +172,7 @@ delay = "50ms"
     ));
     let pid = sup.expect_spawned("db.0");
     wait_state(&sup, "db", 0, "running", "healthy");
-    let events = sup.events();
+    let events = sup.said();
     assert!(
         events.iter().all(|e| !e.contains("unhealthy")),
         "{events:?}"
@@ -204,11 +203,12 @@ delay = "50ms"
         state_of(&sup, "db", 0),
         ("starting".into(), "unknown".into())
     );
-    let (line, _) = sup.expect_event(
+    sup.expect_said(
         r"^db\.0 did not become healthy within 1s \(last check: connect 127\.0\.0\.1:\d+: .*\); restarting it$",
         SOON,
     );
-    let (_, second) = sup.expect_spawned_from(line.index, "db.0");
+    let unhealthy = sup.expect("unhealthy", "db.0");
+    let (_, second) = sup.expect_spawned_after(&unhealthy, "db.0");
     assert_ne!(second, first);
 }
 
@@ -239,13 +239,13 @@ action = "none"
         state_of(&sup, "daemon", 0),
         ("starting".into(), "unknown".into())
     );
-    let (ready, _) = sup.expect_event(r"^daemon\.0 is healthy$", SOON);
+    let (ready, _) = sup.expect_said(r"^daemon\.0 is healthy$", SOON);
     assert!(
         ready.at.duration_since(spawned_at) >= Duration::from_millis(700),
         "ready before the child said READY=1"
     );
     // Five watchdog pings, then silence: unhealthy once 400ms pass without one.
-    sup.expect_event(r"^daemon\.0 is unhealthy .*watchdog expired", SOON);
+    sup.expect_said(r"^daemon\.0 is unhealthy .*watchdog expired", SOON);
     wait_state(&sup, "daemon", 0, "unhealthy", "unhealthy");
 }
 
@@ -270,7 +270,7 @@ action = "none"
     sup.expect_spawned("daemon.0");
     // Before, the ping's deadline passed inside the start period, unjudged,
     // and no other came: `starting` for ever.
-    sup.expect_event(
+    sup.expect_said(
         r"^daemon\.0 did not become healthy within 1s \(last check: watchdog expired: no WATCHDOG=1 in time\)$",
         SOON,
     );
@@ -307,7 +307,7 @@ notify = true
         .arg(sup.spec_path());
     run_bounded(reload, COMMAND_TIMEOUT).expect(0);
     // Before, no socket was bound for it: `starting` for ever.
-    sup.expect_event(r"^daemon\.0 is healthy$", SOON);
+    sup.expect_said(r"^daemon\.0 is healthy$", SOON);
 }
 
 #[test]
@@ -324,11 +324,12 @@ delay = "50ms"
 "#
     ));
     let first = sup.expect_spawned("daemon.0");
-    let (line, _) = sup.expect_event(
+    sup.expect_said(
         r"^daemon\.0 did not become healthy within 1s \(last check: no READY=1 received\); restarting it$",
         SOON,
     );
-    let (_, second) = sup.expect_spawned_from(line.index, "daemon.0");
+    let unhealthy = sup.expect("unhealthy", "daemon.0");
+    let (_, second) = sup.expect_spawned_after(&unhealthy, "daemon.0");
     assert_ne!(second, first);
 }
 
@@ -372,7 +373,7 @@ notify = true
     // The datagrams above are queued before the one other.0 now sends,
     // so once other.0 is healthy they have all been read.
     std::fs::write(sup.dir().join("go"), "").unwrap();
-    sup.expect_event(r"^other\.0 is healthy$", SOON);
+    sup.expect_said(r"^other\.0 is healthy$", SOON);
     assert_eq!(
         state_of(&sup, "daemon", 0),
         ("starting".into(), "unknown".into()),
@@ -404,7 +405,7 @@ cwd = "/"
 notify = true
 "#
     ));
-    sup.expect_event(r"^cache\.0 is healthy$", SOON);
+    sup.expect_said(r"^cache\.0 is healthy$", SOON);
     wait_state(&sup, "cache", 0, "running", "healthy");
 }
 
@@ -420,7 +421,7 @@ log = "listening on :\\d+"
     );
     sup.expect_spawned("app.0");
     assert_eq!(state_of(&sup, "app", 0).0, "starting");
-    sup.expect_event(r"^app\.0 is healthy$", SOON);
+    sup.expect_said(r"^app\.0 is healthy$", SOON);
     wait_state(&sup, "app", 0, "running", "healthy");
 }
 
@@ -440,13 +441,13 @@ command = ["sleep", "1000"]
 depends_on = { db = "healthy" }
 "#,
     );
-    let (healthy, _) = sup.expect_event(r"^db\.0 is healthy$", SOON);
-    let (api, _) = sup.expect_event(r"^spawned api\.0 ", SOON);
+    let (healthy, _) = sup.expect_said(r"^db\.0 is healthy$", SOON);
+    let (api, _) = sup.expect_said(r"^spawned api\.0 ", SOON);
     assert!(
         api.index > healthy.index,
         "api spawned before db was healthy"
     );
-    let (db, _) = sup.expect_event(r"^spawned db\.0 ", SOON);
+    let (db, _) = sup.expect_said(r"^spawned db\.0 ", SOON);
     assert!(
         api.at.duration_since(db.at) >= Duration::from_millis(500),
         "api started {:?} after db",
@@ -601,7 +602,7 @@ promote_signal = "SIGUSR1"
 
 fn assert_none_killed_by_sigusr1(sup: &Supervise) {
     let deaths: Vec<String> = sup
-        .events()
+        .said()
         .into_iter()
         .filter(|e| e.contains("killed by SIGUSR1"))
         .collect();
@@ -682,9 +683,9 @@ fn a_standby_is_promoted_only_once_it_catches_the_promote_signal() {
     sup.expect_spawned("kv.1");
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
     // Promoted once it catches the signal, which it then gets.
-    let (_, promoted) = sup.expect_event(r"^promoted (kv\.\d) to active", SOON);
+    let (_, promoted) = sup.expect_said(r"^promoted (kv\.\d) to active", SOON);
     sup.expect_output(&promoted[1], "^promoted$", SOON);
-    sup.expect_event(
+    sup.expect_said(
         r"^not promoting kv\.1: it does not catch SIGUSR1 \(yet\)",
         SOON,
     );

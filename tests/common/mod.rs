@@ -11,6 +11,10 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod events;
+
+pub use events::*;
+
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
@@ -137,22 +141,24 @@ pub fn output_text(line: &str) -> Option<(&str, &str)> {
     Some((name.trim_end(), text))
 }
 
-/// `spawned web.0 (pid 123)` → ("web.0", 123).
-pub fn parse_spawned(event: &str) -> Option<(String, i32)> {
-    let re = Regex::new(r"^spawned (\S+) \(pid (\d+)\)$").unwrap();
-    let c = re.captures(event)?;
-    Some((c[1].to_string(), c[2].parse().ok()?))
+/// The restart number and delay an `exited` event's detail announces
+/// (`web.0 exited with code 3; restart 2 in 194ms` → (2, 194ms)): the delay
+/// the policy chose is told nowhere else.
+pub fn parse_restart(detail: &str) -> Option<(u32, Duration)> {
+    let re = Regex::new(r"; restart (\d+) in (.+)$").unwrap();
+    let c = re.captures(detail)?;
+    Some((c[1].parse().ok()?, humantime::parse_duration(&c[2]).ok()?))
 }
 
-/// `web.0 exited with code 3; restart 2 in 194ms` → ("web.0", 2, 194ms).
-pub fn parse_restart(event: &str) -> Option<(String, u32, Duration)> {
-    let re = Regex::new(r"^(\S+) .*; restart (\d+) in (.+)$").unwrap();
-    let c = re.captures(event)?;
-    Some((
-        c[1].to_string(),
-        c[2].parse().ok()?,
-        humantime::parse_duration(&c[3]).ok()?,
-    ))
+/// SIGKILLs `pid`, which must exist.
+#[track_caller]
+pub fn kill9(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
@@ -399,6 +405,7 @@ impl Builder {
             out,
             err,
             status: None,
+            follower: std::sync::OnceLock::new(),
         };
         if !self.wrapper.is_empty() {
             // The supervisor is the wrapper's child: the one that announces itself.
@@ -437,6 +444,7 @@ pub struct Supervise {
     pub out: Arc<Lines>,
     pub err: Arc<Lines>,
     status: Option<ExitStatus>,
+    follower: std::sync::OnceLock<EventStream>,
 }
 
 /// Generous bound for something that should happen "at once" on a noisy machine.
@@ -492,8 +500,9 @@ impl Supervise {
         marked_processes(&self.marker)
     }
 
-    /// Event texts so far (labels stripped).
-    pub fn events(&self) -> Vec<String> {
+    /// The supervisor's event lines on stderr so far (labels stripped): the
+    /// display. Tests of facts use [`Supervise::events`].
+    pub fn said(&self) -> Vec<String> {
         self.err
             .texts()
             .iter()
@@ -510,8 +519,90 @@ impl Supervise {
             .collect()
     }
 
-    /// The first event from line `from` on that matches `re`; `None` on timeout.
-    pub fn event_from(
+    /// The supervisor's events as `events --json -f` has them, followed from
+    /// the first call on (the history comes first, so nothing is missed).
+    /// Events the supervisor records as it exits may not reach a follower:
+    /// tests of those read the display ([`Supervise::said`]).
+    pub fn events(&self) -> &EventStream {
+        self.follower.get_or_init(|| {
+            EventStream::follow(&self.state_dir())
+                .unwrap_or_else(|e| panic!("cannot follow the events: {e}\n{}", self.transcript()))
+        })
+    }
+
+    /// Waits for a `kind` event of `who` (see [`Event::is`]); panics on timeout.
+    #[track_caller]
+    pub fn expect(&self, kind: &str, who: &str) -> Event {
+        self.events().expect(kind, who)
+    }
+
+    /// Waits for a `kind` event of `who` after `after`.
+    #[track_caller]
+    pub fn expect_after(&self, after: &Event, kind: &str, who: &str) -> Event {
+        self.events().expect_after(after, kind, who)
+    }
+
+    /// Waits for `replica` (`web.0`) to be spawned; returns its pid.
+    #[track_caller]
+    pub fn expect_spawned(&self, replica: &str) -> i32 {
+        self.events().spawned(replica)
+    }
+
+    /// Waits for the spawn of `replica` after `after`; the event and its pid.
+    #[track_caller]
+    pub fn expect_spawned_after(&self, after: &Event, replica: &str) -> (Event, i32) {
+        let spawned = self.expect_after(after, "spawned", replica);
+        let pid = spawned.pid.expect("a spawned event has a pid");
+        (spawned, pid)
+    }
+
+    /// Waits for the restart of `replica` after its incarnation `pid`
+    /// ended: its `exited` event (with that pid), then `restarted`, then
+    /// `spawned`. Returns the spawn and the new pid.
+    #[track_caller]
+    pub fn expect_restart(&self, replica: &str, pid: i32) -> (Event, i32) {
+        let exited =
+            self.events()
+                .expect_from(0, SOON, &format!("exited {replica} (pid {pid})"), |e| {
+                    e.is("exited", replica) && e.pid == Some(pid)
+                });
+        let restarted = self.expect_after(&exited, "restarted", replica);
+        self.expect_spawned_after(&restarted, replica)
+    }
+
+    /// `status` over the control socket (the `result` object of `status --json`).
+    #[track_caller]
+    pub fn status(&self) -> serde_json::Value {
+        socket_status(&self.state_dir())
+            .unwrap_or_else(|| panic!("no status from the supervisor\n{}", self.transcript()))
+    }
+
+    /// One replica's object in [`Supervise::status`].
+    #[track_caller]
+    pub fn replica(&self, service: &str, index: u64) -> serde_json::Value {
+        replica_in(&self.status(), service, index).clone()
+    }
+
+    /// The `restarts` count of a replica, 0 while there is no answer.
+    pub fn restarts(&self, service: &str, index: u64) -> u64 {
+        restarts_in(&self.state_dir(), service, index)
+    }
+
+    /// Waits (bounded) until nothing of this supervisor is left; panics naming what is.
+    #[track_caller]
+    pub fn assert_nothing_left(&self) {
+        let gone = wait_until(Duration::from_secs(5), || self.marked().is_empty());
+        assert!(
+            gone,
+            "processes left after the supervisor exited: {:?}\n{}",
+            self.marked(),
+            self.transcript()
+        );
+    }
+
+    /// The first event line (display) from line `from` on that matches
+    /// `re`, with the regex captures (0 = whole match); `None` on timeout.
+    pub fn said_from(
         &self,
         from: usize,
         re: &str,
@@ -530,37 +621,26 @@ impl Supervise {
         Some((line, caps))
     }
 
-    /// Waits for an event matching `re`; panics (showing all output) on timeout.
-    /// Returns the line and the regex captures (0 = whole match).
-    pub fn expect_event_from(
+    /// Waits for an event line (display) matching `re`; panics (showing all
+    /// output) on timeout.
+    #[track_caller]
+    pub fn expect_said_from(
         &self,
         from: usize,
         re: &str,
         timeout: Duration,
     ) -> (Line, Vec<String>) {
-        match self.event_from(from, re, timeout) {
-            Some(found) => found,
-            None => panic!(
-                "no event matching /{re}/ within {timeout:?}\n{}",
+        self.said_from(from, re, timeout).unwrap_or_else(|| {
+            panic!(
+                "no event line matching /{re}/ within {timeout:?}\n{}",
                 self.transcript()
-            ),
-        }
+            )
+        })
     }
 
-    pub fn expect_event(&self, re: &str, timeout: Duration) -> (Line, Vec<String>) {
-        self.expect_event_from(0, re, timeout)
-    }
-
-    /// Waits for `spawned <replica> (pid N)` at or after line `from`; returns N.
-    pub fn expect_spawned_from(&self, from: usize, replica: &str) -> (Line, i32) {
-        let re = format!(r"^spawned {} \(pid \d+\)$", regex::escape(replica));
-        let (line, _) = self.expect_event_from(from, &re, SOON);
-        let (_, pid) = parse_spawned(event_text(&line.text).unwrap()).unwrap();
-        (line, pid)
-    }
-
-    pub fn expect_spawned(&self, replica: &str) -> i32 {
-        self.expect_spawned_from(0, replica).1
+    #[track_caller]
+    pub fn expect_said(&self, re: &str, timeout: Duration) -> (Line, Vec<String>) {
+        self.expect_said_from(0, re, timeout)
     }
 
     /// Waits for a replica output line (`svc.N │ text`) matching `re` (on the text).
@@ -880,6 +960,17 @@ impl Project {
     pub fn marked(&self) -> Vec<i32> {
         marked_processes(&self.marker)
     }
+
+    /// A follower of the running supervisor's events (history, then live).
+    #[track_caller]
+    pub fn events(&self) -> EventStream {
+        EventStream::follow(&self.state_dir()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The `restarts` count of a replica, 0 while there is no answer.
+    pub fn restarts(&self, service: &str, index: u64) -> u64 {
+        restarts_in(&self.state_dir(), service, index)
+    }
 }
 
 impl Drop for Project {
@@ -905,6 +996,28 @@ impl Drop for Project {
     }
 }
 
+/// Two long-running replicas of `web` that wait for a one-shot `job`.
+pub const JOB_THEN_WEB: &str = r#"
+[services.job]
+command = ["sh", "-c", "echo migrated; exit 0"]
+restart = { policy = "never" }
+
+[services.web]
+command = ["sh", "-c", "echo hello from $SUPERVISE_REPLICA; exec sleep 1000"]
+replicas = 2
+depends_on = { job = "completed" }
+"#;
+
+/// The pid of replica `index` in [`Project::replicas`]; panics without one.
+#[track_caller]
+pub fn pid_of(replicas: &[(u64, Option<i64>, String)], index: u64) -> i64 {
+    replicas
+        .iter()
+        .find(|r| r.0 == index)
+        .and_then(|r| r.1)
+        .unwrap_or_else(|| panic!("no pid for replica {index} in {replicas:?}"))
+}
+
 /// `status` over the raw control socket, as JSON (the `result` object):
 /// cheap enough to sample every few milliseconds.
 pub fn socket_status(state_dir: &Path) -> Option<serde_json::Value> {
@@ -919,6 +1032,14 @@ pub fn socket_status(state_dir: &Path) -> Option<serde_json::Value> {
         .ok()?
         .get("result")
         .cloned()
+}
+
+/// The `restarts` count of a replica by the status of the supervisor of
+/// `state_dir`, 0 while there is no answer.
+pub fn restarts_in(state_dir: &Path, service: &str, index: u64) -> u64 {
+    socket_status(state_dir)
+        .and_then(|r| replica_in(&r, service, index)["restarts"].as_u64())
+        .unwrap_or(0)
 }
 
 /// One replica's object in a status report.
@@ -997,7 +1118,7 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// `size` as mount(8) takes it: `1m`.
     pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        if !nix::unistd::geteuid().is_root() {
+        if !is_root() {
             eprintln!("skipped: mounting a tmpfs needs root");
             return None;
         }
