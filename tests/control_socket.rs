@@ -276,6 +276,41 @@ fn down_holds_the_connection_until_the_supervisor_has_exited() {
     assert!(!socket(&sup).exists(), "the socket file was left behind");
 }
 
+/// A guard: the stops of the last turns of the loop reach a follower before
+/// the process is gone (seen to hold; no flush of its own is needed today).
+#[test]
+fn a_follower_gets_every_event_up_to_the_supervisors_exit() {
+    let mut sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+replicas = 20
+"#,
+    );
+    for i in 0..20 {
+        sup.expect_spawned(&format!("web.{i}"));
+    }
+    let mut follower = connect(&sup);
+    follower
+        .write_all(b"{\"version\":1,\"request\":{\"type\":\"events\",\"follow\":true}}\n")
+        .unwrap();
+    let mut reader = BufReader::new(follower);
+    let mut accepted = String::new();
+    reader.read_line(&mut accepted).unwrap();
+    assert!(accepted.contains("\"accepted\""), "{accepted}");
+    sup.signal(nix::sys::signal::Signal::SIGTERM);
+    // The stream ends when the supervisor exits; by then it has said all.
+    let mut stopped = 0;
+    for line in reader.lines() {
+        let event: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if event["event"] == "stopped" {
+            stopped += 1;
+        }
+    }
+    assert_eq!(sup.expect_exit(SOON), 0);
+    assert_eq!(stopped, 20);
+}
+
 #[test]
 fn a_follower_that_falls_behind_is_told_how_many_events_it_lost() {
     // A crash loop makes events far faster than this reader takes them.
