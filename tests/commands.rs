@@ -633,3 +633,50 @@ fn every_subcommand_has_examples_and_exit_statuses_in_its_help() {
     let top = p.run(&["--help"]);
     assert!(top.expect(0).stdout.contains("State directory:"));
 }
+
+#[test]
+fn commands_find_their_supervisor_while_the_spec_is_being_edited() {
+    let p = Project::new(
+        r#"
+[supervisor]
+state_dir = "state"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    p.up(&[]);
+    let spec = p.dir().join("supervise.toml");
+    // Invalid as a spec (before: exit 2 for every command), and then not even
+    // TOML any more (a warning; the state dir is still read).
+    std::fs::write(
+        &spec,
+        "[supervisor]\nstate_dir = \"state\"\n[services.web]\nreplicas = \"x\"\n",
+    )
+    .unwrap();
+    let ran = p.run(&["status"]);
+    ran.expect(0);
+    assert!(ran.stdout.contains("web.0"), "{ran:#?}");
+    assert_eq!(ran.stderr, "", "{ran:#?}");
+    std::fs::write(
+        &spec,
+        "[supervisor]\nstate_dir = \"state\"\n[services.web]\ncommand = [\"sleep\",\n",
+    )
+    .unwrap();
+    let ran = p.run(&["status", "--json"]);
+    ran.expect(0);
+    assert!(ran.stdout.contains("\"web\""), "{ran:#?}");
+    assert!(ran.stderr.starts_with("warning: "), "{ran:#?}");
+    assert!(
+        ran.stderr.contains("is not valid TOML right now"),
+        "{ran:#?}"
+    );
+    // What validates still validates.
+    p.run(&["check"]).expect(2);
+    p.run(&["reload"]).expect(1);
+    std::fs::write(
+        &spec,
+        "[supervisor]\nstate_dir = \"state\"\n[services.web]\ncommand = [\"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+    p.run(&["down"]).expect(0);
+}

@@ -30,9 +30,7 @@ pub fn run(cli: &Cli, args: &DownArgs) -> Exit {
     }
     // The supervisor's own bound: --timeout, else the spec's shutdown_timeout
     // (unknown with --state-dir: the supervisor still applies its own).
-    let limit = args
-        .timeout
-        .or(ctx.spec.as_ref().map(|s| s.supervisor.shutdown_timeout));
+    let limit = args.timeout.or(ctx.shutdown_timeout);
     let show = |d: Duration| humantime::format_duration(d).to_string();
     if !conn.wait_closed(limit.map(|l| asked + l + MARGIN))? {
         return Err(Failure::new(

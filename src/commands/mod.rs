@@ -21,13 +21,14 @@ mod wait;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command};
 use crate::control::client::ClientError;
 use crate::exit;
-use crate::spec::{self, Spec};
+use crate::spec::{self, Located, Spec};
 
 pub use format::colour_allowed;
 
@@ -141,23 +142,27 @@ fn check(cli: &Cli, own: Option<&PathBuf>) -> Exit {
     Ok(exit::OK)
 }
 
-/// Where the supervisor a command talks to keeps its state, and the spec
-/// it was found through, if one was read.
+/// Where the supervisor a command talks to keeps its state, and the one
+/// other setting of its spec a command uses.
 pub struct Context {
     pub state_dir: PathBuf,
-    pub spec: Option<Spec>,
+    /// The spec's `shutdown_timeout`, when a spec was read and has one.
+    pub shutdown_timeout: Option<Duration>,
 }
 
 impl Context {
     /// `--state-dir` (or `SUPERVISE_STATE_DIR`) if given, else the spec's
     /// `[supervisor] state_dir`, else `./.supervise`.
-    fn new(cli: &Cli, spec: Option<Spec>) -> Context {
-        let state_dir = match (&cli.state_dir, &spec) {
+    fn new(cli: &Cli, located: Option<Located>) -> Context {
+        let state_dir = match (&cli.state_dir, &located) {
             (Some(dir), _) => absolute(dir),
-            (None, Some(spec)) => spec.supervisor.state_dir.clone(),
+            (None, Some(found)) => found.state_dir.clone(),
             (None, None) => absolute(Path::new(".supervise")),
         };
-        Context { state_dir, spec }
+        Context {
+            state_dir,
+            shutdown_timeout: located.and_then(|found| found.shutdown_timeout),
+        }
     }
 }
 
@@ -170,13 +175,36 @@ fn spec_file(cli: &Cli, own: Option<&PathBuf>) -> Option<PathBuf> {
 
 /// The state-dir resolution rule of every command that talks to a
 /// supervisor: with `--state-dir` no spec is read; else the spec (from
-/// `-f`, else `./supervise.toml`) is read, and an invalid one is exit 2.
+/// `-f`, else `./supervise.toml`) is read for its `[supervisor]` settings
+/// only, not validated: a file being edited is a warning, not an error (a
+/// file that cannot be read at all is exit 2).
 pub fn context(cli: &Cli) -> Result<Context, Failure> {
-    let spec = match (&cli.state_dir, spec_file(cli, None)) {
-        (None, Some(path)) => Some(read_spec(&path)?),
+    let located = match (&cli.state_dir, spec_file(cli, None)) {
+        (None, Some(path)) => {
+            let found = spec::locate(&path).map_err(|e| Failure::new(exit::USAGE, e))?;
+            if let Some(problem) = &found.problem {
+                eprintln!(
+                    "warning: {} is not valid TOML right now ({problem}); its supervisor is \
+                     looked for in {}",
+                    path.display(),
+                    found.state_dir.display()
+                );
+            }
+            Some(found)
+        }
         _ => None,
     };
-    Ok(Context::new(cli, spec))
+    Ok(Context::new(cli, located))
+}
+
+/// The spec of the commands that talk to a supervisor, when one is read
+/// (no `--state-dir`) and valid: for what only validation knows, such as
+/// the start order.
+pub fn valid_spec(cli: &Cli) -> Option<Spec> {
+    match (&cli.state_dir, spec_file(cli, None)) {
+        (None, Some(path)) => spec::load(&path).ok(),
+        _ => None,
+    }
 }
 
 /// Writes one line to stdout. A closed stdout (`supervise logs | head`) is

@@ -7,7 +7,7 @@ use crate::cli::{Cli, ReloadArgs};
 use crate::control::client;
 use crate::control::protocol::ReloadPlan;
 use crate::exit;
-use crate::spec;
+use crate::spec::{self, Located};
 
 use super::{Context, Exit, Failure, absolute, emit, spec_file};
 
@@ -31,7 +31,7 @@ pub fn run(cli: &Cli, args: &ReloadArgs) -> Exit {
             }
         },
     };
-    let ctx = Context::new(cli, spec);
+    let ctx = Context::new(cli, spec.as_ref().map(Located::of));
     let plan = client::reload(&ctx.state_dir, path, args.dry_run)?;
     // -q silences the report of an applied reload; asked-for output (a dry
     // run, --json) is the result and still shows.

@@ -8,6 +8,7 @@
 //! unexpanded here and are expanded per replica by [`Service::replica`].
 
 mod diagnostic;
+mod locate;
 mod plan;
 mod template;
 mod validate;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
+pub use locate::{Located, locate};
 pub use plan::render_plan;
 pub use template::{Vars, expand, expand_with};
 

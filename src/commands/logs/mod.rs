@@ -13,7 +13,7 @@ use crate::state_dir::StateDir;
 
 use super::format::{colour_allowed, millis, paint};
 use super::select::{self, Target};
-use super::{Exit, Failure, context, emit};
+use super::{Exit, Failure, context, emit, valid_spec};
 use crate::logfiles::{self as files, Entry, ReplicaLogs, Tail, Window};
 
 /// How often `-f` looks at the files.
@@ -39,9 +39,9 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> Exit {
         ));
     }
     let found = files::discover(&dir);
-    // Known services: the spec's, in start order, then any with log files.
-    let mut services: Vec<String> = ctx
-        .spec
+    // Known services: the spec's, in start order (a valid spec's: colours
+    // as the foreground `up` gives them), then any with log files.
+    let mut services: Vec<String> = valid_spec(cli)
         .iter()
         .flat_map(|s| s.services.iter().map(|s| s.name.clone()))
         .collect();
