@@ -12,7 +12,6 @@ use nix::unistd::Pid;
 use super::Supervisor;
 use super::replica::{AfterStop, Phase, ReplicaId};
 use super::restart::{Decision, Ending};
-use crate::exit;
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
 
@@ -64,13 +63,7 @@ impl Supervisor {
             && *g == generation
             && matches!(self.replicas[id].phase, Phase::Starting { .. })
         {
-            let pid = *pid;
-            self.emit(
-                "spawned",
-                Some(id),
-                Some(pid),
-                format!("spawned {id} (pid {pid})"),
-            );
+            self.emit_spawned(id, *pid);
         }
         let outcome = match record {
             Some(r) if r.generation == generation => Ending::of_record(&r),
@@ -101,8 +94,9 @@ impl Supervisor {
     }
 
     /// A shim started its replica again by itself, under the leave it was
-    /// given (see `launch::respawn_leave`): the end is judged as any other,
-    /// then the new incarnation is taken on.
+    /// given (see `launch::respawn_leave`): the end is judged by the policy
+    /// as any other (`on_exit`), and the new incarnation is taken on only
+    /// if the policy says to restart.
     pub(super) fn on_respawned(
         &mut self,
         id: &ReplicaId,
@@ -118,53 +112,71 @@ impl Supervisor {
             // takes the new incarnation down. It ran all the same: counted
             // and told, as every restart is.
             *shown = Some(pid);
-            replica.restarts += 1;
-            self.tell_restart(id, pid);
+            self.count_restart(id);
+            self.emit_spawned(id, pid);
             return;
         }
         let now = Instant::now();
-        self.on_exit(id, outcome, now);
-        let Some(replica) = self.replicas.get_mut(id) else {
+        match self.on_exit(id, outcome, now) {
+            Some(Decision::Restart { .. }) => {
+                self.count_restart(id);
+                self.began(id, shim, pid, now);
+            }
+            Some(Decision::Done | Decision::GiveUp { .. }) => {
+                // The policy did not restart it after all (the spec changed
+                // meanwhile): take the new incarnation down again.
+                self.set_phase(
+                    id,
+                    Phase::Stopping {
+                        shim,
+                        pid: Some(pid),
+                        then: AfterStop::Stay,
+                    },
+                );
+                self.signal_shim(shim, Signal::SIGTERM);
+            }
             // Its service was removed meanwhile.
-            self.signal_shim(shim, Signal::SIGTERM);
-            return;
-        };
-        if !matches!(replica.phase, Phase::Backoff { .. }) {
-            // The policy did not restart it after all (the spec changed
-            // meanwhile): take the new incarnation down again.
-            replica.phase = Phase::Stopping {
-                shim,
-                pid: Some(pid),
-                then: AfterStop::Stay,
-            };
-            self.signal_shim(shim, Signal::SIGTERM);
-            return;
+            None => self.signal_shim(shim, Signal::SIGTERM),
         }
-        replica.restarts += 1;
-        replica.phase = Phase::Running {
-            shim,
-            pid,
-            since: now,
-        };
+    }
+
+    /// The one place a restart is counted, and told: `restarted`.
+    pub(super) fn count_restart(&mut self, id: &ReplicaId) {
+        self.replica_mut(id).restarts += 1;
+        self.tell_restarting(id);
+    }
+
+    /// The `restarted` event, with the count so far.
+    pub(super) fn tell_restarting(&mut self, id: &ReplicaId) {
+        let detail = format!("restarting {id} (restart {})", self.replicas[id].restarts);
+        self.emit("restarted", Some(id), None, detail);
+    }
+
+    /// The command of a new incarnation runs (its shim said so, or started
+    /// it again by itself): `spawned`, then its health and role begin.
+    pub(super) fn began(&mut self, id: &ReplicaId, shim: Pid, pid: u32, since: Instant) {
+        let replica = self.replica_mut(id);
+        replica.phase = Phase::Running { shim, pid, since };
         replica.started_at = Some(SystemTime::now());
-        self.tell_restart(id, pid);
+        self.emit_spawned(id, pid);
         self.on_running(id);
     }
 
-    /// The events of a restart its shim made: `restarted`, then `spawned`.
-    fn tell_restart(&mut self, id: &ReplicaId, pid: u32) {
-        let detail = format!("restarting {id} (restart {})", self.replicas[id].restarts);
-        self.emit("restarted", Some(id), None, detail);
-        self.emit(
-            "spawned",
-            Some(id),
-            Some(pid),
-            format!("spawned {id} (pid {pid})"),
-        );
+    /// Every incarnation whose command ran has its `spawned` event, also
+    /// one whose end was learned before its start (see `on_shim_exit`).
+    pub(super) fn emit_spawned(&mut self, id: &ReplicaId, pid: u32) {
+        let detail = format!("spawned {id} (pid {pid})");
+        self.emit("spawned", Some(id), Some(pid), detail);
     }
 
-    /// A replica's processes are all gone: apply its restart policy.
-    pub(super) fn on_exit(&mut self, id: &ReplicaId, outcome: Ending, now: Instant) {
+    /// A replica's processes are all gone: `stopped` if we stopped it, else
+    /// its restart policy decides (the decision is returned).
+    pub(super) fn on_exit(
+        &mut self,
+        id: &ReplicaId,
+        outcome: Ending,
+        now: Instant,
+    ) -> Option<Decision> {
         self.end_health(id);
         let how = describe(&outcome);
         let replica = self.replica_mut(id);
@@ -178,32 +190,33 @@ impl Supervisor {
                 ..
             } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
-                self.apply_policy(id, Ending::Unhealthy, Duration::ZERO, now);
-                return;
+                return self.apply_policy(id, Ending::Unhealthy, Duration::ZERO, now);
             }
             Phase::Stopping { then, .. } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
                 self.after_stop(id, then);
-                return;
+                return None;
             }
             Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
             _ => now,
         };
-        self.apply_policy(id, outcome, now.saturating_duration_since(since), now);
+        self.apply_policy(id, outcome, now.saturating_duration_since(since), now)
     }
 
-    /// Decides, by its restart policy, what follows an exit after `uptime`.
+    /// Decides, by its restart policy, what follows an exit after `uptime`:
+    /// the one judgement of every end, whoever restarts it. None if its
+    /// service is gone.
     pub(super) fn apply_policy(
         &mut self,
         id: &ReplicaId,
         outcome: Ending,
         uptime: Duration,
         now: Instant,
-    ) {
+    ) -> Option<Decision> {
         let Some(service) = self.spec.service(&id.service) else {
             // Its service was removed by a reload while it was exiting.
             self.replicas.remove(id);
-            return;
+            return None;
         };
         let policy = service.restart.clone();
         let how = describe(&outcome);
@@ -211,11 +224,11 @@ impl Supervisor {
         let pid = replica.phase.pid();
         let jitter = fastrand::f64() * 2.0 - 1.0;
         let next_restart = replica.restarts + 1;
-        let (phase, event, detail) = match replica
+        let decision = replica
             .history
-            .on_exit(&policy, &outcome, uptime, now, jitter)
-        {
-            Decision::Restart { delay } => (
+            .on_exit(&policy, &outcome, uptime, now, jitter);
+        let (phase, event, detail) = match &decision {
+            &Decision::Restart { delay } => (
                 Phase::Backoff { until: now + delay },
                 "exited",
                 format!(
@@ -233,6 +246,7 @@ impl Supervisor {
         replica.phase = phase;
         self.emit(event, Some(id), pid, detail);
         self.check_exit_with(&id.service);
+        Some(decision)
     }
 
     /// `--exit-with SVC`: once all of SVC's replicas are settled, shut down
@@ -241,27 +255,15 @@ impl Supervisor {
         if self.options.exit_with.as_deref() != Some(service) {
             return;
         }
-        if !self.replicas_of(service).all(|r| r.phase.is_settled()) {
-            return;
-        }
         let policy = &self
             .spec
-            .services
-            .iter()
-            .find(|s| s.name == service)
+            .service(service)
             .expect("checked at start")
             .restart;
-        // A replica that failed without ever running (its dependency failed)
-        // has no exit of its own, and must not read as a success.
-        let code = self
-            .replicas_of(service)
-            .map(|r| match (&r.phase, &r.last_exit) {
-                (_, Some((outcome, _))) if !outcome.is_success(policy) => outcome.shell_code(),
-                (Phase::Failed, None) => exit::FAILED,
-                _ => exit::OK,
-            })
-            .find(|&code| code != exit::OK)
-            .unwrap_or(exit::OK);
+        let replicas: Vec<_> = self.replicas_of(service).collect();
+        let Some(code) = super::plan::exit_with_code(&replicas, policy) else {
+            return;
+        };
         self.begin_shutdown(
             &format!("{service} has finished with exit code {code}"),
             code,

@@ -266,41 +266,23 @@ impl Supervisor {
     }
 
     /// notify services: a replica not ready by the end of its start period,
-    /// or silent past its watchdog deadline, is unhealthy. Returns the next
-    /// deadline.
-    pub(super) fn check_watchdogs(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let overdue: Vec<ReplicaId> = self
-            .replicas
-            .values()
-            .filter_map(|r| {
-                let until = r.watchdog_until?;
-                if until <= now {
-                    Some(r.id.clone())
-                } else {
-                    next = Some(next.map_or(until, |n| n.min(until)));
-                    None
-                }
-            })
-            .collect();
-        for id in overdue {
-            // A missed deadline is a verdict on its own, like `retries` failures.
-            let (retries, watchdog) = self
-                .spec
-                .service(&id.service)
-                .and_then(|s| s.health.as_ref())
-                .map_or((1, None), |h| (h.retries, h.watchdog));
-            let replica = self.replica_mut(&id);
-            replica.watchdog_until = None;
-            replica.probe_failures = retries.saturating_sub(1);
-            let why = if watchdog.is_some() {
-                "watchdog expired: no WATCHDOG=1 in time"
-            } else {
-                "no READY=1 received"
-            };
-            self.probe_failed(&id, why);
-        }
-        next
+    /// or silent past its watchdog deadline, is unhealthy.
+    pub(super) fn watchdog_overdue(&mut self, id: &ReplicaId) {
+        // A missed deadline is a verdict on its own, like `retries` failures.
+        let (retries, watchdog) = self
+            .spec
+            .service(&id.service)
+            .and_then(|s| s.health.as_ref())
+            .map_or((1, None), |h| (h.retries, h.watchdog));
+        let replica = self.replica_mut(id);
+        replica.watchdog_until = None;
+        replica.probe_failures = retries.saturating_sub(1);
+        let why = if watchdog.is_some() {
+            "watchdog expired: no WATCHDOG=1 in time"
+        } else {
+            "no READY=1 received"
+        };
+        self.probe_failed(id, why);
     }
 }
 

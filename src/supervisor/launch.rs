@@ -31,8 +31,14 @@ pub(super) struct Shim {
 const STATUS_BUFFER: usize = 256;
 
 impl Supervisor {
-    pub(super) fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
-        let role = self.role_at_spawn(id);
+    /// Starts an incarnation of `id`, in the `role` the plan gave it.
+    pub(super) fn spawn(
+        &mut self,
+        id: &ReplicaId,
+        position: usize,
+        role: Option<Role>,
+        now: Instant,
+    ) {
         let service = &self.spec.services[position];
         let plan = service.replica(&self.spec.dir, id.index);
         let name = id.to_string();
@@ -43,7 +49,6 @@ impl Supervisor {
         replica.role = role;
         replica.generation += 1;
         let generation = replica.generation;
-        let restarts = replica.restarts;
         let history = replica.history.clone();
         let mut env = plan.env;
         env.push((
@@ -95,12 +100,6 @@ impl Supervisor {
         if role == Some(Role::Active) {
             // Checkpointed before it is told (see `failover`).
             self.save_checkpoint();
-        }
-        if restarts > 0 {
-            // Before the attempt: a restart that cannot even fork its shim
-            // is counted too, and so told.
-            let detail = format!("restarting {id} (restart {restarts})");
-            self.emit("restarted", Some(id), None, detail);
         }
         match self.start_shim(&config) {
             Ok(Started { pid, pidfd, status }) => {
