@@ -10,7 +10,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::Supervisor;
-use super::replica::{AfterStop, Phase, ReplicaId};
+use super::replica::{AfterStop, Incarnation, Phase, ReplicaId, Role};
 use super::restart::{Decision, Ending};
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
@@ -120,7 +120,8 @@ impl Supervisor {
         match self.on_exit(id, outcome, now) {
             Some(Decision::Restart { .. }) => {
                 self.count_restart(id);
-                self.began(id, shim, pid, now);
+                self.begin(id, shim, now, None);
+                self.began(id, pid);
             }
             Some(Decision::Done | Decision::GiveUp { .. }) => {
                 // The policy did not restart it after all (the spec changed
@@ -131,6 +132,7 @@ impl Supervisor {
                         shim,
                         pid: Some(pid),
                         then: AfterStop::Stay,
+                        run: Incarnation::default(),
                     },
                 );
                 self.signal_shim(shim, Signal::SIGTERM);
@@ -152,12 +154,35 @@ impl Supervisor {
         self.emit("restarted", Some(id), None, detail);
     }
 
-    /// The command of a new incarnation runs (its shim said so, or started
-    /// it again by itself): `spawned`, then its health and role begin.
-    pub(super) fn began(&mut self, id: &ReplicaId, shim: Pid, pid: u32, since: Instant) {
+    /// A new incarnation begins: its shim is started (by us, or by itself
+    /// for a respawn), in `role`.
+    pub(super) fn begin(&mut self, id: &ReplicaId, shim: Pid, since: Instant, role: Option<Role>) {
+        let run = Incarnation {
+            role,
+            ..Incarnation::default()
+        };
+        self.set_phase(id, Phase::Starting { shim, since, run });
+    }
+
+    /// The command of the starting incarnation runs: `spawned`, then its
+    /// health and role begin.
+    pub(super) fn began(&mut self, id: &ReplicaId, pid: u32) {
         let replica = self.replica_mut(id);
-        replica.phase = Phase::Running { shim, pid, since };
-        replica.started_at = Some(SystemTime::now());
+        let Phase::Starting {
+            shim,
+            since,
+            mut run,
+        } = std::mem::replace(&mut replica.phase, Phase::Pending)
+        else {
+            unreachable!("only a starting incarnation is reported started");
+        };
+        run.started_at = Some(SystemTime::now());
+        replica.phase = Phase::Running {
+            shim,
+            pid,
+            since,
+            run,
+        };
         self.emit_spawned(id, pid);
         self.on_running(id);
     }
@@ -177,13 +202,12 @@ impl Supervisor {
         outcome: Ending,
         now: Instant,
     ) -> Option<Decision> {
-        self.end_health(id);
+        // The run's data (health, probe, role) goes with the phase that
+        // follows.
         let how = describe(&outcome);
         let replica = self.replica_mut(id);
-        replica.role = None;
         let pid = replica.phase.pid();
         replica.last_exit = Some((outcome.clone(), SystemTime::now()));
-        replica.started_at = None;
         let since = match replica.phase {
             Phase::Stopping {
                 then: AfterStop::Judge,

@@ -49,18 +49,22 @@ impl Supervisor {
             .spec
             .service(&id.service)
             .is_some_and(|s| s.failover.is_some());
-        let replica = self.replica_mut(id);
-        replica.role = failover.then(|| replica.role.unwrap_or(Role::Standby));
-        replica.promotable_from = failover.then(|| Instant::now() + SETTLE);
-        replica.passed_over = false;
+        let Some(run) = self.replica_mut(id).run_mut() else {
+            return;
+        };
+        run.role = failover.then(|| run.role.unwrap_or(Role::Standby));
+        run.promotable_from = failover.then(|| Instant::now() + SETTLE);
+        run.passed_over = false;
     }
 
     /// A settled standby that the promote signal would kill is not promoted
     /// (yet): it is said once, and it is looked at again shortly.
     pub(super) fn pass_over(&mut self, id: &ReplicaId, signal: Signal, now: Instant) {
-        let replica = self.replica_mut(id);
-        replica.promotable_from = Some(now + RECHECK);
-        if !std::mem::replace(&mut replica.passed_over, true) {
+        let Some(run) = self.replica_mut(id).run_mut() else {
+            return;
+        };
+        run.promotable_from = Some(now + RECHECK);
+        if !std::mem::replace(&mut run.passed_over, true) {
             self.display.event(&format!(
                 "not promoting {id}: it does not catch {} (yet), which would kill it",
                 signal.as_str()
@@ -70,10 +74,10 @@ impl Supervisor {
 
     /// Takes the active role away from a replica that can no longer hold it.
     pub(super) fn demote(&mut self, id: &ReplicaId) {
-        if let Some(replica) = self.replicas.get_mut(id)
-            && replica.role == Some(Role::Active)
+        if let Some(run) = self.replicas.get_mut(id).and_then(|r| r.run_mut())
+            && run.role == Some(Role::Active)
         {
-            replica.role = Some(Role::Standby);
+            run.role = Some(Role::Standby);
         }
     }
 
@@ -81,7 +85,9 @@ impl Supervisor {
         let Some(pid) = self.replicas[id].phase.pid() else {
             return;
         };
-        self.replica_mut(id).role = Some(Role::Active);
+        if let Some(run) = self.replica_mut(id).run_mut() {
+            run.role = Some(Role::Active);
+        }
         self.save_checkpoint();
         let service = self
             .spec

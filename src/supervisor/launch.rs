@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
-use super::replica::{Phase, ReplicaId, Role};
+use super::replica::{ReplicaId, Role};
 use super::restart::{Ending, History};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
@@ -46,7 +46,6 @@ impl Supervisor {
             .replicas
             .get_mut(id)
             .expect("replica ids come from the map");
-        replica.role = role;
         replica.generation += 1;
         let generation = replica.generation;
         let history = replica.history.clone();
@@ -99,18 +98,12 @@ impl Supervisor {
         let _ = std::fs::remove_file(&config.exit_record);
         if role == Some(Role::Active) {
             // Checkpointed before it is told (see `failover`).
-            self.save_checkpoint();
+            self.save_checkpoint_telling(id, Role::Active);
         }
         match self.start_shim(&config) {
             Ok(Started { pid, pidfd, status }) => {
                 self.watch(id, pid, pidfd, Some((generation, status)));
-                self.set_phase(
-                    id,
-                    Phase::Starting {
-                        shim: pid,
-                        since: now,
-                    },
-                );
+                self.begin(id, pid, now, role);
             }
             Err(e) => {
                 // Could not even fork the shim (EAGAIN, ENOMEM): the same as a

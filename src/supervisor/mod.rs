@@ -538,19 +538,26 @@ impl Supervisor {
     /// Takes a replica down: a live one is asked to stop (its shim stops the
     /// whole tree), one without processes goes straight to what follows.
     fn stop_replica(&mut self, id: &ReplicaId, then: AfterStop) {
-        let replica = &self.replicas[id];
-        let (shim, pid) = match replica.phase {
-            Phase::Starting { shim, .. } => (shim, None),
-            Phase::Running { shim, pid, .. } => (shim, Some(pid)),
-            Phase::Stopping { shim, pid, .. } => {
-                // Already on its way down: only what follows may change.
-                self.set_phase(id, Phase::Stopping { shim, pid, then });
-                return;
-            }
-            _ => {
+        let replica = self.replica_mut(id);
+        if let Phase::Stopping { then: next, .. } = &mut replica.phase {
+            // Already on its way down: only what follows may change.
+            *next = then;
+            return;
+        }
+        let (shim, pid, run) = match std::mem::replace(&mut replica.phase, Phase::Pending) {
+            Phase::Starting { shim, run, .. } => (shim, None, run),
+            Phase::Running { shim, pid, run, .. } => (shim, Some(pid), run),
+            phase => {
+                replica.phase = phase;
                 self.after_stop(id, then);
                 return;
             }
+        };
+        replica.phase = Phase::Stopping {
+            shim,
+            pid,
+            then,
+            run,
         };
         // An active on its way down is active no more: a standby can take
         // over now, not once this one is gone.
@@ -560,7 +567,6 @@ impl Supervisor {
         // The shim sends the stop signal to the whole tree and escalates to
         // SIGKILL after stop_timeout.
         self.signal_shim(shim, Signal::SIGTERM);
-        self.set_phase(id, Phase::Stopping { shim, pid, then });
     }
 
     fn after_stop(&mut self, id: &ReplicaId, then: AfterStop) {
@@ -707,19 +713,15 @@ impl Supervisor {
                     self.on_respawned(&report.id, shim, generation, pid, outcome);
                 }
             }
-            (Some(Status::Started { pid }), Phase::Starting { shim, since }) => {
-                let (shim, since) = (*shim, *since);
-                self.began(&report.id, shim, pid, since);
+            (Some(Status::Started { pid }), Phase::Starting { .. }) => {
+                self.began(&report.id, pid);
             }
             (Some(Status::Ready), Phase::Running { .. }) => self.mark_healthy(&report.id),
-            (Some(Status::Started { pid }), Phase::Stopping { shim, then, .. }) => {
+            (Some(Status::Started { pid }), Phase::Stopping { .. }) => {
                 // Asked to stop before its start was reported: keep the pid for status.
-                let (shim, then) = (*shim, *then);
-                replica.phase = Phase::Stopping {
-                    shim,
-                    pid: Some(pid),
-                    then,
-                };
+                if let Phase::Stopping { pid: shown, .. } = &mut replica.phase {
+                    *shown = Some(pid);
+                }
             }
             (Some(Status::SpawnFailed { error }), _) => {
                 let detail = format!("{} could not be started: {error}", report.id);

@@ -202,7 +202,7 @@ impl<'a> Planner<'_, 'a> {
             (_, AfterStop::Stay) => Step::Stopped,
             (_, AfterStop::Start | AfterStop::Judge) => Step::Pending,
         };
-        if r.role == Some(Role::Active) {
+        if r.role() == Some(Role::Active) {
             self.demoted.push(r.id.clone());
         }
         self.steps.insert(r.id.clone(), step);
@@ -239,7 +239,7 @@ impl<'a> Planner<'_, 'a> {
             };
             let holders: Vec<&Replica> = self
                 .replicas_of(&service.name)
-                .filter(|r| r.role == Some(Role::Active) && !self.demoted.contains(&r.id))
+                .filter(|r| r.role() == Some(Role::Active) && !self.demoted.contains(&r.id))
                 .filter(|r| self.step(r) != Step::Gone)
                 .collect();
             for extra in holders.iter().skip(1) {
@@ -255,9 +255,11 @@ impl<'a> Planner<'_, 'a> {
             let mut wake = None::<Instant>;
             let mut promoted = false;
             for r in self.replicas_of(&service.name) {
-                let (Phase::Running { pid, .. }, Step::Running, Verdict::Healthy, Some(from)) =
-                    (&r.phase, self.step(r), r.health, r.promotable_from)
+                let (Phase::Running { pid, run, .. }, Step::Running) = (&r.phase, self.step(r))
                 else {
+                    continue;
+                };
+                let (Verdict::Healthy, Some(from)) = (run.health, run.promotable_from) else {
                     continue;
                 };
                 let action = if from > self.now {
@@ -292,7 +294,7 @@ impl<'a> Planner<'_, 'a> {
             if self.step(r) == Step::Gone {
                 continue;
             }
-            match r.watchdog_until {
+            match r.phase.run().and_then(|run| run.watchdog_until) {
                 Some(until) if until <= self.now => {
                     self.plan.actions.push(Action::Overdue(r.id.clone()))
                 }
@@ -354,7 +356,7 @@ impl<'a> Planner<'_, 'a> {
                     (Step::Gone, _) => {}
                     (Step::Exited, Condition::Completed) => {}
                     (Step::Running, Condition::Started) => {}
-                    (Step::Running, Condition::Healthy) if r.health == Verdict::Healthy => {}
+                    (Step::Running, Condition::Healthy) if r.health() == Verdict::Healthy => {}
                     _ => return Readiness::Waiting,
                 }
             }
@@ -447,6 +449,7 @@ mod tests {
 
     use super::*;
     use crate::spec::{Dependency, Failover};
+    use crate::supervisor::replica::Incarnation;
     use crate::supervisor::restart::Ending;
     use crate::supervisor::testing::service;
 
@@ -473,6 +476,7 @@ mod tests {
             shim: Pid::from_raw(pid as i32 + 1),
             pid,
             since,
+            run: Incarnation::default(),
         }
     }
 
@@ -480,6 +484,7 @@ mod tests {
         Phase::Starting {
             shim: Pid::from_raw(9),
             since,
+            run: Incarnation::default(),
         }
     }
 
@@ -546,7 +551,9 @@ mod tests {
         let t = Instant::now();
         let healthy = |phase| {
             let mut r = replica("db.0", phase);
-            r.health = Verdict::Healthy;
+            if let Some(run) = r.run_mut() {
+                run.health = Verdict::Healthy;
+            }
             r
         };
         let table: Vec<(Condition, Replica, bool)> = vec![
@@ -635,6 +642,7 @@ mod tests {
             shim: Pid::from_raw(1),
             pid: None,
             then: AfterStop::Remove,
+            run: Incarnation::default(),
         };
         assert!(!case.case_plan(t).contains(&remove("api.2")));
     }
@@ -660,6 +668,7 @@ mod tests {
                     shim: Pid::from_raw(1),
                     pid: Some(10),
                     then: AfterStop::Stay,
+                    run: Incarnation::default(),
                 },
                 vec![],
             ),
@@ -736,9 +745,10 @@ mod tests {
 
     fn standby(name: &str, pid: u32, promotable_from: Instant) -> Replica {
         let mut r = replica(name, running(pid, promotable_from));
-        r.health = Verdict::Healthy;
-        r.role = Some(Role::Standby);
-        r.promotable_from = Some(promotable_from);
+        let run = r.run_mut().unwrap();
+        run.health = Verdict::Healthy;
+        run.role = Some(Role::Standby);
+        run.promotable_from = Some(promotable_from);
         r
     }
 
@@ -748,7 +758,7 @@ mod tests {
         let soon = t + Duration::from_millis(700);
         let signal = Some(Promote::Signal(Signal::SIGUSR1));
         let mut unhealthy = standby("api.0", 10, t);
-        unhealthy.health = Verdict::Unhealthy;
+        unhealthy.run_mut().unwrap().health = Verdict::Unhealthy;
         let mut case = Case::new(
             vec![failover(service("api", 4), signal)],
             vec![
@@ -779,7 +789,12 @@ mod tests {
         assert_eq!(case.case_plan(t)[0], Action::Promote(id("api.2")));
         // An active holds the role; a second one loses it.
         for name in ["api.2", "api.3"] {
-            case.replicas.get_mut(&id(name)).unwrap().role = Some(Role::Active);
+            case.replicas
+                .get_mut(&id(name))
+                .unwrap()
+                .run_mut()
+                .unwrap()
+                .role = Some(Role::Active);
         }
         assert_eq!(case.plan(t).actions, [Action::Demote(id("api.3"))]);
     }
@@ -788,7 +803,7 @@ mod tests {
     fn a_retired_active_is_replaced_in_the_same_plan() {
         let t = Instant::now();
         let mut active = standby("api.1", 11, t);
-        active.role = Some(Role::Active);
+        active.run_mut().unwrap().role = Some(Role::Active);
         let mut case = Case::new(
             vec![failover(service("api", 2), None)],
             vec![standby("api.0", 10, t), active],
@@ -816,9 +831,9 @@ mod tests {
     fn an_overdue_watchdog_is_judged_and_a_pending_one_wakes_the_loop() {
         let t = Instant::now();
         let mut late = replica("d.0", running(10, t));
-        late.watchdog_until = Some(t);
+        late.run_mut().unwrap().watchdog_until = Some(t);
         let mut fine = replica("d.1", running(11, t));
-        fine.watchdog_until = Some(t + Duration::from_secs(5));
+        fine.run_mut().unwrap().watchdog_until = Some(t + Duration::from_secs(5));
         let plan = Case::new(vec![service("d", 2)], vec![late, fine]).plan(t);
         assert_eq!(plan.actions, [Action::Overdue(id("d.0"))]);
         assert_eq!(plan.wake, Some(t + Duration::from_secs(5)));
