@@ -1,7 +1,12 @@
-//! How a replica's end is learned and judged: reaping (SIGCHLD, or a
-//! pidfd for adopted shims), reading the shim's exit record, sweeping what a
-//! killed shim left behind, and applying the restart policy — plus the
-//! `--exit-with` rule that may end the whole run.
+//! How a replica's run begins and ends, and how its end is learned and
+//! judged: reaping (SIGCHLD, or a pidfd for adopted shims), reading the
+//! shim's exit record, sweeping what a killed shim left behind, and applying
+//! the restart policy — plus the `--exit-with` rule that may end the whole
+//! run. Every run goes through `begin` and `began` (the `spawned` event)
+//! and ends in `on_exit` (`stopped`, or the policy's `exited`/`failed`,
+//! judged by `apply_policy` alone); every restart is counted and told by
+//! `count_restart`, whether we respawn it after its backoff or its shim
+//! respawned it by itself (`on_respawned`).
 
 use std::time::{Duration, Instant, SystemTime};
 
