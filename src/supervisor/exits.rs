@@ -112,11 +112,18 @@ impl Supervisor {
     ) {
         let replica = self.replica_mut(id);
         replica.generation = generation;
-        if let Phase::Stopping { pid: shown, .. } = &mut replica.phase {
+        if let Phase::Stopping {
+            pid: shown, run, ..
+        } = &mut replica.phase
+        {
             // It started again before our stop reached the shim; the stop
             // takes the new incarnation down. It ran all the same: counted
             // and told, as every restart is.
             *shown = Some(pid);
+            *run = Incarnation {
+                started_at: Some(SystemTime::now()),
+                ..Incarnation::default()
+            };
             self.count_restart(id);
             self.emit_spawned(id, pid);
             return;

@@ -54,7 +54,6 @@ impl Supervisor {
         };
         run.role = failover.then(|| run.role.unwrap_or(Role::Standby));
         run.promotable_from = failover.then(|| Instant::now() + SETTLE);
-        run.passed_over = false;
     }
 
     /// A settled standby that the promote signal would kill is not promoted

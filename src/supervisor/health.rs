@@ -113,13 +113,9 @@ impl Supervisor {
             .service(&id.service)
             .is_some_and(|s| s.health.is_some());
         self.role_on_running(id);
-        let Some(run) = self.replica_mut(id).run_mut() else {
-            return;
-        };
         if has_health {
-            run.health = Verdict::Unknown;
             self.start_health(id);
-        } else {
+        } else if let Some(run) = self.replica_mut(id).run_mut() {
             run.health = Verdict::Healthy;
         }
     }
