@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::desired::Desired;
-use super::replica::Role;
+use super::replica::{Phase, ReplicaId, Role};
 use super::restart::Ending;
 
 pub const VERSION: u32 = 1;
@@ -50,8 +50,8 @@ pub struct ReplicaMemo {
     /// Waiting to restart until then.
     pub backoff_until: Option<SystemTime>,
     pub last_exit: Option<(Ending, SystemTime)>,
-    /// `exited`, `failed` or `stopped`: settled, not to be started again.
-    pub settled: Option<String>,
+    /// Settled: not to be started again.
+    pub settled: Option<Settled>,
     /// Of the running incarnation, kept for adoption: an adopted active
     /// stays the active, and a replica that said READY=1 (or matched its
     /// log pattern) before the crash need not say it again.
@@ -59,6 +59,35 @@ pub struct ReplicaMemo {
     pub role: Option<Role>,
     #[serde(default)]
     pub healthy: bool,
+}
+
+/// The phases nothing more happens to without a request, as the
+/// checkpoint names them (their `status` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settled {
+    Exited,
+    Failed,
+    Stopped,
+}
+
+impl Settled {
+    pub fn of(phase: &Phase) -> Option<Settled> {
+        match phase {
+            Phase::Exited => Some(Settled::Exited),
+            Phase::Failed => Some(Settled::Failed),
+            Phase::Stopped => Some(Settled::Stopped),
+            _ => None,
+        }
+    }
+
+    pub fn phase(self) -> Phase {
+        match self {
+            Settled::Exited => Phase::Exited,
+            Settled::Failed => Phase::Failed,
+            Settled::Stopped => Phase::Stopped,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +168,21 @@ impl super::Supervisor {
     /// Saves the checkpoint now (desired-state changes, which a request
     /// acknowledges, and shutdown).
     pub(super) fn save_checkpoint(&mut self) {
-        let bytes = match serde_json::to_vec_pretty(&self.checkpoint()) {
+        self.write_checkpoint(&self.checkpoint());
+    }
+
+    /// Saves the checkpoint with `id`'s next incarnation in `role`, before
+    /// that incarnation begins and is told its role.
+    pub(super) fn save_checkpoint_telling(&mut self, id: &ReplicaId, role: Role) {
+        let mut checkpoint = self.checkpoint();
+        if let Some(memo) = checkpoint.replicas.get_mut(&id.to_string()) {
+            memo.role = Some(role);
+        }
+        self.write_checkpoint(&checkpoint);
+    }
+
+    fn write_checkpoint(&mut self, checkpoint: &Checkpoint) {
+        let bytes = match serde_json::to_vec_pretty(checkpoint) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(error = %e, "cannot serialise the checkpoint");
@@ -214,6 +257,62 @@ mod tests {
         );
         save(&cp, &path);
         assert_eq!(Checkpoint::load(&path).unwrap(), Some(cp));
+    }
+
+    /// The file as an earlier supervise wrote it (settled states as
+    /// strings matched by hand) still loads, and means the same.
+    #[test]
+    fn a_checkpoint_written_before_settled_was_an_enum_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.json");
+        let old = r#"{
+  "version": 1,
+  "boot_id": "b0",
+  "clean_shutdown": false,
+  "desired": { "scaled": {}, "stopped": ["api.1"] },
+  "replicas": {
+    "api.0": {
+      "generation": 4, "restarts": 3, "consecutive": 2,
+      "recent": [{ "secs_since_epoch": 1700000000, "nanos_since_epoch": 0 }],
+      "backoff_until": null,
+      "last_exit": [{ "code": 3 }, { "secs_since_epoch": 1700000001, "nanos_since_epoch": 5 }],
+      "settled": "failed",
+      "role": "active",
+      "healthy": true
+    },
+    "api.1": {
+      "generation": 1, "restarts": 0, "consecutive": 0, "recent": [],
+      "backoff_until": null, "last_exit": null, "settled": "stopped"
+    },
+    "job.0": {
+      "generation": 1, "restarts": 0, "consecutive": 0, "recent": [],
+      "backoff_until": null, "last_exit": [{ "signal": 9 }, { "secs_since_epoch": 1, "nanos_since_epoch": 0 }],
+      "settled": "exited"
+    },
+    "web.0": {
+      "generation": 2, "restarts": 1, "consecutive": 1, "recent": [],
+      "backoff_until": { "secs_since_epoch": 1700000002, "nanos_since_epoch": 0 },
+      "last_exit": null, "settled": null
+    }
+  }
+}"#;
+        std::fs::write(&path, old).unwrap();
+        let cp = Checkpoint::load(&path).unwrap().unwrap();
+        let memo = |name: &str| cp.replicas[name].clone();
+        assert_eq!(memo("api.0").settled, Some(Settled::Failed));
+        assert_eq!(memo("api.0").role, Some(Role::Active));
+        assert_eq!(memo("api.0").last_exit.unwrap().0, Ending::Code(3));
+        assert_eq!(memo("api.1").settled, Some(Settled::Stopped));
+        assert_eq!(memo("job.0").settled, Some(Settled::Exited));
+        assert_eq!(memo("web.0").settled, None);
+        assert!(memo("web.0").backoff_until.is_some());
+        // And it is written the same way.
+        let again = serde_json::to_value(&cp).unwrap();
+        assert_eq!(again["replicas"]["api.0"]["settled"], "failed");
+        assert_eq!(
+            again["replicas"]["web.0"]["settled"],
+            serde_json::Value::Null
+        );
     }
 
     #[test]

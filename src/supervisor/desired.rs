@@ -55,29 +55,7 @@ impl Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{RestartPolicy, Service};
-    use nix::sys::signal::Signal;
-    use std::time::Duration;
-
-    fn service(name: &str, replicas: u32) -> Service {
-        Service {
-            name: name.into(),
-            command: vec!["true".into()],
-            replicas,
-            cwd: None,
-            env: vec![],
-            port: None,
-            user: None,
-            group: None,
-            stop_signal: Signal::SIGTERM,
-            stop_timeout: Duration::from_secs(1),
-            health: None,
-            restart: RestartPolicy::default(),
-            depends_on: vec![],
-            failover: None,
-            image: None,
-        }
-    }
+    use crate::supervisor::testing::service;
 
     #[test]
     fn a_scale_holds_until_the_spec_count_changes() {

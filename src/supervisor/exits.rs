@@ -1,7 +1,12 @@
-//! How a replica's end is learned and judged: reaping (SIGCHLD, or a
-//! pidfd for adopted shims), reading the shim's exit record, sweeping what a
-//! killed shim left behind, and applying the restart policy — plus the
-//! `--exit-with` rule that may end the whole run.
+//! How a replica's run begins and ends, and how its end is learned and
+//! judged: reaping (SIGCHLD, or a pidfd for adopted shims), reading the
+//! shim's exit record, sweeping what a killed shim left behind, and applying
+//! the restart policy — plus the `--exit-with` rule that may end the whole
+//! run. Every run goes through `begin` and `began` (the `spawned` event)
+//! and ends in `on_exit` (`stopped`, or the policy's `exited`/`failed`,
+//! judged by `apply_policy` alone); every restart is counted and told by
+//! `count_restart`, whether we respawn it after its backoff or its shim
+//! respawned it by itself (`on_respawned`).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,9 +15,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::Supervisor;
-use super::replica::{AfterStop, Phase, ReplicaId};
+use super::replica::{AfterStop, Incarnation, Phase, ReplicaId, Role};
 use super::restart::{Decision, Ending};
-use crate::exit;
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
 
@@ -64,13 +68,7 @@ impl Supervisor {
             && *g == generation
             && matches!(self.replicas[id].phase, Phase::Starting { .. })
         {
-            let pid = *pid;
-            self.emit(
-                "spawned",
-                Some(id),
-                Some(pid),
-                format!("spawned {id} (pid {pid})"),
-            );
+            self.emit_spawned(id, *pid);
         }
         let outcome = match record {
             Some(r) if r.generation == generation => Ending::of_record(&r),
@@ -101,8 +99,9 @@ impl Supervisor {
     }
 
     /// A shim started its replica again by itself, under the leave it was
-    /// given (see `launch::respawn_leave`): the end is judged as any other,
-    /// then the new incarnation is taken on.
+    /// given (see `launch::respawn_leave`): the end is judged by the policy
+    /// as any other (`on_exit`), and the new incarnation is taken on only
+    /// if the policy says to restart.
     pub(super) fn on_respawned(
         &mut self,
         id: &ReplicaId,
@@ -113,97 +112,147 @@ impl Supervisor {
     ) {
         let replica = self.replica_mut(id);
         replica.generation = generation;
-        if let Phase::Stopping { pid: shown, .. } = &mut replica.phase {
+        if let Phase::Stopping {
+            pid: shown, run, ..
+        } = &mut replica.phase
+        {
             // It started again before our stop reached the shim; the stop
             // takes the new incarnation down. It ran all the same: counted
             // and told, as every restart is.
             *shown = Some(pid);
-            replica.restarts += 1;
-            self.tell_restart(id, pid);
+            *run = Incarnation {
+                started_at: Some(SystemTime::now()),
+                ..Incarnation::default()
+            };
+            self.count_restart(id);
+            self.emit_spawned(id, pid);
             return;
         }
         let now = Instant::now();
-        self.on_exit(id, outcome, now);
-        let Some(replica) = self.replicas.get_mut(id) else {
+        match self.on_exit(id, outcome, now) {
+            Some(Decision::Restart { .. }) => {
+                self.count_restart(id);
+                self.begin(id, shim, now, None);
+                self.began(id, pid);
+            }
+            Some(Decision::Done | Decision::GiveUp { .. }) => {
+                // The policy did not restart it after all (the spec changed
+                // meanwhile): take the new incarnation down again.
+                self.set_phase(
+                    id,
+                    Phase::Stopping {
+                        shim,
+                        pid: Some(pid),
+                        then: AfterStop::Stay,
+                        run: Incarnation::default(),
+                    },
+                );
+                self.signal_shim(shim, Signal::SIGTERM);
+            }
             // Its service was removed meanwhile.
-            self.signal_shim(shim, Signal::SIGTERM);
-            return;
-        };
-        if !matches!(replica.phase, Phase::Backoff { .. }) {
-            // The policy did not restart it after all (the spec changed
-            // meanwhile): take the new incarnation down again.
-            replica.phase = Phase::Stopping {
-                shim,
-                pid: Some(pid),
-                then: AfterStop::Stay,
-            };
-            self.signal_shim(shim, Signal::SIGTERM);
-            return;
+            None => self.signal_shim(shim, Signal::SIGTERM),
         }
-        replica.restarts += 1;
+    }
+
+    /// The one place a restart is counted, and told: `restarted`.
+    pub(super) fn count_restart(&mut self, id: &ReplicaId) {
+        self.replica_mut(id).restarts += 1;
+        self.tell_restarting(id);
+    }
+
+    /// The `restarted` event, with the count so far.
+    pub(super) fn tell_restarting(&mut self, id: &ReplicaId) {
+        let detail = format!("restarting {id} (restart {})", self.replicas[id].restarts);
+        self.emit("restarted", Some(id), None, detail);
+    }
+
+    /// A new incarnation begins: its shim is started (by us, or by itself
+    /// for a respawn), in `role`.
+    pub(super) fn begin(&mut self, id: &ReplicaId, shim: Pid, since: Instant, role: Option<Role>) {
+        let run = Incarnation {
+            role,
+            ..Incarnation::default()
+        };
+        self.set_phase(id, Phase::Starting { shim, since, run });
+    }
+
+    /// The command of the starting incarnation runs: `spawned`, then its
+    /// health and role begin.
+    pub(super) fn began(&mut self, id: &ReplicaId, pid: u32) {
+        let replica = self.replica_mut(id);
+        let Phase::Starting {
+            shim,
+            since,
+            mut run,
+        } = std::mem::replace(&mut replica.phase, Phase::Pending)
+        else {
+            unreachable!("only a starting incarnation is reported started");
+        };
+        run.started_at = Some(SystemTime::now());
         replica.phase = Phase::Running {
             shim,
             pid,
-            since: now,
+            since,
+            run,
         };
-        replica.started_at = Some(SystemTime::now());
-        self.tell_restart(id, pid);
+        self.emit_spawned(id, pid);
         self.on_running(id);
     }
 
-    /// The events of a restart its shim made: `restarted`, then `spawned`.
-    fn tell_restart(&mut self, id: &ReplicaId, pid: u32) {
-        let detail = format!("restarting {id} (restart {})", self.replicas[id].restarts);
-        self.emit("restarted", Some(id), None, detail);
-        self.emit(
-            "spawned",
-            Some(id),
-            Some(pid),
-            format!("spawned {id} (pid {pid})"),
-        );
+    /// Every incarnation whose command ran has its `spawned` event, also
+    /// one whose end was learned before its start (see `on_shim_exit`).
+    pub(super) fn emit_spawned(&mut self, id: &ReplicaId, pid: u32) {
+        let detail = format!("spawned {id} (pid {pid})");
+        self.emit("spawned", Some(id), Some(pid), detail);
     }
 
-    /// A replica's processes are all gone: apply its restart policy.
-    pub(super) fn on_exit(&mut self, id: &ReplicaId, outcome: Ending, now: Instant) {
-        self.end_health(id);
+    /// A replica's processes are all gone: `stopped` if we stopped it, else
+    /// its restart policy decides (the decision is returned).
+    pub(super) fn on_exit(
+        &mut self,
+        id: &ReplicaId,
+        outcome: Ending,
+        now: Instant,
+    ) -> Option<Decision> {
+        // The run's data (health, probe, role) goes with the phase that
+        // follows.
         let how = describe(&outcome);
         let replica = self.replica_mut(id);
-        replica.role = None;
         let pid = replica.phase.pid();
         replica.last_exit = Some((outcome.clone(), SystemTime::now()));
-        replica.started_at = None;
         let since = match replica.phase {
             Phase::Stopping {
                 then: AfterStop::Judge,
                 ..
             } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
-                self.apply_policy(id, Ending::Unhealthy, Duration::ZERO, now);
-                return;
+                return self.apply_policy(id, Ending::Unhealthy, Duration::ZERO, now);
             }
             Phase::Stopping { then, .. } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
                 self.after_stop(id, then);
-                return;
+                return None;
             }
             Phase::Starting { since, .. } | Phase::Running { since, .. } => since,
             _ => now,
         };
-        self.apply_policy(id, outcome, now.saturating_duration_since(since), now);
+        self.apply_policy(id, outcome, now.saturating_duration_since(since), now)
     }
 
-    /// Decides, by its restart policy, what follows an exit after `uptime`.
+    /// Decides, by its restart policy, what follows an exit after `uptime`:
+    /// the one judgement of every end, whoever restarts it. None if its
+    /// service is gone.
     pub(super) fn apply_policy(
         &mut self,
         id: &ReplicaId,
         outcome: Ending,
         uptime: Duration,
         now: Instant,
-    ) {
+    ) -> Option<Decision> {
         let Some(service) = self.spec.service(&id.service) else {
             // Its service was removed by a reload while it was exiting.
             self.replicas.remove(id);
-            return;
+            return None;
         };
         let policy = service.restart.clone();
         let how = describe(&outcome);
@@ -211,11 +260,11 @@ impl Supervisor {
         let pid = replica.phase.pid();
         let jitter = fastrand::f64() * 2.0 - 1.0;
         let next_restart = replica.restarts + 1;
-        let (phase, event, detail) = match replica
+        let decision = replica
             .history
-            .on_exit(&policy, &outcome, uptime, now, jitter)
-        {
-            Decision::Restart { delay } => (
+            .on_exit(&policy, &outcome, uptime, now, jitter);
+        let (phase, event, detail) = match &decision {
+            &Decision::Restart { delay } => (
                 Phase::Backoff { until: now + delay },
                 "exited",
                 format!(
@@ -233,6 +282,7 @@ impl Supervisor {
         replica.phase = phase;
         self.emit(event, Some(id), pid, detail);
         self.check_exit_with(&id.service);
+        Some(decision)
     }
 
     /// `--exit-with SVC`: once all of SVC's replicas are settled, shut down
@@ -241,27 +291,15 @@ impl Supervisor {
         if self.options.exit_with.as_deref() != Some(service) {
             return;
         }
-        if !self.replicas_of(service).all(|r| r.phase.is_settled()) {
-            return;
-        }
         let policy = &self
             .spec
-            .services
-            .iter()
-            .find(|s| s.name == service)
+            .service(service)
             .expect("checked at start")
             .restart;
-        // A replica that failed without ever running (its dependency failed)
-        // has no exit of its own, and must not read as a success.
-        let code = self
-            .replicas_of(service)
-            .map(|r| match (&r.phase, &r.last_exit) {
-                (_, Some((outcome, _))) if !outcome.is_success(policy) => outcome.shell_code(),
-                (Phase::Failed, None) => exit::FAILED,
-                _ => exit::OK,
-            })
-            .find(|&code| code != exit::OK)
-            .unwrap_or(exit::OK);
+        let replicas: Vec<_> = self.replicas_of(service).collect();
+        let Some(code) = super::plan::exit_with_code(&replicas, policy) else {
+            return;
+        };
         self.begin_shutdown(
             &format!("{service} has finished with exit code {code}"),
             code,

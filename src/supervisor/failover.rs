@@ -5,10 +5,10 @@
 //! (`SUPERVISE_ROLE`): one spawned while its service has no other live
 //! replica (the first start, or all of them gone) is spawned active, with no
 //! promote hook or signal: nothing takes over. Any other is spawned a
-//! standby. From then on roles are state of the event loop, reconciled like
-//! everything else: whenever a failover service has no active replica, the
-//! first standby fit for it (lowest index) is promoted, in the same pass
-//! that noticed the loss, before anything is respawned. Fit means running
+//! standby. From then on roles are state of the event loop, planned like
+//! everything else (see `plan`): whenever a failover service has no active
+//! replica, the first standby fit for it (lowest index) is promoted, in the
+//! same pass that noticed the loss, before anything is respawned. Fit means running
 //! and healthy, for at least [`SETTLE`], and, with `promote_signal`,
 //! catching (or ignoring) that signal: a promotion never kills. An active
 //! that stops, exits or turns unhealthy loses its role first, so there is
@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::replica::{Phase, ReplicaId, Role, Verdict};
-use super::{Supervisor, earliest};
+use super::Supervisor;
+use super::plan::RECHECK;
+use super::replica::{ReplicaId, Role};
 use crate::procfs;
 use crate::spec::{self, Promote};
 
@@ -39,26 +40,7 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// failover takes anyway. After a resume it counts from the adoption.
 pub(super) const SETTLE: Duration = Duration::from_secs(1);
 
-/// A settled standby that does not catch `promote_signal` yet is looked at
-/// again after this.
-const RECHECK: Duration = Duration::from_millis(100);
-
 impl Supervisor {
-    /// The role a replica of a failover service is spawned with: active if
-    /// no other replica of its service is live (none is active, and no
-    /// standby could take over), else standby. None for other services.
-    pub(super) fn role_at_spawn(&self, id: &ReplicaId) -> Option<Role> {
-        self.spec.service(&id.service)?.failover.as_ref()?;
-        let others_live = self.replicas_of(&id.service).any(|r| {
-            r.id != *id && matches!(r.phase, Phase::Starting { .. } | Phase::Running { .. })
-        });
-        Some(if others_live {
-            Role::Standby
-        } else {
-            Role::Active
-        })
-    }
-
     /// The command of a failover replica runs: it keeps the role it was
     /// spawned with (an adopted one is a standby unless the checkpoint says
     /// otherwise) and may be promoted once it has run for [`SETTLE`].
@@ -67,76 +49,21 @@ impl Supervisor {
             .spec
             .service(&id.service)
             .is_some_and(|s| s.failover.is_some());
-        let replica = self.replica_mut(id);
-        replica.role = failover.then(|| replica.role.unwrap_or(Role::Standby));
-        replica.promotable_from = failover.then(|| Instant::now() + SETTLE);
-        replica.passed_over = false;
-    }
-
-    /// Gives every failover service without an active replica one, if a
-    /// standby is fit for it. Returns when a standby that is not fit yet
-    /// may be.
-    pub(super) fn reconcile_roles(&mut self, now: Instant) -> Option<Instant> {
-        let services: Vec<String> = self
-            .spec
-            .services
-            .iter()
-            .filter(|s| s.failover.is_some())
-            .map(|s| s.name.clone())
-            .collect();
-        services
-            .iter()
-            .map(|service| self.fill_role(service, now))
-            .fold(None, earliest)
-    }
-
-    fn fill_role(&mut self, service: &str, now: Instant) -> Option<Instant> {
-        let actives: Vec<ReplicaId> = self
-            .replicas_of(service)
-            .filter(|r| r.role == Some(Role::Active))
-            .map(|r| r.id.clone())
-            .collect();
-        // Only one may be active: should two ever be (say, both adopted
-        // from a confused checkpoint), the lowest index keeps the role.
-        for extra in actives.iter().skip(1) {
-            self.demote(extra);
-        }
-        if !actives.is_empty() {
-            return None;
-        }
-        let signal = match self.spec.service(service)?.failover.as_ref()?.promote {
-            Some(Promote::Signal(signal)) => Some(signal),
-            _ => None,
+        let Some(run) = self.replica_mut(id).run_mut() else {
+            return;
         };
-        let standbys: Vec<(ReplicaId, u32, Instant)> = self
-            .replicas_of(service)
-            .filter(|r| r.health == Verdict::Healthy)
-            .filter_map(|r| match r.phase {
-                Phase::Running { pid, .. } => Some((r.id.clone(), pid, r.promotable_from?)),
-                _ => None,
-            })
-            .collect();
-        let mut wake = None;
-        for (id, pid, from) in standbys {
-            if from > now {
-                wake = earliest(wake, Some(from));
-            } else if let Some(signal) = signal.filter(|&s| !procfs::survives(pid, s)) {
-                self.pass_over(&id, signal, now);
-                wake = earliest(wake, Some(now + RECHECK));
-            } else {
-                self.promote(&id);
-                return None;
-            }
-        }
-        wake
+        run.role = failover.then(|| run.role.unwrap_or(Role::Standby));
+        run.promotable_from = failover.then(|| Instant::now() + SETTLE);
     }
 
     /// A settled standby that the promote signal would kill is not promoted
     /// (yet): it is said once, and it is looked at again shortly.
-    fn pass_over(&mut self, id: &ReplicaId, signal: Signal, now: Instant) {
-        let replica = self.replica_mut(id);
-        replica.promotable_from = Some(now + RECHECK);
-        if !std::mem::replace(&mut replica.passed_over, true) {
+    pub(super) fn pass_over(&mut self, id: &ReplicaId, signal: Signal, now: Instant) {
+        let Some(run) = self.replica_mut(id).run_mut() else {
+            return;
+        };
+        run.promotable_from = Some(now + RECHECK);
+        if !std::mem::replace(&mut run.passed_over, true) {
             self.display.event(&format!(
                 "not promoting {id}: it does not catch {} (yet), which would kill it",
                 signal.as_str()
@@ -146,18 +73,20 @@ impl Supervisor {
 
     /// Takes the active role away from a replica that can no longer hold it.
     pub(super) fn demote(&mut self, id: &ReplicaId) {
-        if let Some(replica) = self.replicas.get_mut(id)
-            && replica.role == Some(Role::Active)
+        if let Some(run) = self.replicas.get_mut(id).and_then(|r| r.run_mut())
+            && run.role == Some(Role::Active)
         {
-            replica.role = Some(Role::Standby);
+            run.role = Some(Role::Standby);
         }
     }
 
-    fn promote(&mut self, id: &ReplicaId) {
+    pub(super) fn promote(&mut self, id: &ReplicaId) {
         let Some(pid) = self.replicas[id].phase.pid() else {
             return;
         };
-        self.replica_mut(id).role = Some(Role::Active);
+        if let Some(run) = self.replica_mut(id).run_mut() {
+            run.role = Some(Role::Active);
+        }
         self.save_checkpoint();
         let service = self
             .spec

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::replica::{AfterStop, Phase, ReplicaId, Verdict};
+use super::replica::{AfterStop, Phase, ProbeTask, ReplicaId, Verdict};
 use super::{Message, Supervisor};
 use crate::procfs;
 use crate::reaper::Reaper;
@@ -64,9 +64,11 @@ impl Supervisor {
             Probe::Notify => {
                 // READY=1 is due within the start period (systemd's
                 // TimeoutStartSec); a watchdog's first deadline comes after it.
-                self.replica_mut(id).watchdog_until = Some(
-                    Instant::now() + health.start_period + health.watchdog.unwrap_or_default(),
-                );
+                if let Some(run) = self.replica_mut(id).run_mut() {
+                    run.watchdog_until = Some(
+                        Instant::now() + health.start_period + health.watchdog.unwrap_or_default(),
+                    );
+                }
                 return;
             }
             Probe::Log(_) => return,
@@ -97,7 +99,10 @@ impl Supervisor {
                 tokio::time::sleep(health.interval).await;
             }
         });
-        self.replica_mut(id).probe = Some(task.abort_handle());
+        let probe = ProbeTask(task.abort_handle());
+        if let Some(run) = self.replica_mut(id).run_mut() {
+            run.probe = Some(probe);
+        }
     }
 
     /// The command of `id` runs: without `health` it counts as healthy at
@@ -108,12 +113,10 @@ impl Supervisor {
             .service(&id.service)
             .is_some_and(|s| s.health.is_some());
         self.role_on_running(id);
-        let replica = self.replica_mut(id);
         if has_health {
-            replica.health = Verdict::Unknown;
             self.start_health(id);
-        } else {
-            replica.health = Verdict::Healthy;
+        } else if let Some(run) = self.replica_mut(id).run_mut() {
+            run.health = Verdict::Healthy;
         }
     }
 
@@ -143,29 +146,29 @@ impl Supervisor {
             return;
         }
         for line in text.lines() {
+            let Some(run) = self.replica_mut(&id).run_mut() else {
+                return;
+            };
             match line.split_once('=') {
                 Some(("READY", "1")) => {
-                    self.mark_healthy(&id);
                     if health.watchdog.is_none() {
-                        self.replica_mut(&id).watchdog_until = None;
+                        run.watchdog_until = None;
                     }
+                    self.mark_healthy(&id);
                 }
                 Some(("WATCHDOG", "1")) => {
                     if let Some(w) = health.watchdog {
-                        let replica = self.replica_mut(&id);
                         let next = Instant::now() + w;
                         // Before READY=1 the start period's deadline stands
                         // (an earlier one would pass unjudged, and none follow).
-                        replica.watchdog_until = match replica.watchdog_until {
-                            Some(start) if replica.health == Verdict::Unknown => {
-                                Some(start.max(next))
-                            }
+                        run.watchdog_until = match run.watchdog_until {
+                            Some(start) if run.health == Verdict::Unknown => Some(start.max(next)),
                             _ => Some(next),
                         };
                     }
                 }
                 Some(("WATCHDOG", "trigger")) => {
-                    self.replica_mut(&id).probe_failures = health.retries.saturating_sub(1);
+                    run.probe_failures = health.retries.saturating_sub(1);
                     self.probe_failed(&id, "it sent WATCHDOG=trigger");
                 }
                 Some(("STATUS", status)) => {
@@ -174,19 +177,6 @@ impl Supervisor {
                 _ => {}
             }
         }
-    }
-
-    /// The incarnation is over: no more probing, no verdict, no role.
-    pub(super) fn end_health(&mut self, id: &ReplicaId) {
-        let Some(replica) = self.replicas.get_mut(id) else {
-            return;
-        };
-        if let Some(task) = replica.probe.take() {
-            task.abort();
-        }
-        replica.health = Verdict::Unknown;
-        replica.probe_failures = 0;
-        replica.watchdog_until = None;
     }
 
     pub(super) fn on_probe(&mut self, result: ProbeResult) {
@@ -210,10 +200,13 @@ impl Supervisor {
 
     pub(super) fn mark_healthy(&mut self, id: &ReplicaId) {
         let replica = self.replica_mut(id);
-        replica.probe_failures = 0;
-        if replica.health != Verdict::Healthy {
-            replica.health = Verdict::Healthy;
-            let pid = replica.phase.pid();
+        let pid = replica.phase.pid();
+        let Some(run) = replica.run_mut() else {
+            return;
+        };
+        run.probe_failures = 0;
+        if run.health != Verdict::Healthy {
+            run.health = Verdict::Healthy;
             self.emit("healthy", Some(id), pid, format!("{id} is healthy"));
         }
     }
@@ -228,24 +221,25 @@ impl Supervisor {
         else {
             return;
         };
-        let replica = self.replica_mut(id);
-        let since = match replica.phase {
-            Phase::Running { since, .. } => since,
-            _ => return,
+        let Phase::Running {
+            since, pid, run, ..
+        } = &mut self.replica_mut(id).phase
+        else {
+            return;
         };
         // As with Docker: the start period shields a replica until its first
         // success, not after.
-        if replica.health == Verdict::Unknown && since.elapsed() < health.start_period {
+        if run.health == Verdict::Unknown && since.elapsed() < health.start_period {
             return;
         }
-        replica.probe_failures += 1;
-        if replica.probe_failures < health.retries || replica.health == Verdict::Unhealthy {
+        run.probe_failures += 1;
+        if run.probe_failures < health.retries || run.health == Verdict::Unhealthy {
             return;
         }
-        let never_healthy = replica.health == Verdict::Unknown;
-        replica.health = Verdict::Unhealthy;
-        let pid = replica.phase.pid();
-        let failures = replica.probe_failures;
+        let never_healthy = run.health == Verdict::Unknown;
+        run.health = Verdict::Unhealthy;
+        let pid = Some(*pid);
+        let failures = run.probe_failures;
         self.demote(id);
         let then = match health.action {
             HealthAction::Restart => "; restarting it",
@@ -266,41 +260,24 @@ impl Supervisor {
     }
 
     /// notify services: a replica not ready by the end of its start period,
-    /// or silent past its watchdog deadline, is unhealthy. Returns the next
-    /// deadline.
-    pub(super) fn check_watchdogs(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        let overdue: Vec<ReplicaId> = self
-            .replicas
-            .values()
-            .filter_map(|r| {
-                let until = r.watchdog_until?;
-                if until <= now {
-                    Some(r.id.clone())
-                } else {
-                    next = Some(next.map_or(until, |n| n.min(until)));
-                    None
-                }
-            })
-            .collect();
-        for id in overdue {
-            // A missed deadline is a verdict on its own, like `retries` failures.
-            let (retries, watchdog) = self
-                .spec
-                .service(&id.service)
-                .and_then(|s| s.health.as_ref())
-                .map_or((1, None), |h| (h.retries, h.watchdog));
-            let replica = self.replica_mut(&id);
-            replica.watchdog_until = None;
-            replica.probe_failures = retries.saturating_sub(1);
-            let why = if watchdog.is_some() {
-                "watchdog expired: no WATCHDOG=1 in time"
-            } else {
-                "no READY=1 received"
-            };
-            self.probe_failed(&id, why);
+    /// or silent past its watchdog deadline, is unhealthy.
+    pub(super) fn watchdog_overdue(&mut self, id: &ReplicaId) {
+        // A missed deadline is a verdict on its own, like `retries` failures.
+        let (retries, watchdog) = self
+            .spec
+            .service(&id.service)
+            .and_then(|s| s.health.as_ref())
+            .map_or((1, None), |h| (h.retries, h.watchdog));
+        if let Some(run) = self.replica_mut(id).run_mut() {
+            run.watchdog_until = None;
+            run.probe_failures = retries.saturating_sub(1);
         }
-        next
+        let why = if watchdog.is_some() {
+            "watchdog expired: no WATCHDOG=1 in time"
+        } else {
+            "no READY=1 received"
+        };
+        self.probe_failed(id, why);
     }
 }
 

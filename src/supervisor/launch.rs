@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
-use super::replica::{Phase, ReplicaId, Role};
+use super::replica::{ReplicaId, Role};
 use super::restart::{Ending, History};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
@@ -31,8 +31,14 @@ pub(super) struct Shim {
 const STATUS_BUFFER: usize = 256;
 
 impl Supervisor {
-    pub(super) fn spawn(&mut self, id: &ReplicaId, position: usize, now: Instant) {
-        let role = self.role_at_spawn(id);
+    /// Starts an incarnation of `id`, in the `role` the plan gave it.
+    pub(super) fn spawn(
+        &mut self,
+        id: &ReplicaId,
+        position: usize,
+        role: Option<Role>,
+        now: Instant,
+    ) {
         let service = &self.spec.services[position];
         let plan = service.replica(&self.spec.dir, id.index);
         let name = id.to_string();
@@ -40,10 +46,8 @@ impl Supervisor {
             .replicas
             .get_mut(id)
             .expect("replica ids come from the map");
-        replica.role = role;
         replica.generation += 1;
         let generation = replica.generation;
-        let restarts = replica.restarts;
         let history = replica.history.clone();
         let mut env = plan.env;
         env.push((
@@ -94,24 +98,12 @@ impl Supervisor {
         let _ = std::fs::remove_file(&config.exit_record);
         if role == Some(Role::Active) {
             // Checkpointed before it is told (see `failover`).
-            self.save_checkpoint();
-        }
-        if restarts > 0 {
-            // Before the attempt: a restart that cannot even fork its shim
-            // is counted too, and so told.
-            let detail = format!("restarting {id} (restart {restarts})");
-            self.emit("restarted", Some(id), None, detail);
+            self.save_checkpoint_telling(id, Role::Active);
         }
         match self.start_shim(&config) {
             Ok(Started { pid, pidfd, status }) => {
                 self.watch(id, pid, pidfd, Some((generation, status)));
-                self.set_phase(
-                    id,
-                    Phase::Starting {
-                        shim: pid,
-                        since: now,
-                    },
-                );
+                self.begin(id, pid, now, role);
             }
             Err(e) => {
                 // Could not even fork the shim (EAGAIN, ENOMEM): the same as a

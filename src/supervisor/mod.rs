@@ -17,10 +17,13 @@ mod health;
 mod journal;
 mod launch;
 mod notify;
+mod plan;
 mod replica;
 mod requests;
 pub mod restart;
 mod resume;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,17 +38,19 @@ use crate::alerts::Alerts;
 use crate::control::protocol::EventRecord;
 use crate::control::server;
 use crate::metrics::{self, Metrics};
+use crate::procfs;
 use crate::reaper::Reaper;
 use crate::shim::protocol::Status;
 use crate::shim::zygote::Zygote;
-use crate::spec::{Condition, Probe, Service, Spec};
+use crate::spec::{Probe, Spec};
 use crate::state_dir::{LockError, StateDir};
 use checkpoint::Checkpoint;
 use desired::Desired;
 use display::Display;
 use journal::Journal;
 use launch::Shim;
-use replica::{AfterStop, Phase, Replica, ReplicaId, Verdict};
+use plan::Action;
+use replica::{AfterStop, Phase, Replica, ReplicaId};
 
 /// How `supervise up` was asked to run.
 #[derive(Debug, Clone, Default)]
@@ -346,13 +351,6 @@ struct Supervisor {
     notify_listening: bool,
 }
 
-/// Can a service start, given the state of what it depends on?
-enum Readiness {
-    Ready,
-    Waiting,
-    Blocked(String),
-}
-
 impl Supervisor {
     fn new(
         spec: Spec,
@@ -476,94 +474,90 @@ impl Supervisor {
             .filter(move |r| r.id.service == service)
     }
 
-    /// The level-triggered heart: act on the difference between what should
-    /// be and what is. Returns when it next needs to run without an event.
+    /// The level-triggered heart: plan what closes the difference between
+    /// what should be and what is (see `plan`), then carry it out. Returns
+    /// when it next needs to run without an event.
     fn reconcile(&mut self, now: Instant) -> Option<Instant> {
-        if self.shutdown.is_some() {
-            return self.reconcile_shutdown(now);
+        if self.shutdown.is_none() {
+            self.ensure_replicas();
         }
-        self.ensure_replicas();
-        self.retire_surplus();
-        let roles = self.reconcile_roles(now);
-        let mut wake = earliest(self.check_watchdogs(now), roles);
-        for position in 0..self.spec.services.len() {
-            let service = &self.spec.services[position];
-            let name = service.name.clone();
-            let readiness = self.readiness(service);
-            let count = self.desired.replicas(service);
-            // Replicas beyond the count are being retired by retire_surplus.
-            let ids: Vec<ReplicaId> = self
-                .replicas_of(&name)
-                .filter(|r| r.id.index < count)
-                .map(|r| r.id.clone())
-                .collect();
-            for id in ids {
-                let replica = &self.replicas[&id];
-                let phase = replica.phase.clone();
-                if replica.stop_requested {
-                    if !matches!(phase, Phase::Stopping { .. }) {
-                        self.stop_replica(&id, AfterStop::Stay);
-                    }
-                    continue;
-                }
-                match (phase, &readiness) {
-                    (Phase::Pending, Readiness::Ready) => self.spawn(&id, position, now),
-                    (Phase::Pending, Readiness::Blocked(reason)) => {
-                        let detail = format!("{id} failed: {reason}");
-                        self.emit("failed", Some(&id), None, detail);
-                        self.set_phase(&id, Phase::Failed);
-                        self.check_exit_with(&name);
-                    }
-                    (Phase::Backoff { until }, _) if until <= now => {
-                        let replica = self.replica_mut(&id);
-                        replica.restarts += 1;
-                        self.spawn(&id, position, now)
-                    }
-                    (Phase::Backoff { until }, _) => {
-                        wake = Some(wake.map_or(until, |w| w.min(until)))
-                    }
-                    _ => {}
-                }
-            }
+        let catches = |pid, signal| procfs::survives(pid, signal);
+        let plan = plan::plan(
+            &plan::View {
+                services: &self.spec.services,
+                desired: &self.desired,
+                replicas: &self.replicas,
+                shutdown: self.shutdown.as_ref(),
+                catches: &catches,
+            },
+            now,
+        );
+        for action in plan.actions {
+            self.act(action, now);
         }
-        wake
+        plan.wake
     }
 
-    /// Replicas beyond their service's desired count, or of services the
-    /// spec no longer has, go: highest index first, since each is retired
-    /// as soon as it is found and the map is walked from the top.
-    fn retire_surplus(&mut self) {
-        let surplus: Vec<ReplicaId> = self
-            .replicas
-            .keys()
-            .rev()
-            .filter(|id| match self.spec.service(&id.service) {
-                Some(service) => id.index >= self.desired.replicas(service),
-                None => true,
-            })
-            .cloned()
-            .collect();
-        for id in surplus {
-            self.stop_replica(&id, AfterStop::Remove);
+    /// Carries out one planned action.
+    fn act(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::Stop { id, then } => self.stop_replica(&id, then),
+            Action::Settle(id) => self.set_phase(&id, Phase::Stopped),
+            Action::Spawn { id, position, role } => {
+                // Started again, but on request (`restart`, a reload) or
+                // after a resume: told, not counted.
+                if self.replicas[&id].restarts > 0 {
+                    self.tell_restarting(&id);
+                }
+                self.spawn(&id, position, role, now);
+            }
+            Action::Restart { id, position, role } => {
+                self.count_restart(&id);
+                self.spawn(&id, position, role, now);
+            }
+            Action::Fail { id, reason } => {
+                self.emit("failed", Some(&id), None, format!("{id} failed: {reason}"));
+                self.set_phase(&id, Phase::Failed);
+                self.check_exit_with(&id.service);
+            }
+            Action::Demote(id) => self.demote(&id),
+            Action::Promote(id) => self.promote(&id),
+            Action::PassOver { id, signal } => self.pass_over(&id, signal, now),
+            Action::Overdue(id) => self.watchdog_overdue(&id),
+            Action::Kill => {
+                let detail = format!(
+                    "shutdown_timeout ({}) reached; killing what is left",
+                    humantime::format_duration(self.spec.supervisor.shutdown_timeout)
+                );
+                self.emit("killed", None, None, detail);
+                self.force();
+            }
         }
     }
 
     /// Takes a replica down: a live one is asked to stop (its shim stops the
     /// whole tree), one without processes goes straight to what follows.
     fn stop_replica(&mut self, id: &ReplicaId, then: AfterStop) {
-        let replica = &self.replicas[id];
-        let (shim, pid) = match replica.phase {
-            Phase::Starting { shim, .. } => (shim, None),
-            Phase::Running { shim, pid, .. } => (shim, Some(pid)),
-            Phase::Stopping { shim, pid, .. } => {
-                // Already on its way down: only what follows may change.
-                self.set_phase(id, Phase::Stopping { shim, pid, then });
-                return;
-            }
-            _ => {
+        let replica = self.replica_mut(id);
+        if let Phase::Stopping { then: next, .. } = &mut replica.phase {
+            // Already on its way down: only what follows may change.
+            *next = then;
+            return;
+        }
+        let (shim, pid, run) = match std::mem::replace(&mut replica.phase, Phase::Pending) {
+            Phase::Starting { shim, run, .. } => (shim, None, run),
+            Phase::Running { shim, pid, run, .. } => (shim, Some(pid), run),
+            phase => {
+                replica.phase = phase;
                 self.after_stop(id, then);
                 return;
             }
+        };
+        replica.phase = Phase::Stopping {
+            shim,
+            pid,
+            then,
+            run,
         };
         // An active on its way down is active no more: a standby can take
         // over now, not once this one is gone.
@@ -573,7 +567,6 @@ impl Supervisor {
         // The shim sends the stop signal to the whole tree and escalates to
         // SIGKILL after stop_timeout.
         self.signal_shim(shim, Signal::SIGTERM);
-        self.set_phase(id, Phase::Stopping { shim, pid, then });
     }
 
     fn after_stop(&mut self, id: &ReplicaId, then: AfterStop) {
@@ -592,69 +585,6 @@ impl Supervisor {
                 self.replicas.remove(id);
             }
         }
-    }
-
-    fn readiness(&self, service: &Service) -> Readiness {
-        for dep in &service.depends_on {
-            for r in self.replicas_of(&dep.service) {
-                match (&r.phase, dep.condition) {
-                    (Phase::Failed, _) => {
-                        return Readiness::Blocked(format!("dependency {} failed", r.id));
-                    }
-                    (Phase::Exited, Condition::Completed) => {}
-                    (Phase::Running { .. }, Condition::Started) => {}
-                    (Phase::Running { .. }, Condition::Healthy) if r.health == Verdict::Healthy => {
-                    }
-                    _ => return Readiness::Waiting,
-                }
-            }
-        }
-        Readiness::Ready
-    }
-
-    fn reconcile_shutdown(&mut self, now: Instant) -> Option<Instant> {
-        // Replicas without processes have nothing to stop.
-        for replica in self.replicas.values_mut() {
-            if matches!(replica.phase, Phase::Pending | Phase::Backoff { .. }) {
-                replica.phase = Phase::Stopped;
-            }
-        }
-        // Reverse dependency order: a service stops once nothing that
-        // depends on it has processes left.
-        for position in (0..self.spec.services.len()).rev() {
-            let service = &self.spec.services[position];
-            let dependants_down = self
-                .spec
-                .services
-                .iter()
-                .filter(|s| s.depends_on.iter().any(|d| d.service == service.name))
-                .all(|s| self.replicas_of(&s.name).all(|r| r.phase.shim().is_none()));
-            if !dependants_down {
-                continue;
-            }
-            let to_stop: Vec<ReplicaId> = self
-                .replicas_of(&service.name)
-                .filter(|r| matches!(r.phase, Phase::Starting { .. } | Phase::Running { .. }))
-                .map(|r| r.id.clone())
-                .collect();
-            for id in to_stop {
-                self.stop_replica(&id, AfterStop::Stay);
-            }
-        }
-        let shutdown = self.shutdown.as_ref()?;
-        if shutdown.forced {
-            return None;
-        }
-        if now >= shutdown.deadline {
-            let detail = format!(
-                "shutdown_timeout ({}) reached; killing what is left",
-                humantime::format_duration(self.spec.supervisor.shutdown_timeout)
-            );
-            self.emit("killed", None, None, detail);
-            self.force();
-            return None;
-        }
-        Some(shutdown.deadline)
     }
 
     fn finished(&self) -> bool {
@@ -783,23 +713,15 @@ impl Supervisor {
                     self.on_respawned(&report.id, shim, generation, pid, outcome);
                 }
             }
-            (Some(Status::Started { pid }), Phase::Starting { shim, since }) => {
-                let (shim, since) = (*shim, *since);
-                replica.phase = Phase::Running { shim, pid, since };
-                replica.started_at = Some(SystemTime::now());
-                let detail = format!("spawned {} (pid {pid})", report.id);
-                self.emit("spawned", Some(&report.id), Some(pid), detail);
-                self.on_running(&report.id);
+            (Some(Status::Started { pid }), Phase::Starting { .. }) => {
+                self.began(&report.id, pid);
             }
             (Some(Status::Ready), Phase::Running { .. }) => self.mark_healthy(&report.id),
-            (Some(Status::Started { pid }), Phase::Stopping { shim, then, .. }) => {
+            (Some(Status::Started { pid }), Phase::Stopping { .. }) => {
                 // Asked to stop before its start was reported: keep the pid for status.
-                let (shim, then) = (*shim, *then);
-                replica.phase = Phase::Stopping {
-                    shim,
-                    pid: Some(pid),
-                    then,
-                };
+                if let Phase::Stopping { pid: shown, .. } = &mut replica.phase {
+                    *shown = Some(pid);
+                }
             }
             (Some(Status::SpawnFailed { error }), _) => {
                 let detail = format!("{} could not be started: {error}", report.id);

@@ -20,8 +20,10 @@ impl fmt::Display for ReplicaId {
     }
 }
 
-/// The replica states of docs/commands.md §3.1, each with what only it knows.
-#[derive(Debug, Clone)]
+/// The replica states of docs/commands.md §3.1, each with what only it
+/// knows. The phases with processes hold their run's [`Incarnation`], so
+/// the run's data goes with the run.
+#[derive(Debug)]
 pub enum Phase {
     /// Waiting for its dependencies.
     Pending,
@@ -29,17 +31,20 @@ pub enum Phase {
     Starting {
         shim: Pid,
         since: Instant,
+        run: Incarnation,
     },
     Running {
         shim: Pid,
         pid: u32,
         since: Instant,
+        run: Incarnation,
     },
     /// Asked to stop; the shim is taking the tree down.
     Stopping {
         shim: Pid,
         pid: Option<u32>,
         then: AfterStop,
+        run: Incarnation,
     },
     /// Waiting to be restarted.
     Backoff {
@@ -83,6 +88,25 @@ impl Phase {
             Phase::Stopped => "stopped",
             Phase::Exited => "exited",
             Phase::Failed => "failed",
+        }
+    }
+
+    /// The current run's data, while it has processes.
+    pub fn run(&self) -> Option<&Incarnation> {
+        match self {
+            Phase::Starting { run, .. }
+            | Phase::Running { run, .. }
+            | Phase::Stopping { run, .. } => Some(run),
+            _ => None,
+        }
+    }
+
+    pub fn run_mut(&mut self) -> Option<&mut Incarnation> {
+        match self {
+            Phase::Starting { run, .. }
+            | Phase::Running { run, .. }
+            | Phase::Stopping { run, .. } => Some(run),
+            _ => None,
         }
     }
 
@@ -133,25 +157,18 @@ impl Role {
     }
 }
 
-#[derive(Debug)]
-pub struct Replica {
-    pub id: ReplicaId,
-    pub phase: Phase,
-    /// Counts incarnations; stale reports from an earlier one are ignored.
-    pub generation: u64,
-    pub restarts: u32,
-    pub history: History,
-    pub last_exit: Option<(Ending, SystemTime)>,
-    /// When the current incarnation's command started.
+/// What one run of a replica has, from its spawn to its end. It is held
+/// by the phases that have processes, so ending the run (any other phase)
+/// drops it, its probe task with it: nothing is reset by hand.
+#[derive(Debug, Default)]
+pub struct Incarnation {
+    /// When its command started (not yet known while starting).
     pub started_at: Option<SystemTime>,
-    /// Marked with `stop`: stays down until `start`/`restart`.
-    pub stop_requested: bool,
-    /// Of the current incarnation; see `supervisor::health`.
+    /// See `supervisor::health`.
     pub health: Verdict,
     /// Probe failures in a row (after `start_period`).
     pub probe_failures: u32,
-    /// The current incarnation's probe task, aborted when it ends.
-    pub probe: Option<tokio::task::AbortHandle>,
+    pub probe: Option<ProbeTask>,
     /// notify services: unhealthy if not ready (or, with `watchdog`, silent)
     /// past this.
     pub watchdog_until: Option<Instant>,
@@ -165,6 +182,29 @@ pub struct Replica {
     pub passed_over: bool,
 }
 
+/// A run's probe task, aborted when the run ends.
+#[derive(Debug)]
+pub struct ProbeTask(pub tokio::task::AbortHandle);
+
+impl Drop for ProbeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    pub id: ReplicaId,
+    pub phase: Phase,
+    /// Counts incarnations; stale reports from an earlier one are ignored.
+    pub generation: u64,
+    pub restarts: u32,
+    pub history: History,
+    pub last_exit: Option<(Ending, SystemTime)>,
+    /// Marked with `stop`: stays down until `start`/`restart`.
+    pub stop_requested: bool,
+}
+
 impl Replica {
     pub fn new(id: ReplicaId) -> Replica {
         Replica {
@@ -174,15 +214,21 @@ impl Replica {
             restarts: 0,
             history: History::default(),
             last_exit: None,
-            started_at: None,
             stop_requested: false,
-            health: Verdict::Unknown,
-            probe_failures: 0,
-            probe: None,
-            watchdog_until: None,
-            role: None,
-            promotable_from: None,
-            passed_over: false,
         }
+    }
+
+    /// The current run's, Unknown without one.
+    pub fn health(&self) -> Verdict {
+        self.phase.run().map_or(Verdict::Unknown, |run| run.health)
+    }
+
+    /// The current run's (failover services only).
+    pub fn role(&self) -> Option<Role> {
+        self.phase.run().and_then(|run| run.role)
+    }
+
+    pub fn run_mut(&mut self) -> Option<&mut Incarnation> {
+        self.phase.run_mut()
     }
 }

@@ -297,7 +297,7 @@ fn service_state(states: &[&str]) -> &'static str {
 /// The state `status` shows: a running command is `starting` until its
 /// health probe first succeeds, and `unhealthy` after it fails for good.
 fn shown_state(r: &Replica) -> &'static str {
-    match (&r.phase, r.health) {
+    match (&r.phase, r.health()) {
         (Phase::Running { .. }, Verdict::Unknown) => "starting",
         (Phase::Running { .. }, Verdict::Unhealthy) => "unhealthy",
         (phase, _) => phase.name(),
@@ -309,15 +309,15 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         index: r.id.index,
         pid: r.phase.pid(),
         state: shown_state(r).into(),
-        health: match r.health {
+        health: match r.health() {
             Verdict::Healthy => "healthy",
             Verdict::Unhealthy => "unhealthy",
             Verdict::Unknown => "unknown",
         }
         .into(),
-        role: r.role.map(|role| role.as_str().into()),
+        role: r.role().map(|role| role.as_str().into()),
         restarts: r.restarts,
-        started_at: r.started_at.map(rfc3339),
+        started_at: r.phase.run().and_then(|run| run.started_at).map(rfc3339),
         last_exit: r.last_exit.as_ref().map(|(outcome, at)| LastExit {
             code: match outcome {
                 Ending::Code(c) => Some(*c),

@@ -20,8 +20,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Supervisor;
-use super::checkpoint::{Checkpoint, ReplicaMemo};
-use super::replica::{AfterStop, Phase, Replica, ReplicaId, Verdict};
+use super::checkpoint::{Checkpoint, ReplicaMemo, Settled};
+use super::replica::{AfterStop, Incarnation, Phase, Replica, ReplicaId, Verdict};
 use super::restart::Ending;
 use crate::procfs;
 use crate::shim::protocol::{ExitRecord, RunningRecord, read_record};
@@ -111,6 +111,7 @@ impl Supervisor {
                 shim,
                 pid: None,
                 then: AfterStop::Start,
+                run: Incarnation::default(),
             };
             found.unknown += 1;
             return;
@@ -188,11 +189,14 @@ impl Supervisor {
             .unwrap_or_default();
         let replica = self.replica_mut(id);
         catch_up(replica, record.generation);
-        replica.started_at = Some(record.started_at);
         replica.phase = Phase::Running {
             shim,
             pid: record.pid,
             since: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            run: Incarnation {
+                started_at: Some(record.started_at),
+                ..Incarnation::default()
+            },
         };
         if record.respawns {
             // We would not hear of its respawns: it is to leave restarts to us.
@@ -246,13 +250,15 @@ impl Supervisor {
         // What the checkpoint says of health and role is about this very
         // incarnation only if the generations agree (it may lag behind);
         // without a record, which incarnation runs is not known.
-        if from_record && memo.generation == record.generation {
-            let replica = self.replica_mut(id);
+        if from_record
+            && memo.generation == record.generation
+            && let Some(run) = self.replica_mut(id).run_mut()
+        {
             if memo.healthy {
-                replica.health = Verdict::Healthy;
+                run.health = Verdict::Healthy;
             }
-            if replica.role.is_some() && memo.role.is_some() {
-                replica.role = memo.role;
+            if run.role.is_some() && memo.role.is_some() {
+                run.role = memo.role;
             }
         }
     }
@@ -262,8 +268,9 @@ impl Supervisor {
         self.kill_leftovers(id);
         let replica = self.replica_mut(id);
         let uptime = replica
-            .started_at
-            .take()
+            .phase
+            .run()
+            .and_then(|run| run.started_at)
             .and_then(|started| at.duration_since(started).ok())
             .unwrap_or_default();
         replica.last_exit = Some((outcome.clone(), at));
@@ -346,11 +353,9 @@ fn restore(replica: &mut Replica, memo: &ReplicaMemo) {
     replica.history.consecutive = memo.consecutive;
     replica.history.recent = memo.recent.iter().copied().map(since_wall).collect();
     replica.last_exit = memo.last_exit.clone();
-    replica.phase = match (memo.settled.as_deref(), memo.backoff_until) {
-        (Some("exited"), _) => Phase::Exited,
-        (Some("failed"), _) => Phase::Failed,
-        (Some("stopped"), _) => Phase::Stopped,
-        (_, Some(until)) => {
+    replica.phase = match (memo.settled, memo.backoff_until) {
+        (Some(settled), _) => settled.phase(),
+        (None, Some(until)) => {
             let left = until
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
@@ -384,12 +389,9 @@ impl Supervisor {
                     _ => None,
                 },
                 last_exit: replica.last_exit.clone(),
-                settled: replica
-                    .phase
-                    .is_settled()
-                    .then(|| replica.phase.name().to_string()),
-                role: replica.role,
-                healthy: replica.health == Verdict::Healthy,
+                settled: Settled::of(&replica.phase),
+                role: replica.role(),
+                healthy: replica.health() == Verdict::Healthy,
             };
             checkpoint.replicas.insert(replica.id.to_string(), memo);
         }
