@@ -28,6 +28,7 @@ pub mod protocol;
 mod spawn;
 pub mod zygote;
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -65,6 +66,8 @@ enum Phase {
     /// Stop signal sent; SIGKILL at the deadline.
     Stopping {
         deadline: Instant,
+        /// The processes the stop signal was sent to, outside the group.
+        signalled: HashSet<Pid>,
     },
     Killing,
 }
@@ -99,30 +102,50 @@ impl Tree {
     }
 
     /// Stop signal to every process of the replica; SIGKILL after the timeout.
+    /// Called again while stopping, it sends the stop signal to processes
+    /// of the tree it has not reached yet: those the main process left as it
+    /// ended are re-parented to us meanwhile, and a walk of the tree during
+    /// that move can miss them (they lived until stop_timeout).
     fn stop(&mut self) {
-        if let Phase::Running = self.phase {
-            self.signal_all(self.stop_signal);
-            self.phase = Phase::Stopping {
-                deadline: Instant::now() + self.stop_timeout,
-            };
+        match &mut self.phase {
+            Phase::Running => {
+                let signalled = self.signal_all(self.stop_signal);
+                self.phase = Phase::Stopping {
+                    deadline: Instant::now() + self.stop_timeout,
+                    signalled,
+                };
+            }
+            Phase::Stopping { signalled, .. } => {
+                for pid in procfs::descendants(self.me) {
+                    if signalled.insert(pid) {
+                        let _ = nix::sys::signal::kill(pid, self.stop_signal);
+                    }
+                }
+            }
+            Phase::Killing => {}
         }
     }
 
     fn kill(&mut self) {
         self.phase = Phase::Killing;
-        self.signal_all(Signal::SIGKILL);
+        let _ = self.signal_all(Signal::SIGKILL);
     }
 
     /// The replica's process group first: the kernel lets no fork in flight
     /// escape a group signal, while a child forked during the scan of /proc
     /// would be missed by it (and live until stop_timeout). The group's id is
     /// the main process's pid, which cannot be reused before the shim reaps
-    /// it. Then every process of the tree, for those that left the group.
-    fn signal_all(&self, signal: Signal) {
+    /// it. Then every process of the tree, for those that left the group;
+    /// returns those.
+    fn signal_all(&self, signal: Signal) -> HashSet<Pid> {
         if self.main_status.is_none() {
             let _ = killpg(self.main, signal);
         }
-        procfs::signal_descendants(self.me, signal);
+        let tree: HashSet<Pid> = procfs::descendants(self.me).into_iter().collect();
+        for &pid in &tree {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+        tree
     }
 
     fn on_signal(&mut self, signal: Signal) {
@@ -166,7 +189,7 @@ impl Tree {
     /// Escalates a stop whose time is up, and keeps sweeping while killing
     /// (a process may fork between two sweeps).
     fn tick(&mut self) {
-        if let Phase::Stopping { deadline } = self.phase
+        if let Phase::Stopping { deadline, .. } = self.phase
             && Instant::now() >= deadline
         {
             self.phase = Phase::Killing;
@@ -180,7 +203,7 @@ impl Tree {
     fn wait(&self) -> Option<Duration> {
         match self.phase {
             Phase::Running => None,
-            Phase::Stopping { deadline } => {
+            Phase::Stopping { deadline, .. } => {
                 Some(deadline.saturating_duration_since(Instant::now()))
             }
             Phase::Killing => Some(KILL_SWEEP),
