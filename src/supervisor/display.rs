@@ -191,6 +191,14 @@ impl Display {
         }
     }
 
+    /// What a person must see even with -q (which hides event lines): said
+    /// as a `warning:` line then; otherwise its event line says it.
+    pub fn warning_if_quiet(&self, message: &str) {
+        if self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "warning: {message}");
+        }
+    }
+
     /// One supervisor event line ("api.1 exited with code 3; restart 4 in 800ms").
     pub fn event(&self, message: &str) {
         if self.quiet {

@@ -152,6 +152,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             .map_err(|e| setup("open the notify socket", e))?;
     }
     if let Some(detail) = set_aside {
+        sup.display.warning_if_quiet(&detail);
         // An event, so that `up -d` and `events` can show it too.
         sup.record(CHECKPOINT_SET_ASIDE, None, None, None, detail);
     }

@@ -273,6 +273,26 @@ command = ["python3", "-u", "-c", "import itertools, time\nfor i in itertools.co
 }
 
 #[test]
+fn a_quiet_foreground_up_still_warns_of_a_checkpoint_set_aside() {
+    let mut first = Supervise::start("[services.web]\ncommand = [\"sleep\", \"1000\"]\n");
+    first.expect_spawned("web.0");
+    let checkpoint = first.state_dir().join("checkpoint.json");
+    assert!(wait_until(SOON, || checkpoint.exists()));
+    kill9(first.pid);
+    assert!(first.wait_exit(SOON).is_some());
+    std::fs::write(&checkpoint, "{ torn").unwrap();
+    // -q hides event lines, and before this the warning with them.
+    let next = first.another().arg("-q").start();
+    next.err
+        .wait_for(SOON, |l| {
+            l.starts_with("warning: ") && l.contains("checkpoint.json is damaged")
+        })
+        .expect("no warning of the damaged checkpoint");
+    next.expect("adopted", "web.0");
+    assert!(next.said().is_empty(), "{:?}", next.said());
+}
+
+#[test]
 fn damaged_checkpoint_is_set_aside_with_one_clear_line_and_nothing_is_duplicated() {
     let mut first = Supervise::start(
         r#"
