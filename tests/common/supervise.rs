@@ -376,6 +376,16 @@ impl Supervise {
         self.status
     }
 
+    /// `kill -9` of the supervisor, as a crash would; returns once it is
+    /// gone (its replicas keep running).
+    pub fn kill9(&mut self) {
+        kill9(self.pid);
+        assert!(
+            self.wait_exit(SOON).is_some(),
+            "the supervisor survived SIGKILL"
+        );
+    }
+
     /// Waits for the exit and returns the code; panics on timeout.
     pub fn expect_exit(&mut self, timeout: Duration) -> i32 {
         match self.wait_exit(timeout) {

@@ -128,8 +128,7 @@ fn kill_9_chaos_resumes_with_exactly_the_desired_replicas() {
             check_restarts(round, &report);
         }
         let victim = guards.last_mut().unwrap();
-        kill9(victim.pid);
-        assert!(victim.wait_exit(SOON).is_some());
+        victim.kill9();
         let next = resume(guards.last().unwrap());
 
         // I1/I2: within a bounded time each steady replica has exactly one
@@ -242,8 +241,7 @@ command = ["python3", "-u", "-c", "import itertools, time\nfor i in itertools.co
             "the counter stalled"
         );
         let victim = guards.last_mut().unwrap();
-        kill9(victim.pid);
-        assert!(victim.wait_exit(SOON).is_some());
+        victim.kill9();
         // While no supervisor runs, the replica goes on and so does its log.
         let during = lines().len();
         assert!(
@@ -278,8 +276,7 @@ fn a_quiet_foreground_up_still_warns_of_a_checkpoint_set_aside() {
     first.expect_spawned("web.0");
     let checkpoint = first.state_dir().join("checkpoint.json");
     assert!(wait_until(SOON, || checkpoint.exists()));
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
     std::fs::write(&checkpoint, "{ torn").unwrap();
     // -q hides event lines, and before this the warning with them.
     let next = first.another().arg("-q").start();
@@ -305,8 +302,7 @@ replicas = 2
     let state_dir = first.state_dir();
     let checkpoint = state_dir.join("checkpoint.json");
     assert!(wait_until(SOON, || checkpoint.exists()));
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
     let text = std::fs::read(&checkpoint).unwrap();
     std::fs::write(&checkpoint, &text[..text.len() / 2]).unwrap();
 
@@ -352,8 +348,7 @@ restart = { delay = "0s" }
     );
     let adopted = first.expect_spawned("web.0");
     first.expect_output("web.0", &format!("^tick {adopted} 1$"), SOON);
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
 
     let next = first.another().start();
     assert_eq!(next.expect("adopted", "web.0").pid, Some(adopted));
@@ -395,8 +390,7 @@ command = ["sleep", "1000"]
     let old = first.expect_spawned("web.0");
     let db = first.expect_spawned("db.0");
     first.expect_output("web.0", "^greeting=hello$", SOON);
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
     std::fs::write(first.spec_path(), spec("bonjour")).unwrap();
 
     let next = first.another().start();
@@ -450,8 +444,7 @@ restart = { delay = "50ms" }
     );
     let pid = first.expect_spawned("job.0");
     let (_, shim) = proc_stat(pid).unwrap();
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
     std::fs::write(first.dir().join("go"), "").unwrap();
     // Gone means its shim too, with the exit on record.
     assert!(
@@ -517,8 +510,7 @@ command = ["sleep", "1000"]
     );
     let replica = first.expect_spawned("web.0");
     let (_, shim) = proc_stat(replica).unwrap();
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
     kill9(shim);
     kill9(replica);
     assert!(wait_until(SOON, || !is_alive(replica) && !is_alive(shim)));
@@ -578,8 +570,7 @@ command = ["sleep", "1000"]
 fn an_adopted_notify_replica_still_reaches_the_resumed_supervisor() {
     let mut guards = vec![Supervise::start(&ready_on_go("daemon"))];
     let pid = guards[0].expect_spawned("daemon.0");
-    kill9(guards[0].pid);
-    assert!(guards[0].wait_exit(SOON).is_some());
+    guards[0].kill9();
     let next = resume(&guards[0]);
     assert_eq!(next.expect("adopted", "daemon.0").pid, Some(pid));
     std::fs::write(next.dir().join("go"), "").unwrap();
@@ -598,8 +589,7 @@ restart = { delay = "0s" }
     );
     let pid = first.expect_spawned("web.0");
     let (_, shim) = proc_stat(pid).unwrap();
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
 
     // The revoke and the replica's death reach the shim at the same wake-up
     // (it is stopped meanwhile): the revoke must win all the same.
@@ -642,8 +632,7 @@ restart = { delay = "50ms" }
         let record: serde_json::Value = serde_json::from_slice(&record).unwrap_or_default();
         assert_eq!(record["pid"], *pid, "{}", path.display());
     }
-    kill9(first.pid);
-    assert!(first.wait_exit(SOON).is_some());
+    first.kill9();
 
     let mut second = first.another().start();
     second.expect_said(
