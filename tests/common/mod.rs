@@ -14,6 +14,7 @@
 mod events;
 mod project;
 mod supervise;
+pub mod tmux;
 
 pub use events::*;
 pub use project::*;
