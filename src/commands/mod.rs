@@ -10,7 +10,7 @@ mod detach;
 mod down;
 mod events;
 mod export;
-mod format;
+pub(crate) mod format;
 mod logs;
 mod reload;
 mod scale;
