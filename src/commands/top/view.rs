@@ -167,7 +167,13 @@ fn draw_table(frame: &mut Frame, app: &mut App, area: Rect, now: SystemTime) {
             }
         };
         if i == app.selected {
-            line = line.style(Style::new().add_modifier(Modifier::REVERSED));
+            // Without colour, reverse video; with it, a grey bar that
+            // keeps the states' colours readable.
+            line = line.style(if app.colour {
+                Style::new().bg(Color::Indexed(237))
+            } else {
+                Style::new().add_modifier(Modifier::REVERSED)
+            });
         }
         rows.push(line);
     }
