@@ -88,7 +88,7 @@ fn top_shows_every_replica_follows_a_kill_9_shows_the_log_and_says_when_the_supe
 }
 
 #[test]
-fn top_restarts_the_selected_replica_on_r_and_q_gives_the_prompt_back() {
+fn top_restarts_the_selected_replica_on_r_and_q_or_sigterm_give_the_prompt_back() {
     let p = Project::new(SPEC);
     p.up(&[]);
     let tmux = top(&p);
@@ -128,6 +128,26 @@ fn top_restarts_the_selected_replica_on_r_and_q_gives_the_prompt_back() {
     tmux.type_line("echo top-exit=$?");
     tmux.wait_screen(SOON, |s| s.contains("top-exit=0"))
         .unwrap_or_else(|s| panic!("top did not exit 0:\n{s}"));
+
+    // SIGTERM restores the terminal too.
+    tmux.type_line("clear");
+    tmux.type_line(&format!("{} top", env!("CARGO_BIN_EXE_supervise")));
+    tmux.wait_screen(SOON, |s| s.contains("REPLICA"))
+        .unwrap_or_else(|s| panic!("no table:\n{s}"));
+    let top = descendants(tmux.shell_pid());
+    assert_eq!(top.len(), 1, "{top:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(top[0]),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let screen = tmux
+        .wait_screen(SOON, |s| s.trim_end().ends_with(PROMPT.trim_end()))
+        .unwrap_or_else(|s| panic!("no prompt after SIGTERM:\n{s}"));
+    assert!(
+        !screen.contains("REPLICA"),
+        "the table stayed on screen:\n{screen}"
+    );
 }
 
 #[test]

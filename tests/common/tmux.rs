@@ -61,6 +61,12 @@ impl Tmux {
         self.keys(&["Enter"]);
     }
 
+    /// The pid of the pane's shell.
+    pub fn shell_pid(&self) -> i32 {
+        let out = self.run(&["display-message", "-p", "-t", "0", "#{pane_pid}"]);
+        out.trim().parse().expect("a pid")
+    }
+
     /// The screen as text, one line per row.
     pub fn screen(&self) -> String {
         self.run(&["capture-pane", "-p", "-t", "0"])

@@ -42,6 +42,8 @@ enum Msg {
     StreamEnded,
     /// An action's outcome, for the status line.
     Done(Result<String, String>),
+    /// SIGTERM or SIGHUP: quit, restoring the terminal.
+    Signal,
 }
 
 pub fn run(cli: &Cli) -> Exit {
@@ -63,6 +65,7 @@ pub fn run(cli: &Cli) -> Exit {
     let (tx, rx) = mpsc::channel();
     spawn_events(events, tx.clone());
     spawn_input(tx.clone());
+    spawn_signals(tx.clone())?;
     let logs = StateDir::new(dir.clone()).logs();
     let mut app = App::new(report, logs, colour_allowed(true));
     // Restores the terminal on a panic too (its hook).
@@ -117,6 +120,7 @@ fn watch(
                     refresh = true;
                 }
                 Msg::StreamEnded => app.gone = true,
+                Msg::Signal => return Ok(exit::OK),
                 Msg::Done(result) => {
                     app.message = Some(match result {
                         Ok(text) => (text, true),
@@ -167,6 +171,20 @@ fn spawn_input(tx: Sender<Msg>) {
             }
         }
     });
+}
+
+/// SIGINT comes as Ctrl-C on the keyboard (raw mode); these would end the
+/// process with the terminal still raw.
+fn spawn_signals(tx: Sender<Msg>) -> Result<(), Failure> {
+    use signal_hook::consts::{SIGHUP, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP])
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot handle signals: {e}")))?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = tx.send(Msg::Signal);
+        }
+    });
+    Ok(())
 }
 
 fn spawn_action(dir: PathBuf, label: String, action: Action, tx: Sender<Msg>) {
