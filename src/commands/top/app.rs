@@ -10,10 +10,13 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crate::commands::logs::merge;
 use crate::commands::select::Target;
 use crate::control::protocol::{Request, StatusReport};
-use crate::logfiles::{self, Entry, Tail, Window};
+use crate::logfiles::{self, Entry, Tail};
 
 /// Log lines kept for the selection: the pane shows the last of them.
 const LOG_LINES: usize = 2_000;
+/// How much of the selection's log files is read when it is selected,
+/// shared among its replicas (16 KiB each at least).
+const HISTORY_BYTES: u64 = 1 << 20;
 
 /// One row of the table: a service (its replicas follow) or a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,13 +317,13 @@ impl Logs {
             service: r.service.clone(),
             index: r.index,
         });
-        let window = Window {
-            since: None,
-            last: Some(LOG_LINES),
-        };
+        let matching = self.matching();
+        // The recent output only, whatever the size of the files: moving
+        // the selection reads at most this much.
+        let bytes = (HISTORY_BYTES / matching.len().max(1) as u64).max(16 << 10);
         let mut history = Vec::new();
-        for logs in self.matching() {
-            let (lines, tail) = logs.history(window);
+        for logs in matching {
+            let (lines, tail) = Tail::from_last(logs.name.clone(), logs.live, bytes);
             history.extend(lines);
             self.tails.insert(logs.name, tail);
         }
