@@ -21,6 +21,7 @@ Examples:
   supervise up examples/web.toml   run a spec in the foreground (Ctrl-C stops it)
   supervise up -d --wait           run it in the background; return once all is healthy
   supervise status                 what runs, per replica
+  supervise top                    watch it live, full-screen, and steer it with keys
   supervise logs -f api            follow the output of every replica of `api`
   supervise down                   stop everything and the supervisor
   supervise up --exit-with tests   CI: exit with the `tests` service's exit code
