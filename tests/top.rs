@@ -159,7 +159,7 @@ fn top_without_a_supervisor_exits_3_with_the_hint_and_piped_exits_2() {
         env!("CARGO_BIN_EXE_supervise")
     ));
     let screen = tmux
-        .wait_screen(SOON, |s| s.contains("top-exit="))
+        .wait_screen(SOON, |s| s.lines().any(|l| l.starts_with("top-exit=")))
         .unwrap_or_else(|s| panic!("top did not end:\n{s}"));
     assert!(screen.contains("top-exit=3"), "{screen}");
     assert!(
