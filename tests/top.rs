@@ -5,6 +5,8 @@ mod common;
 
 use common::tmux::{PROMPT, Tmux};
 use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const SPEC: &str = r#"
 [services.web]
@@ -72,6 +74,20 @@ fn top_shows_every_replica_follows_a_kill_9_shows_the_log_and_says_when_the_supe
         pid_of(&p.replicas("web"), 1).into(),
         "{screen}"
     );
+
+    // A stopped supervisor is named on the status line, and the keys work
+    // meanwhile.
+    let sup = Pid::from_raw(p.status()["supervisor"]["pid"].as_i64().unwrap() as i32);
+    kill(sup, Signal::SIGSTOP).unwrap();
+    tmux.keys(&["?"]);
+    let help = tmux.wait_screen(SOON, |s| {
+        s.contains("rolling restart, one replica at a time")
+    });
+    let named = tmux.wait_screen(SOON, |s| s.contains("did not answer within 3s: it (pid"));
+    kill(sup, Signal::SIGCONT).unwrap();
+    help.unwrap_or_else(|s| panic!("no help while the supervisor is stopped:\n{s}"));
+    named.unwrap_or_else(|s| panic!("the stopped supervisor not named:\n{s}"));
+    tmux.keys(&["Escape"]);
 
     // The supervisor goes away: a banner, and a key ends top with exit 3.
     p.run(&["down"]).expect(0);

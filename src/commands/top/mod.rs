@@ -18,7 +18,7 @@ use ratatui::crossterm::event::{self, Event};
 
 use crate::cli::Cli;
 use crate::control::client::{self, ClientError, Connection, Next};
-use crate::control::protocol::{EventRecord, Request};
+use crate::control::protocol::{EventRecord, Request, StatusReport};
 use crate::exit;
 use crate::progress::Progress;
 use crate::state_dir::StateDir;
@@ -31,6 +31,8 @@ use app::{Action, App, Step};
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How often the log files of the selection are looked at (as `logs -f`).
 const LOGS_EVERY: Duration = Duration::from_millis(200);
+/// Bound on the wait for each answer of the supervisor.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on a rolling restart from `top`, per replica (as `restart --rolling`).
 const ROLLING_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -44,6 +46,8 @@ enum Msg {
     Done(Result<String, String>),
     /// SIGTERM or SIGHUP: quit, restoring the terminal.
     Signal,
+    /// A status report asked for, or why there is none.
+    Report(Result<StatusReport, ClientError>),
 }
 
 pub fn run(cli: &Cli) -> Exit {
@@ -56,6 +60,8 @@ pub fn run(cli: &Cli) -> Exit {
     }
     // Everything that can fail for want of a supervisor fails here, before
     // the screen is taken over.
+    // A supervisor that does not answer is named on the status line soon.
+    client::set_reply_timeout(REPLY_TIMEOUT);
     let ctx = context(cli)?;
     let dir = ctx.state_dir;
     let report = client::status(&dir)?;
@@ -71,7 +77,8 @@ pub fn run(cli: &Cli) -> Exit {
     // Restores the terminal on a panic too (its hook).
     let mut terminal = ratatui::try_init()
         .map_err(|e| Failure::new(exit::FAILED, format!("cannot set up the terminal: {e}")))?;
-    let result = watch(&mut terminal, &mut app, &dir, &rx, &tx);
+    let reports = spawn_reports(dir.clone(), tx.clone());
+    let result = watch(&mut terminal, &mut app, &dir, &rx, &tx, &reports);
     ratatui::restore();
     result
 }
@@ -82,6 +89,7 @@ fn watch(
     dir: &Path,
     rx: &Receiver<Msg>,
     tx: &Sender<Msg>,
+    reports: &Sender<()>,
 ) -> Exit {
     let draw_failed = |e: std::io::Error| Failure::new(exit::FAILED, format!("cannot draw: {e}"));
     let mut dirty = true;
@@ -128,15 +136,14 @@ fn watch(
                     });
                     refresh = true;
                 }
+                Msg::Report(Ok(report)) => app.update(report),
+                Msg::Report(Err(ClientError::NoSupervisor(_))) => app.gone = true,
+                Msg::Report(Err(e)) => app.message = Some((e.to_string(), false)),
             }
         }
         let now = Instant::now();
         if (refresh || now >= next_status) && !app.gone {
-            match client::status(dir) {
-                Ok(report) => app.update(report),
-                Err(ClientError::NoSupervisor(_)) => app.gone = true,
-                Err(e) => app.message = Some((e.to_string(), false)),
-            }
+            let _ = reports.send(());
             next_status = now + STATUS_EVERY;
             dirty = true;
         }
@@ -145,6 +152,23 @@ fn watch(
             next_logs = now + LOGS_EVERY;
         }
     }
+}
+
+/// Asks for a status report each time it is told to, in a thread of its
+/// own: a supervisor that is slow to answer (stopped with SIGSTOP, say)
+/// never holds up the keys or the screen. Requests that pile up meanwhile
+/// make one report.
+fn spawn_reports(dir: PathBuf, tx: Sender<Msg>) -> Sender<()> {
+    let (ask, asked) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        while asked.recv().is_ok() {
+            while asked.try_recv().is_ok() {}
+            if tx.send(Msg::Report(client::status(&dir))).is_err() {
+                return;
+            }
+        }
+    });
+    ask
 }
 
 fn spawn_events(mut conn: Connection, tx: Sender<Msg>) {

@@ -8,7 +8,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use super::app::{App, Mode};
 use crate::commands::format::{Cells, age, compact, millis};
@@ -45,11 +45,16 @@ pub const KEYS: [(&str, &str); 14] = [
 ];
 
 pub fn draw(frame: &mut Frame, app: &mut App, now: SystemTime) {
+    // A long message (an error naming a path) gets a second line.
+    let long = app
+        .message
+        .as_ref()
+        .is_some_and(|(text, _)| text.chars().count() > usize::from(frame.area().width));
     let [header, table, logs, status] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(4),
         Constraint::Percentage(40),
-        Constraint::Length(1),
+        Constraint::Length(if long { 2 } else { 1 }),
     ])
     .areas(frame.area());
     draw_header(frame, app, header, now);
@@ -251,7 +256,7 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
             Style::new().add_modifier(Modifier::DIM),
         ),
     };
-    frame.render_widget(Paragraph::new(line), area);
+    frame.render_widget(Paragraph::new(line).wrap(Wrap { trim: true }), area);
 }
 
 /// A box of `width` × `height` in the middle of the screen.
