@@ -453,6 +453,40 @@ mod tests {
     }
 
     #[test]
+    fn the_log_scrolls_back_stays_put_as_lines_come_and_end_follows_again() {
+        let mut a = app();
+        let line = |n: usize| Entry {
+            at: format!("2026-11-23T12:00:{:02}.000000Z", n % 60),
+            replica: "db.0".into(),
+            stream: "out".into(),
+            text: format!("line {n}"),
+        };
+        a.logs.push((0..50).map(line).collect());
+        assert_eq!(a.logs.scroll, 0);
+        a.key(KeyEvent::from(KeyCode::PageUp));
+        assert_eq!(a.logs.scroll, 10);
+        a.logs.push((50..55).map(line).collect());
+        assert_eq!(a.logs.scroll, 15, "the lines on screen stay where they are");
+        a.key(KeyEvent::from(KeyCode::End));
+        assert_eq!(a.logs.scroll, 0);
+        a.key(key('/'));
+        for c in "line 5".chars() {
+            a.key(key(c));
+        }
+        a.key(KeyEvent::from(KeyCode::Enter));
+        assert_eq!(a.mode, Mode::Normal);
+        let shown: Vec<&str> = a.logs.shown().iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "line 5", "line 50", "line 51", "line 52", "line 53", "line 54"
+            ]
+        );
+        a.key(KeyEvent::from(KeyCode::Esc));
+        assert_eq!(a.logs.shown().len(), 55);
+    }
+
+    #[test]
     fn the_selection_follows_its_replica_across_reports() {
         let mut a = app();
         a.move_to(4); // api.1
