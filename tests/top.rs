@@ -131,6 +131,17 @@ fn top_restarts_the_selected_replica_on_r_and_q_or_sigterm_give_the_prompt_back(
     tmux.wait_screen(SOON, |s| s.contains("restart web.1: web.1"))
         .unwrap_or_else(|s| panic!("no result on the status line:\n{s}"));
 
+    // A smaller terminal: drawn again at its size (the log's box ends at
+    // the new right edge).
+    tmux.resize(90, 24);
+    tmux.wait_screen(SOON, |s| {
+        s.lines().count() == 24
+            && s.lines().any(|l| {
+                l.starts_with("┌ log of web.1") && l.chars().count() == 90 && l.ends_with('┐')
+            })
+    })
+    .unwrap_or_else(|s| panic!("not redrawn at 90x24:\n{s}"));
+
     tmux.keys(&["q"]);
     // The shell's screen is back, its prompt last: top is gone (what is
     // typed before would be top's).

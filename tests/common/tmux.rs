@@ -61,6 +61,12 @@ impl Tmux {
         self.keys(&["Enter"]);
     }
 
+    /// Makes the terminal `width` × `height`.
+    pub fn resize(&self, width: u16, height: u16) {
+        let (w, h) = (width.to_string(), height.to_string());
+        self.run(&["resize-window", "-t", "0", "-x", &w, "-y", &h]);
+    }
+
     /// The pid of the pane's shell.
     pub fn shell_pid(&self) -> i32 {
         let out = self.run(&["display-message", "-p", "-t", "0", "#{pane_pid}"]);
