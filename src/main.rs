@@ -2,7 +2,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use supervise::cli::Cli;
+use supervise::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // The zygote, which forks the shims, is this binary in a hidden mode; it
@@ -11,7 +11,11 @@ fn main() -> ExitCode {
         return code(supervise::shim::zygote::main());
     }
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // Only the supervisor logs through tracing; the other commands print
+    // what they have to say, and start faster without a subscriber.
+    if matches!(cli.command, Command::Up(_)) {
+        init_tracing(cli.verbose);
+    }
     code(supervise::commands::run(&cli))
 }
 

@@ -360,3 +360,64 @@ restart = { delay = "0s", limit = 0 }
     );
     assert!(status_ok(&sup));
 }
+
+/// `status` asks the supervisor to render the report; a supervisor from
+/// before that (the binary upgraded under a running one) ignores the ask
+/// and sends the report as data, which the command then renders itself.
+#[test]
+fn status_prints_the_report_a_supervisor_from_before_rendering_sends() {
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = UnixListener::bind(dir.path().join("control.sock")).unwrap();
+    let report = r#"{"version":1,"ok":true,"result":{"type":"status","schema":1,
+        "supervisor":{"pid":7,"started_at":"2026-12-06T08:00:00Z","spec":"s.toml","state_dir":"d"},
+        "services":[{"name":"api","state":"running","desired":1,"replicas":[{"index":0,"pid":4242,
+        "state":"running","health":"healthy","role":null,"restarts":3,"started_at":null,"last_exit":null}]},
+        {"name":"db","state":"stopped","desired":0,"replicas":[]}]}}"#
+        .replace('\n', "");
+    let old_server = std::thread::spawn(move || {
+        let mut asked = Vec::new();
+        for _ in 0..3 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            asked.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+            writeln!(&stream, "{report}").unwrap();
+        }
+        asked
+    });
+    let status = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_supervise"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("status")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+
+    let table = status(&[]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success(), "{table:?}");
+    assert!(text.starts_with("SERVICE  REPLICA  PID"), "{text}");
+    assert!(text.contains("api.0    4242"), "{text}");
+
+    let json = status(&["--json", "api"]);
+    assert!(json.status.success(), "{json:?}");
+    let shown: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(shown["services"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown["services"][0]["replicas"][0]["pid"], 4242);
+
+    let unknown = status(&["nope"]);
+    assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no service named nope (it has api, db)"),
+        "{unknown:?}"
+    );
+
+    let asked = old_server.join().unwrap();
+    assert_eq!(asked[0]["request"]["render"]["as"], "table", "{asked:?}");
+    assert_eq!(asked[1]["request"]["render"]["as"], "json", "{asked:?}");
+    assert_eq!(asked[1]["request"]["services"][0], "api", "{asked:?}");
+}

@@ -15,7 +15,7 @@ mod logs;
 mod reload;
 mod scale;
 pub(crate) mod select;
-mod status;
+pub mod status;
 mod top;
 mod up;
 mod wait;

@@ -5,11 +5,12 @@ use std::time::SystemTime;
 
 use crate::cli::{Cli, StatusArgs};
 use crate::control::client;
-use crate::control::protocol::StatusReport;
+use crate::control::client::Rendered;
+use crate::control::protocol::{Render, StatusReport};
 use crate::exit;
 
 use super::format::{Cells, colour_allowed, paint, state_colour};
-use super::{Exit, context, emit, select};
+use super::{Exit, Failure, context, emit, select};
 
 const HEADER: [&str; 9] = [
     "SERVICE",
@@ -26,23 +27,46 @@ const HEADER: [&str; 9] = [
 const STATE: usize = 3;
 const HEALTH: usize = 4;
 
+/// The supervisor renders the report (`Request::Status` with `render`):
+/// the command then only copies a string out, the cheapest `status` there
+/// is. A supervisor from before rendering sends the report; it is rendered
+/// here the same way.
 pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
     client::set_reply_timeout(args.answer.timeout);
     let ctx = context(cli)?;
-    let mut report = client::status(&ctx.state_dir)?;
-    let keep: Vec<String> = select::services(&report, &args.services)?
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
-    report.services.retain(|s| keep.contains(&s.name));
-    let text = if args.json {
-        serde_json::to_string_pretty(&report).expect("a report always serialises")
+    let render = if args.json {
+        Render::Json
     } else {
-        let colour = colour_allowed(std::io::stdout().is_terminal());
-        table(&report, SystemTime::now(), colour)
+        Render::Table {
+            colour: colour_allowed(std::io::stdout().is_terminal()),
+        }
+    };
+    let text = match client::rendered_status(&ctx.state_dir, &args.services, render)? {
+        Rendered::Text(text) => text,
+        Rendered::Report(report) => {
+            self::render(report, &args.services, render, SystemTime::now())?
+        }
     };
     emit(&mut std::io::stdout().lock(), text.trim_end())?;
     Ok(exit::OK)
+}
+
+/// `report` as `status` prints it, for the services named by `names` (all
+/// when empty; an unknown one is a usage error).
+pub fn render(
+    mut report: StatusReport,
+    names: &[String],
+    render: Render,
+    now: SystemTime,
+) -> Result<String, Failure> {
+    select::services(&report, names)?;
+    if !names.is_empty() {
+        report.services.retain(|s| names.contains(&s.name));
+    }
+    Ok(match render {
+        Render::Json => serde_json::to_string_pretty(&report).expect("a report always serialises"),
+        Render::Table { colour } => table(&report, now, colour),
+    })
 }
 
 /// One row per replica; a service without replicas gets one row showing

@@ -9,14 +9,15 @@
 //! refused connection (a socket file left by a supervisor that is gone)
 //! means nobody is listening, which the commands report with exit 3.
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
-    Envelope, EventRecord, Outcome, ReloadPlan, Reply, Request, SOCKET_NAME, StatusReport, VERSION,
+    Envelope, EventRecord, Outcome, ReloadPlan, Render, Reply, Request, SOCKET_NAME, StatusReport,
+    VERSION,
 };
 use crate::exit;
 
@@ -116,8 +117,33 @@ pub fn call(state_dir: &Path, request: Request) -> Result<Outcome, ClientError> 
 
 /// The supervisor's status report.
 pub fn status(state_dir: &Path) -> Result<StatusReport, ClientError> {
-    match call(state_dir, Request::Status)? {
+    match call(state_dir, Request::status())? {
         Outcome::Status(report) => Ok(report),
+        other => Err(unexpected("a status report", &other)),
+    }
+}
+
+/// What `status` prints: the text the supervisor rendered, or the report
+/// from a supervisor that does not render, to be rendered here.
+pub enum Rendered {
+    Text(String),
+    Report(StatusReport),
+}
+
+/// The status of `services` (all when empty) rendered as `render` says.
+pub fn rendered_status(
+    state_dir: &Path,
+    services: &[String],
+    render: Render,
+) -> Result<Rendered, ClientError> {
+    let mut connection = connect(state_dir)?;
+    let request = Request::Status {
+        services: services.to_vec(),
+        render: Some(render),
+    };
+    match connection.request(request)? {
+        Outcome::Text { bytes } => connection.text(bytes).map(Rendered::Text),
+        Outcome::Status(report) => Ok(Rendered::Report(report)),
         other => Err(unexpected("a status report", &other)),
     }
 }
@@ -194,6 +220,28 @@ impl Connection {
             }
         };
         parse_reply(&line)
+    }
+
+    /// The `bytes` bytes of text that follow a `text` reply.
+    fn text(&mut self, bytes: usize) -> Result<String, ClientError> {
+        let timeout = reply_timeout();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout).filter(|t| !t.is_zero()))
+            .map_err(|e| self.io(e))?;
+        let mut text = vec![0; bytes];
+        match self.reader.read_exact(&mut text) {
+            Ok(()) => Ok(String::from_utf8(text)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(ClientError::NoAnswer {
+                    dir: self.dir.clone(),
+                    after: timeout,
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(ClientError::Closed),
+            Err(e) => Err(self.io(e)),
+        }
     }
 
     /// Sends `request`, which must be acknowledged with `accepted`.
@@ -316,9 +364,32 @@ mod tests {
     }
 
     #[test]
+    fn a_rendered_status_is_the_text_after_the_reply_and_a_short_one_is_an_error() {
+        let text = "SERVICE  REPLICA\n{\"quoted\": \"\u{1b}[32m\"}\n".repeat(500);
+        for (sent, wanted) in [(text.len(), Some(text.clone())), (text.len() + 1, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let body = text.clone();
+            let server = serve_once(dir.path(), move |request| {
+                assert!(request.contains(r#""render":{"as":"json"}"#), "{request}");
+                let mut out = line(&Reply::ok(Outcome::Text { bytes: sent }));
+                out.extend_from_slice(body.as_bytes());
+                out
+            });
+            let got = rendered_status(dir.path(), &[], Render::Json);
+            server.join().unwrap();
+            match (got, wanted) {
+                (Ok(Rendered::Text(got)), Some(wanted)) => assert_eq!(got, wanted),
+                (Err(ClientError::Closed), None) => {}
+                (Ok(Rendered::Report(_)), _) => panic!("a report instead of the text"),
+                (got, _) => panic!("{:?}", got.err()),
+            }
+        }
+    }
+
+    #[test]
     fn no_socket_means_no_supervisor() {
         let dir = tempfile::tempdir().unwrap();
-        let err = call(dir.path(), Request::Status).unwrap_err();
+        let err = call(dir.path(), Request::status()).unwrap_err();
         assert!(matches!(err, ClientError::NoSupervisor(_)), "{err:?}");
         assert_eq!(err.exit_code(), 3);
         assert_eq!(
@@ -329,14 +400,17 @@ mod tests {
             )
         );
         let missing = dir.path().join("not/there");
-        assert_eq!(call(&missing, Request::Status).unwrap_err().exit_code(), 3);
+        assert_eq!(
+            call(&missing, Request::status()).unwrap_err().exit_code(),
+            3
+        );
     }
 
     #[test]
     fn a_socket_nobody_listens_on_means_no_supervisor() {
         let dir = tempfile::tempdir().unwrap();
         drop(UnixListener::bind(dir.path().join(SOCKET_NAME)).unwrap());
-        let err = call(dir.path(), Request::Status).unwrap_err();
+        let err = call(dir.path(), Request::status()).unwrap_err();
         assert!(matches!(err, ClientError::NoSupervisor(_)), "{err:?}");
     }
 
@@ -378,7 +452,7 @@ mod tests {
         let server = serve_once(dir.path(), |_| {
             line(&Reply::error(2, "no service named nope"))
         });
-        let err = call(dir.path(), Request::Status).unwrap_err();
+        let err = call(dir.path(), Request::status()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert_eq!(err.to_string(), "no service named nope");
         server.join().unwrap();
@@ -388,13 +462,13 @@ mod tests {
     fn garbage_and_silence_are_errors_not_hangs() {
         let dir = tempfile::tempdir().unwrap();
         let server = serve_once(dir.path(), |_| b"not json\n".to_vec());
-        let err = call(dir.path(), Request::Status).unwrap_err();
+        let err = call(dir.path(), Request::status()).unwrap_err();
         assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
         server.join().unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let server = serve_once(dir.path(), |_| Vec::new());
-        let err = call(dir.path(), Request::Status).unwrap_err();
+        let err = call(dir.path(), Request::status()).unwrap_err();
         assert!(matches!(err, ClientError::Closed), "{err:?}");
         server.join().unwrap();
     }

@@ -13,6 +13,10 @@
 //! replies; none are removed or renamed without a new version. A request
 //! line is capped at [`MAX_REQUEST`] bytes.
 //!
+//! A rendered status (`status` with `render`) is the reply
+//! `{"type":"text","bytes":N}` followed by N bytes of text, as they are to
+//! be printed: not JSON-escaped, so the client copies them out unparsed.
+//!
 //! A reply's `result` names its kind in a `type` key, which the server
 //! writes first: the client then reads the rest without buffering it (any
 //! order is accepted, more slowly).
@@ -40,28 +44,30 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    Status,
+    /// The status report; with `render`, the report as the CLI prints it,
+    /// made where the data is (one string to copy out instead of a report
+    /// to parse and print again). A supervisor from before `render` ignores
+    /// both fields and sends the report.
+    Status {
+        /// Only these services (all when empty); an unknown one is an error.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        services: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        render: Option<Render>,
+    },
     Events {
         #[serde(default)]
         follow: bool,
     },
     /// Desired state: run. Clears `stopped` and `failed` marks; the replicas
     /// are spawned (after their dependencies, like at `up`).
-    Start {
-        targets: Vec<String>,
-    },
+    Start { targets: Vec<String> },
     /// Desired state: stopped (kept across supervisor restarts).
-    Stop {
-        targets: Vec<String>,
-    },
+    Stop { targets: Vec<String> },
     /// Stop (if running), then start again; clears `failed`.
-    Restart {
-        targets: Vec<String>,
-    },
+    Restart { targets: Vec<String> },
     /// New replica counts; surplus replicas stop highest index first.
-    Scale {
-        counts: BTreeMap<String, u32>,
-    },
+    Scale { counts: BTreeMap<String, u32> },
     /// Apply an edited spec; `spec` = None reloads the file the supervisor
     /// was started with. Only services whose definition changed restart.
     Reload {
@@ -71,9 +77,26 @@ pub enum Request {
     },
     /// Stop every replica in reverse dependency order, then exit.
     /// `timeout_ms` replaces `shutdown_timeout` for this shutdown.
-    Down {
-        timeout_ms: Option<u64>,
-    },
+    Down { timeout_ms: Option<u64> },
+}
+
+/// How `status` prints: the table (with colour or without) or the JSON
+/// report of docs/commands.md §8.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "as", rename_all = "snake_case")]
+pub enum Render {
+    Table { colour: bool },
+    Json,
+}
+
+impl Request {
+    /// The whole report, as data.
+    pub fn status() -> Request {
+        Request::Status {
+            services: Vec::new(),
+            render: None,
+        }
+    }
 }
 
 /// One reply line.
@@ -105,6 +128,10 @@ pub enum Outcome {
     Reload(ReloadPlan),
     /// Acknowledges `events` and `down`.
     Accepted,
+    /// A rendered status report: `bytes` bytes of text follow the reply line.
+    Text {
+        bytes: usize,
+    },
 }
 
 /// serde's derived reader of an internally tagged enum buffers the whole
@@ -153,10 +180,14 @@ impl<'de> serde::de::Visitor<'de> for OutcomeVisitor {
 /// Reads the fields of the outcome named `kind`, its "type" key already taken.
 fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, fields: D) -> Result<Outcome, D::Error> {
     use serde::de::{Error, IgnoredAny};
-    const TYPES: &[&str] = &["status", "affected", "reload", "accepted"];
+    const TYPES: &[&str] = &["status", "affected", "reload", "accepted", "text"];
     #[derive(Deserialize)]
     struct Affected {
         replicas: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    struct Text {
+        bytes: usize,
     }
     match kind {
         "status" => StatusReport::deserialize(fields).map(Outcome::Status),
@@ -165,6 +196,7 @@ fn variant<'de, D: serde::Deserializer<'de>>(kind: &str, fields: D) -> Result<Ou
         }),
         "reload" => ReloadPlan::deserialize(fields).map(Outcome::Reload),
         "accepted" => IgnoredAny::deserialize(fields).map(|_| Outcome::Accepted),
+        "text" => Text::deserialize(fields).map(|t| Outcome::Text { bytes: t.bytes }),
         other => Err(Error::unknown_variant(other, TYPES)),
     }
 }
@@ -331,6 +363,7 @@ mod tests {
                 applied: true,
             }),
             Outcome::Accepted,
+            Outcome::Text { bytes: 1234 },
         ];
         for outcome in outcomes {
             let reply = serde_json::to_string(&Reply::ok(outcome.clone())).unwrap();
@@ -390,6 +423,34 @@ mod tests {
         assert!(
             incomplete.contains("missing field `replicas`"),
             "{incomplete}"
+        );
+    }
+
+    #[test]
+    fn a_supervisor_from_before_render_reads_a_rendered_status_request_as_a_plain_one() {
+        // `Request` as it was before `Status` had fields.
+        #[derive(Debug, PartialEq, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Before {
+            Status,
+        }
+        let asked = Request::Status {
+            services: vec!["api".into()],
+            render: Some(Render::Table { colour: true }),
+        };
+        let line = serde_json::to_string(&asked).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"status","services":["api"],"render":{"as":"table","colour":true}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Before>(&line).unwrap(),
+            Before::Status
+        );
+        // And a plain request is still the line it always was.
+        assert_eq!(
+            serde_json::to_string(&Request::status()).unwrap(),
+            r#"{"type":"status"}"#
         );
     }
 }

@@ -33,6 +33,8 @@ pub struct Call {
 /// What the event loop answers.
 pub enum Answer {
     Reply(Reply),
+    /// A rendered status: the reply saying how long it is, then the text.
+    Text(String),
     /// `events`: the history, then (when following) the live stream.
     Events {
         history: Vec<EventRecord>,
@@ -135,6 +137,12 @@ async fn serve(stream: UnixStream, calls: mpsc::UnboundedSender<Call>) {
     match answer {
         Answer::Reply(reply) => {
             let _ = send(&mut write, &reply).await;
+        }
+        Answer::Text(text) => {
+            let reply = Reply::ok(super::protocol::Outcome::Text { bytes: text.len() });
+            if send(&mut write, &reply).await.is_ok() {
+                let _ = write.write_all(text.as_bytes()).await;
+            }
         }
         Answer::HoldUntilExit { reply, written } => {
             let sent = send(&mut write, &reply).await;

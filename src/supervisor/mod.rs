@@ -470,9 +470,7 @@ impl Supervisor {
     }
 
     fn replicas_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Replica> + 'a {
-        self.replicas
-            .values()
-            .filter(move |r| r.id.service == service)
+        replica::of_service(&self.replicas, service)
     }
 
     /// The level-triggered heart: plan what closes the difference between

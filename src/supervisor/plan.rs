@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 
 use super::Shutdown;
 use super::desired::Desired;
-use super::replica::{AfterStop, Phase, Replica, ReplicaId, Role, Verdict};
+use super::replica::{self, AfterStop, Phase, Replica, ReplicaId, Role, Verdict};
 use crate::exit;
 use crate::spec::{Condition, Promote, RestartPolicy, Service};
 
@@ -157,13 +157,6 @@ pub(super) fn plan(view: &View, now: Instant) -> Plan {
     planner.plan
 }
 
-fn replicas_of<'a>(
-    replicas: &'a BTreeMap<ReplicaId, Replica>,
-    service: &'a str,
-) -> impl Iterator<Item = &'a Replica> + 'a {
-    replicas.values().filter(move |r| r.id.service == service)
-}
-
 struct Planner<'v, 'a> {
     view: &'v View<'a>,
     now: Instant,
@@ -188,7 +181,7 @@ impl<'a> Planner<'_, 'a> {
 
     /// The replicas of `service`, borrowed from the view, not the planner.
     fn replicas_of(&self, service: &'a str) -> impl Iterator<Item = &'a Replica> + use<'a> {
-        replicas_of(self.view.replicas, service)
+        replica::of_service(self.view.replicas, service)
     }
 
     /// Takes it down, as `Supervisor::stop_replica` will: an active on its
@@ -216,11 +209,15 @@ impl<'a> Planner<'_, 'a> {
     /// spec no longer has, go: highest index first.
     fn retire_surplus(&mut self) {
         let view = self.view;
+        let counts: BTreeMap<&str, u32> = view
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), view.desired.replicas(s)))
+            .collect();
         for r in view.replicas.values().rev() {
-            let surplus = match view.services.iter().find(|s| s.name == r.id.service) {
-                Some(service) => r.id.index >= view.desired.replicas(service),
-                None => true,
-            };
+            let surplus = counts
+                .get(r.id.service.as_str())
+                .is_none_or(|&count| r.id.index >= count);
             if surplus && self.step(r) != Step::Stopping(AfterStop::Remove) {
                 self.stop(r, AfterStop::Remove);
             }

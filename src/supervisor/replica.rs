@@ -1,5 +1,6 @@
 //! One replica's observed state, as the event loop sees it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Instant, SystemTime};
 
@@ -18,6 +19,22 @@ impl fmt::Display for ReplicaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.service, self.index)
     }
+}
+
+/// The replicas of `service`: a range of the map, which orders them by
+/// service then index, so a lookup per service costs no scan of them all
+/// (status, and every turn of the loop, asks it for each service).
+pub fn of_service<'a>(
+    replicas: &'a BTreeMap<ReplicaId, Replica>,
+    service: &'a str,
+) -> impl Iterator<Item = &'a Replica> + 'a {
+    let first = ReplicaId {
+        service: service.to_owned(),
+        index: 0,
+    };
+    replicas
+        .range(first..)
+        .map_while(move |(id, r)| (id.service == service).then_some(r))
 }
 
 /// The replica states of docs/commands.md §3.1, each with what only it

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::control::protocol::{
-    LastExit, Outcome as Reply_, ReloadPlan, ReplicaStatus, Reply, Request, ServiceStatus,
+    LastExit, Outcome as Reply_, ReloadPlan, Render, ReplicaStatus, Reply, Request, ServiceStatus,
     StatusReport, SupervisorInfo,
 };
 use crate::control::server::{Answer, Call};
@@ -23,7 +23,7 @@ use super::restart::Ending;
 impl Supervisor {
     pub(super) fn on_call(&mut self, call: Call) {
         let answer = match call.request {
-            Request::Status => Answer::Reply(Reply::ok(Reply_::Status(self.status_report()))),
+            Request::Status { services, render } => self.status_answer(&services, render),
             Request::Events { follow } => Answer::Events {
                 history: self.journal.history(),
                 live: follow.then(|| self.journal.subscribe()),
@@ -218,6 +218,21 @@ impl Supervisor {
         );
         self.emit("reloaded", None, None, detail);
         Reply::ok(Reply_::Reload(plan))
+    }
+
+    /// The report, or with `render` the report as `status` prints it.
+    fn status_answer(&self, services: &[String], render: Option<Render>) -> Answer {
+        let report = self.status_report();
+        let Some(render) = render else {
+            return Answer::Reply(Reply::ok(Reply_::Status(report)));
+        };
+        match crate::commands::status::render(report, services, render, SystemTime::now()) {
+            Ok(text) => Answer::Text(text),
+            Err(failure) => Answer::Reply(Reply::error(
+                failure.code,
+                failure.message.unwrap_or_default(),
+            )),
+        }
     }
 
     pub(super) fn status_report(&self) -> StatusReport {
