@@ -23,7 +23,7 @@ thead th{border-bottom:1px solid #999}tr.service th{padding-top:.6em}\
 .failed{color:#c00}.backoff,.unhealthy,.degraded,.stopping{color:#a60}\
 .starting,.pending{color:#08a}.running,.healthy,.completed{color:#070}\
 .stopped,.exited{color:#888}#gone{display:none;background:#fdd;padding:.5em}\
-body[data-gone] #gone{display:block}ol{padding-left:1.2em}time{color:#666}";
+body[data-gone] #gone{display:block}ul.events{list-style:none;padding:0}time{color:#666}";
 
 /// Fetches the page again and swaps its content in; on failure it shows
 /// that the supervisor does not answer (and keeps trying).
@@ -69,7 +69,7 @@ pub fn html(report: Option<&StatusReport>, events: &[EventRecord], now: SystemTi
         Some(report) => body(&mut out, report, now),
         None => out.push_str("<p>Starting…</p>"),
     }
-    out.push_str("<h2>Last events</h2><ol class=\"events\">");
+    out.push_str("<h2>Last events</h2><ul class=\"events\">");
     for e in events.iter().rev() {
         let _ = write!(
             out,
@@ -80,7 +80,7 @@ pub fn html(report: Option<&StatusReport>, events: &[EventRecord], now: SystemTi
     }
     let _ = writeln!(
         out,
-        "</ol><p>Read-only, updated every second. The same as JSON: \
+        "</ul><p>Read-only, updated every second. The same as JSON: \
          <a href=\"/status.json\">/status.json</a>; metrics: <a href=\"/metrics\">/metrics</a>.</p>\
          </main><script>{SCRIPT}{REFRESH_MS})</script></body></html>"
     );
