@@ -90,10 +90,24 @@ fn status_json_is_the_status_document_and_the_page_is_read_only() {
 #[test]
 fn the_page_in_chromium_shows_every_replica_and_updates_itself_after_a_kill_9() {
     let port = free_port();
-    let p = Project::new(&spec(port));
-    p.up(&[]);
-    let expected = replicas_and_pids(&p.status());
-    assert_eq!(expected.len(), 3);
+    // `bad`'s spawn error names its command: markup that must stay text.
+    let p = Project::new(&format!(
+        r#"{}
+[services.bad]
+command = ["/no/such/<b id=injected>x</b>"]
+restart = {{ policy = "never" }}
+"#,
+        spec(port)
+    ));
+    // Exit 1: `bad` failed, as it should; the rest runs.
+    p.run(&["up", "-d"]).expect(1);
+    // up -d ends at the failure: the others may still be on their way.
+    let mut expected = Vec::new();
+    let all_up = wait_until(SOON, || {
+        expected = replicas_and_pids(&p.status());
+        expected.iter().filter(|(_, pid)| pid != "-").count() == 3
+    });
+    assert!(all_up && expected.len() == 4, "{expected:?}");
     let mut browser = Chromium::open(&format!("http://127.0.0.1:{port}/"), p.marker());
     let mut rows = Vec::new();
     assert!(
@@ -102,6 +116,19 @@ fn the_page_in_chromium_shows_every_replica_and_updates_itself_after_a_kill_9() 
             rows == expected
         }),
         "page rows {rows:?}, status {expected:?}"
+    );
+    // The command's name is in the events as text, never as an element.
+    let shown = wait_until(SOON, || {
+        browser
+            .eval("document.querySelector('ul.events').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("<b id=injected>x</b>"))
+    });
+    assert!(shown, "{}", browser.eval("document.body.innerHTML"));
+    assert_eq!(
+        browser.eval("document.getElementById('injected') === null"),
+        Value::Bool(true),
+        "the command's name became an element"
     );
     let png = browser.screenshot();
     // Base64 of the PNG signature, and more than a blank image.
