@@ -397,18 +397,16 @@ class Supervise(Tool):
         return v
 
     def write_config(self, n):
+        # One service per child, as every peer is given: the spec's size,
+        # which `status` in the spec's directory reads, grows as theirs do.
+        services = "".join(f"""
+[services.s{i}]
+command = ["{STAMP}", "{name}"]
+restart = {{ policy = "always", delay = "0s", limit = 0 }}
+""" for i, name in enumerate(self.child_names(n)))
         (self.base / "supervise.toml").write_text(f"""[supervisor]
 state_dir = "{self.base}/state"
-
-[services.s]
-command = ["{STAMP}", "{self.name}.{{replica}}"]
-replicas = {n}
-
-[services.s.restart]
-policy = "always"
-delay = "0s"
-limit = 0
-""")
+{services}""")
 
     def launch_argv(self):
         return [self.bin, "up", self.base / "supervise.toml"]

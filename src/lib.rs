@@ -30,6 +30,7 @@ pub mod exit;
 pub mod export;
 pub mod http;
 pub mod logfiles;
+pub mod memory;
 pub mod metrics;
 pub mod procfs;
 pub mod progress;

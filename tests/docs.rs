@@ -10,8 +10,10 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Every file of the repository: what git would track, so not the build
-/// output, git's own directory, or a state directory left by a local run.
+/// Every file of the repository: what git tracks or would track (not the
+/// build output, the benchmark's installed peers, or anything else
+/// `.gitignore` names), or, outside a git checkout, every file but
+/// git's own directory, the build output and a local run's state.
 fn repository_files() -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -30,9 +32,35 @@ fn repository_files() -> Vec<PathBuf> {
             }
         }
     }
-    let mut files = Vec::new();
-    walk(root(), &mut files);
+    let listed = std::process::Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|out| out.status.success());
+    let mut files = match listed {
+        Some(out) => out
+            .stdout
+            .split(|&b| b == 0)
+            .filter(|name| !name.is_empty())
+            .map(|name| root().join(String::from_utf8_lossy(name).as_ref()))
+            // Deleted in the work tree, not yet in the index.
+            .filter(|path| path.is_file())
+            .collect(),
+        None => {
+            let mut files = Vec::new();
+            walk(root(), &mut files);
+            files
+        }
+    };
     files.sort();
+    files.dedup();
     files
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +113,63 @@ replicas = 40
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap();
     assert_eq!(soft, "64", "{limits}");
+}
+
+/// Of the address ranges where `pid` maps its own executable: how many
+/// KiB are resident in its page tables, and how many KiB they span.
+fn executable_mapped_kib(pid: i32) -> (u64, u64) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut ours, mut resident, mut span) = (false, 0, 0);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        match fields.next() {
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                ours = fields.nth(4).is_some_and(|path| Path::new(path) == exe);
+                if ours {
+                    let (start, end) = range.split_once('-').unwrap();
+                    let size = |hex| u64::from_str_radix(hex, 16).unwrap();
+                    span += (size(end) - size(start)) / 1024;
+                }
+            }
+            Some("Rss:") if ours => resident += fields.next().unwrap().parse::<u64>().unwrap(),
+            _ => {}
+        }
+    }
+    (resident, span)
+}
+
+/// Once its replica runs, a shim unmaps the code that set it up (it stays
+/// in the page cache); what it runs again comes back, as its replica's
+/// restart shows.
+#[test]
+fn an_idle_shim_keeps_little_of_the_binary_mapped_and_still_does_its_job() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "0s" }
+"#,
+    );
+    let replica = sup.expect_spawned("web.0");
+    let (_, shim) = proc_stat(replica).unwrap();
+    // Set up, it had run and mapped a third to a half of the binary's
+    // code (fault-around maps 64 KiB at a time); idle, it needs a fraction.
+    let (mut resident, mut span) = (0, 0);
+    assert!(
+        wait_until(SOON, || {
+            (resident, span) = executable_mapped_kib(shim);
+            resident * 4 < span
+        }),
+        "shim {shim} still maps {resident} KiB of the binary's {span} KiB"
+    );
+    kill9(replica);
+    let (_, again) = sup.expect_restart("web.0", replica);
+    assert_eq!(
+        proc_stat(again).unwrap().1,
+        shim,
+        "restarted by the same shim"
+    );
 }
 
 #[test]

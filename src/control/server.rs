@@ -37,8 +37,8 @@ pub enum Answer {
     Text(String),
     /// `events`: the history, then (when following) the live stream.
     Events {
-        history: Vec<EventRecord>,
-        live: Option<broadcast::Receiver<EventRecord>>,
+        history: Vec<Arc<EventRecord>>,
+        live: Option<broadcast::Receiver<Arc<EventRecord>>>,
     },
     /// `down`: the reply, after which the connection is held open until
     /// the supervisor exits, so the client learns when shutdown is complete.
@@ -158,7 +158,7 @@ async fn serve(stream: UnixStream, calls: mpsc::UnboundedSender<Call>) {
                 return;
             }
             for event in &history {
-                if send(&mut write, event).await.is_err() {
+                if send(&mut write, event.as_ref()).await.is_err() {
                     return;
                 }
             }
@@ -166,7 +166,7 @@ async fn serve(stream: UnixStream, calls: mpsc::UnboundedSender<Call>) {
             loop {
                 match live.recv().await {
                     Ok(event) => {
-                        if send(&mut write, &event).await.is_err() {
+                        if send(&mut write, event.as_ref()).await.is_err() {
                             return;
                         }
                     }

@@ -405,10 +405,9 @@ fn run(config: ShimConfig) -> i32 {
         log,
         buf: Vec::new(),
     };
-    // What setting up took (the configuration, the command's environment)
-    // goes back to the system: a hundred idle shims must cost little.
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { nix::libc::malloc_trim(0) };
+    // What setting up took (the configuration, the command's environment,
+    // the code that did it) goes back to the system.
+    crate::memory::release_startup_pages();
 
     let mut generation = config.generation;
     let mut respawn = config.respawn.clone();

@@ -100,13 +100,16 @@ impl Display {
             let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             let mut reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)?;
             let copier = tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = reader.read(&mut buf).await {
+                // Not zeroed first: only what a burst of output fills is
+                // ever touched, instead of 64 KiB for every supervisor.
+                let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+                while let Ok(n) = reader.read_buf(&mut buf).await {
                     if n == 0 {
                         break;
                     }
                     let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&buf[..n]).and_then(|_| out.flush());
+                    let _ = out.write_all(&buf).and_then(|_| out.flush());
+                    buf.clear();
                 }
             });
             Some(Tee {

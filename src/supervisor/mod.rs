@@ -158,6 +158,8 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     }
     sup.resume(checkpoint);
     sup.announce();
+    // Reading and validating the spec is done with for this run.
+    crate::memory::release_startup_pages();
 
     loop {
         let now = Instant::now();
