@@ -32,7 +32,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use hyper::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -432,7 +435,10 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
     };
     const TEXT: &str = "text/plain; charset=utf-8";
     let path = req.uri().path();
-    if !matches!(path, "/" | "/status.json" | "/metrics") {
+    if !matches!(
+        path,
+        "/" | "/status.json" | "/metrics" | "/page.js" | "/page.css"
+    ) {
         return reply(
             StatusCode::NOT_FOUND,
             TEXT,
@@ -448,11 +454,24 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
         return response;
     }
     match path {
-        "/" => reply(
+        "/" => {
+            let mut page = reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                metrics.status_page(),
+            );
+            page.headers_mut().insert(
+                CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(status_page::POLICY),
+            );
+            page
+        }
+        "/page.js" => reply(
             StatusCode::OK,
-            "text/html; charset=utf-8",
-            metrics.status_page(),
+            "text/javascript",
+            status_page::SCRIPT.into(),
         ),
+        "/page.css" => reply(StatusCode::OK, "text/css", status_page::STYLE.into()),
         "/status.json" => match metrics.status_json() {
             Some(json) => reply(StatusCode::OK, "application/json", json),
             None => reply(

@@ -11,10 +11,14 @@ use std::time::SystemTime;
 use crate::commands::format::{Cells, age, compact, millis};
 use crate::control::protocol::{EventRecord, StatusReport};
 
-/// How often the page fetches itself again, in milliseconds.
-const REFRESH_MS: u32 = 1000;
+/// What the page may load and run: its own script and style sheet, and
+/// fetches of itself; nothing inline, so markup that escaped escaping
+/// still could not run.
+pub const POLICY: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'";
 
-const STYLE: &str = "\
+/// `/page.css`.
+pub const STYLE: &str = "\
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.3em;margin:0}h2{font-size:1.1em}\
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}\
@@ -25,14 +29,15 @@ thead th{border-bottom:1px solid #999}tr.service th{padding-top:.6em}\
 .stopped,.exited{color:#888}#gone{display:none;background:#fdd;padding:.5em}\
 body[data-gone] #gone{display:block}ul.events{list-style:none;padding:0}time{color:#666}";
 
-/// Fetches the page again and swaps its content in; on failure it shows
-/// that the supervisor does not answer (and keeps trying).
-const SCRIPT: &str = "\
+/// `/page.js`: every second, fetches the page again and swaps its content
+/// in; on failure it shows that the supervisor does not answer (and keeps
+/// trying).
+pub const SCRIPT: &str = "\
 setInterval(async()=>{try{\
 const r=await fetch(location.pathname,{cache:'no-store'});if(!r.ok)throw 0;\
 const d=new DOMParser().parseFromString(await r.text(),'text/html');\
 document.getElementById('status').replaceWith(d.getElementById('status'));\
-delete document.body.dataset.gone}catch(e){document.body.dataset.gone=1}},";
+delete document.body.dataset.gone}catch(e){document.body.dataset.gone=1}},1000)";
 
 /// `text` safe in HTML text and in a quoted attribute.
 pub fn escape(text: &str) -> String {
@@ -60,7 +65,7 @@ pub fn html(report: Option<&StatusReport>, events: &[EventRecord], now: SystemTi
         out,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>supervise{}</title><style>{STYLE}</style>\
+         <title>supervise{}</title><link rel=\"stylesheet\" href=\"/page.css\">\
          <noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript></head><body>\
          <p id=\"gone\">The supervisor does not answer.</p><main id=\"status\">",
         escape(&title)
@@ -82,7 +87,7 @@ pub fn html(report: Option<&StatusReport>, events: &[EventRecord], now: SystemTi
         out,
         "</ul><p>Read-only, updated every second. The same as JSON: \
          <a href=\"/status.json\">/status.json</a>; metrics: <a href=\"/metrics\">/metrics</a>.</p>\
-         </main><script>{SCRIPT}{REFRESH_MS})</script></body></html>"
+         </main><script src=\"/page.js\"></script></body></html>"
     );
     out
 }
@@ -170,8 +175,12 @@ mod tests {
         assert!(page.contains("data-replica=\"we&quot;b&lt;b&gt;.0\""));
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"));
         assert!(page.contains("&lt;i&gt;&amp;"));
-        // The page's own script is the only one.
-        assert_eq!(page.matches("<script>").count(), 1, "{page}");
+        // The page's own script is the only one, and not inline.
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
+        assert!(
+            page.contains("<script src=\"/page.js\"></script>"),
+            "{page}"
+        );
     }
 
     #[test]

@@ -68,6 +68,19 @@ fn status_json_is_the_status_document_and_the_page_is_read_only() {
     let (code, headers, body) = http_get(port, "/");
     assert_eq!(code, 200);
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    // Nothing inline may run: the script and style come from the binary.
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'"
+    );
+    for (path, kind) in [("/page.js", "text/javascript"), ("/page.css", "text/css")] {
+        let (code, headers, body) = http_get(port, path);
+        assert_eq!(
+            (code, headers["content-type"].as_str()),
+            (200, kind),
+            "{body}"
+        );
+    }
     assert!(body.contains("data-replica=\"web.1\""), "{body}");
     assert!(
         !body.contains("http://") && !body.contains("https://"),
