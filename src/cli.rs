@@ -21,6 +21,7 @@ Examples:
   supervise up examples/web.toml   run a spec in the foreground (Ctrl-C stops it)
   supervise up -d --wait           run it in the background; return once all is healthy
   supervise status                 what runs, per replica
+  supervise top                    watch it live, full-screen, and steer it with keys
   supervise logs -f api            follow the output of every replica of `api`
   supervise down                   stop everything and the supervisor
   supervise up --exit-with tests   CI: exit with the `tests` service's exit code
@@ -244,6 +245,24 @@ Examples:
 Exit status: 0 (with -f: when the supervisor exits); 3 when no supervisor runs."
     )]
     Events(Lazy<EventsArgs>),
+
+    /// Watch and steer the running supervisor in a full-screen view
+    #[command(
+        long_about = "A full-screen view of the running supervisor: every replica grouped by \
+service (pid, state, health, role, restarts, uptime, CPU, memory, last exit), counts by \
+state, and the log of the selected replica or service, all updated live from the \
+supervisor's events. Keys act on the selection with the control requests the CLI sends: \
+r restart, s stop, S start, + and - scale, R rolling restart; ? lists every key, q or \
+Ctrl-C quits. Colours follow the state (never with NO_COLOR).",
+        after_help = "\
+Examples:
+  supervise top                    the supervisor of ./supervise.toml
+  supervise --state-dir /srv/app/.supervise top
+
+Exit status: 0 after q; 2 when stdin or stdout is not a terminal (use status or \
+events -f); 3 when no supervisor runs for the state dir, or it exited while watched."
+    )]
+    Top,
 
     /// Stop every replica in reverse dependency order, then the supervisor
     #[command(after_help = "\

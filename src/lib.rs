@@ -38,4 +38,5 @@ pub mod reaper;
 pub mod shim;
 pub mod spec;
 pub mod state_dir;
+pub mod status_page;
 pub mod supervisor;

@@ -236,6 +236,36 @@ impl Tail {
         tail
     }
 
+    /// The lines in the last `bytes` of `path` (less the first, which the
+    /// cut may have split), and a tail that goes on from there: a view of
+    /// the recent output that costs the same however large the file is.
+    pub fn from_last(replica: String, path: PathBuf, bytes: u64) -> (Vec<Entry>, Tail) {
+        let mut tail = Tail::from_end(replica, path);
+        let start = tail.read.saturating_sub(bytes);
+        let Some((file, _)) = tail.file.as_mut() else {
+            return (Vec::new(), tail);
+        };
+        let mut text = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut text).is_err() {
+            return (Vec::new(), tail);
+        }
+        tail.read = start + text.len() as u64;
+        let whole = if start == 0 {
+            0
+        } else {
+            text.iter()
+                .position(|&b| b == b'\n')
+                .map_or(text.len(), |i| i + 1)
+        };
+        let lines = entries(
+            &tail.replica,
+            &text[whole..],
+            &mut tail.partial,
+            &mut tail.last_at,
+        );
+        (lines, tail)
+    }
+
     /// The complete lines written since the last call.
     pub fn poll(&mut self) -> Vec<Entry> {
         let mut out = self.drain();
@@ -317,6 +347,24 @@ mod tests {
         assert_eq!(e.text, "");
         let e = Entry::parse("api.0", "garbage here", T1);
         assert_eq!((e.at.as_str(), e.text.as_str()), (T1, "garbage here"));
+    }
+
+    #[test]
+    fn a_tail_from_the_last_bytes_drops_the_cut_line_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.0.log");
+        append(&path, &format!("{T0} out first line\n{T1} out second\n"));
+        let whole = Tail::from_last("a.0".into(), path.clone(), 1 << 20).0;
+        assert_eq!(texts(&whole), ["first line", "second"]);
+        // Ten bytes from the end cut into the second line: nothing whole.
+        let (lines, mut tail) = Tail::from_last("a.0".into(), path.clone(), 10);
+        assert!(lines.is_empty(), "{lines:?}");
+        let (lines, _) = Tail::from_last("a.0".into(), path.clone(), 40);
+        assert_eq!(texts(&lines), ["second"]);
+        append(&path, &format!("{T2} out third\n"));
+        assert_eq!(texts(&tail.poll()), ["third"]);
+        let (lines, _) = Tail::from_last("a.0".into(), dir.path().join("none.log"), 10);
+        assert!(lines.is_empty());
     }
 
     #[test]

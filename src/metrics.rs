@@ -17,8 +17,12 @@
 //! - `supervise_failovers_total{service}`
 //! - `supervise_probe_duration_seconds{service}` (histogram)
 //! - `supervise_uptime_seconds`, `supervise_start_time_seconds`
+//!
+//! The same listener serves the read-only status page (`GET /`, see
+//! status_page.rs) and `GET /status.json`, from the last report and events
+//! the loop handed over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -28,7 +32,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +47,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::control::protocol::{EventRecord, StatusReport};
+use crate::status_page;
 
 /// What a scrape is answered with: the format `prometheus-client` writes.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -51,6 +59,9 @@ const MAX_CONNECTIONS: usize = 16;
 
 /// A connection that has not sent its request headers by then is closed.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events the status page lists.
+const PAGE_EVENTS: usize = 20;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
@@ -97,6 +108,15 @@ pub struct Metrics {
     /// Handles on the series of the last report, so that an update is a
     /// walk over the report with no label allocation for known replicas.
     seen: Mutex<Seen>,
+    /// What the status page and /status.json show.
+    page: Mutex<Page>,
+}
+
+#[derive(Default)]
+struct Page {
+    report: Option<StatusReport>,
+    /// The last [`PAGE_EVENTS`], oldest first.
+    events: VecDeque<EventRecord>,
 }
 
 #[derive(Default)]
@@ -140,6 +160,7 @@ impl Default for Metrics {
             failovers: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram as fn() -> Histogram),
             seen: Mutex::new(Seen::default()),
+            page: Mutex::new(Page::default()),
         };
         metrics.registered()
     }
@@ -203,6 +224,7 @@ impl Metrics {
     /// event of the loop: known replicas cost a map look-up and a few
     /// atomic stores each; only new and vanished ones touch the families.
     pub fn update(&self, report: &StatusReport) {
+        self.page().report = Some(report.clone());
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.epoch += 1;
         let epoch = seen.epoch;
@@ -266,8 +288,15 @@ impl Metrics {
         });
     }
 
-    /// Counts what the status cannot show (failovers).
+    /// Counts what the status cannot show (failovers); keeps the last
+    /// events for the status page.
     pub fn on_event(&self, event: &EventRecord) {
+        let mut page = self.page();
+        if page.events.len() == PAGE_EVENTS {
+            page.events.pop_front();
+        }
+        page.events.push_back(event.clone());
+        drop(page);
         if event.event == "promoted"
             && let Some(service) = &event.service
         {
@@ -295,6 +324,24 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    fn page(&self) -> std::sync::MutexGuard<'_, Page> {
+        self.page.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The status page.
+    pub fn status_page(&self) -> String {
+        let mut page = self.page();
+        let Page { report, events } = &mut *page;
+        status_page::html(report.as_ref(), events.make_contiguous(), SystemTime::now())
+    }
+
+    /// `status --json`'s document, once there is a report.
+    pub fn status_json(&self) -> Option<String> {
+        let page = self.page();
+        let report = page.report.as_ref()?;
+        Some(serde_json::to_string_pretty(report).expect("a report always serialises") + "\n")
     }
 
     fn service_series(&self, service: &str) -> ServiceSeries {
@@ -376,27 +423,65 @@ async fn accept(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 }
 
 fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: String| {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        // What is shown changes from one request to the next.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         response
     };
-    if req.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "not found: try /metrics\n".into());
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let path = req.uri().path();
+    if !matches!(
+        path,
+        "/" | "/status.json" | "/metrics" | "/page.js" | "/page.css"
+    ) {
+        return reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /, /status.json or /metrics\n".into(),
+        );
     }
+    // Read-only: nothing is changed over HTTP.
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".into());
         response
             .headers_mut()
-            .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let mut response = reply(StatusCode::OK, metrics.render());
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
-    );
-    response
+    match path {
+        "/" => {
+            let mut page = reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                metrics.status_page(),
+            );
+            page.headers_mut().insert(
+                CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(status_page::POLICY),
+            );
+            page
+        }
+        "/page.js" => reply(
+            StatusCode::OK,
+            "text/javascript",
+            status_page::SCRIPT.into(),
+        ),
+        "/page.css" => reply(StatusCode::OK, "text/css", status_page::STYLE.into()),
+        "/status.json" => match metrics.status_json() {
+            Some(json) => reply(StatusCode::OK, "application/json", json),
+            None => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "no status yet: the supervisor is starting\n".into(),
+            ),
+        },
+        _ => reply(StatusCode::OK, CONTENT_TYPE_OPENMETRICS, metrics.render()),
+    }
 }
 
 #[cfg(test)]

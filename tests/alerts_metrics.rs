@@ -5,14 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Lines, SOON, Supervise, free_port, run_bounded, wait_until};
+use common::{Lines, SOON, Supervise, free_port, http_get, run_bounded, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -263,38 +261,6 @@ command = ["sh", "-c", "cat >> spawned.jsonl"]
     drop(silent);
 }
 
-/// `GET path` over a plain TCP connection: (status code, headers, body).
-fn http_get(port: u16, path: &str) -> (u16, HashMap<String, String>, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    stream.set_read_timeout(Some(SOON)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .expect("a complete response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
 /// The samples of a scrape: `name{labels}` → value.
 fn scrape(port: u16) -> HashMap<String, f64> {
     let (status, headers, body) = http_get(port, "/metrics");
@@ -385,8 +351,9 @@ restart = {{ delay = "50ms" }}
         Some(&1.0)
     );
 
-    let (status, _, _) = http_get(port, "/");
+    let (status, _, body) = http_get(port, "/nope");
     assert_eq!(status, 404);
+    assert_eq!(body, "not found: try /, /status.json or /metrics\n");
 }
 
 #[test]

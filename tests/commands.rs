@@ -65,10 +65,14 @@ fn status_json_is_schema_1_field_by_field() {
     );
 
     let replica_keys = [
+        "cpu_percent",
+        "cpu_seconds",
         "health",
         "index",
         "last_exit",
+        "memory_bytes",
         "pid",
+        "processes",
         "restart_at",
         "restarts",
         "role",

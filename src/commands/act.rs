@@ -2,16 +2,18 @@
 //! state of services or replicas, then wait until it is reached.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::cli::{ActArgs, Cli, RestartArgs};
 use crate::control::client;
-use crate::control::protocol::Request;
+use crate::control::protocol::{Request, StatusReport};
 use crate::exit;
 use crate::progress::Progress;
 
 use super::select::{self, Selected};
 use super::wait::{self, Deadline, Goal, Incarnation, Wanted};
-use super::{Exit, context, emit};
+use super::{Exit, Failure, context, emit};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verb {
@@ -111,13 +113,25 @@ fn print_states(cli: &Cli, selected: &[Selected]) -> Exit {
 /// they were.
 fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
     let ctx = context(cli)?;
-    let dir = &ctx.state_dir;
+    let mut progress = Progress::new(cli.quiet);
+    let last = rolling_restart(&ctx.state_dir, &args.targets, args.timeout, &mut progress)?;
+    progress.finish();
+    print_states(cli, &select::replicas(&last, &args.targets)?)
+}
+
+/// Restarts the replicas `targets` names one at a time, each running and
+/// healthy (within `timeout`) before the next; the last status report.
+pub fn rolling_restart(
+    dir: &Path,
+    targets: &[String],
+    timeout: Duration,
+    progress: &mut Progress,
+) -> Result<StatusReport, Failure> {
     let report = client::status(dir)?;
-    let names: Vec<String> = select::replicas(&report, &args.targets)?
+    let names: Vec<String> = select::replicas(&report, targets)?
         .iter()
         .map(Selected::name)
         .collect();
-    let mut progress = Progress::new(cli.quiet);
     let mut last = report;
     for (i, name) in names.iter().enumerate() {
         let one = std::slice::from_ref(name);
@@ -137,8 +151,8 @@ fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
         last = wait::settle(
             dir,
             &wanted,
-            Some(Deadline::from_now(args.timeout)),
-            &mut progress,
+            Some(Deadline::from_now(timeout)),
+            progress,
             &label,
         )
         .map_err(|f| {
@@ -146,6 +160,5 @@ fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
         })?;
         progress.note(&format!("restarted {name} ({}/{})", i + 1, names.len()));
     }
-    progress.finish();
-    print_states(cli, &select::replicas(&last, &args.targets)?)
+    Ok(last)
 }

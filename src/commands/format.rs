@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::control::protocol::LastExit;
+use crate::control::protocol::{LastExit, ReplicaStatus};
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set (no-color.org).
 pub fn colour_allowed(is_tty: bool) -> bool {
@@ -93,6 +93,62 @@ pub fn millis(rfc3339: &str) -> String {
     }
 }
 
+/// One replica's values as every table shows them (`status`, `top`, the
+/// status page): `-` for what is unknown or not measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cells {
+    pub replica: String,
+    pub pid: String,
+    pub state: String,
+    pub health: String,
+    pub role: String,
+    pub restarts: String,
+    pub uptime: String,
+    pub cpu: String,
+    pub memory: String,
+    pub last_exit: String,
+}
+
+impl Cells {
+    pub fn of(service: &str, r: &ReplicaStatus, now: SystemTime) -> Cells {
+        let dash = || "-".to_string();
+        Cells {
+            replica: format!("{service}.{}", r.index),
+            pid: r.pid.map_or_else(dash, |p| p.to_string()),
+            state: r.state.clone(),
+            health: r.health.clone(),
+            role: r.role.clone().unwrap_or_else(dash),
+            restarts: r.restarts.to_string(),
+            uptime: r
+                .started_at
+                .as_deref()
+                .and_then(|at| age(at, now))
+                .map_or_else(dash, |d| compact(d, 2)),
+            cpu: r.cpu_percent.map_or_else(dash, |p| format!("{p:.1}%")),
+            memory: r.memory_bytes.map_or_else(dash, bytes),
+            last_exit: r
+                .last_exit
+                .as_ref()
+                .map_or_else(dash, |e| last_exit(e, now)),
+        }
+    }
+}
+
+/// A size the way `top` shows it: `512B`, `12.3M`, `1.5G` (powers of 1024).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +187,14 @@ mod tests {
             "2026-11-23T12:00:00.123Z"
         );
         assert_eq!(millis("garbage"), "garbage");
+    }
+
+    #[test]
+    fn sizes_read_like_top() {
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(1536), "1.5K");
+        assert_eq!(bytes(12_900_000), "12.3M");
+        assert_eq!(bytes(3 << 30), "3.0G");
     }
 
     #[test]

@@ -10,12 +10,13 @@ mod detach;
 mod down;
 mod events;
 mod export;
-mod format;
+pub(crate) mod format;
 mod logs;
 mod reload;
 mod scale;
 pub(crate) mod select;
 pub mod status;
+mod top;
 mod up;
 mod wait;
 
@@ -89,6 +90,7 @@ pub fn run(cli: &Cli) -> i32 {
         Command::Reload(args) => reload::run(cli, args),
         Command::Wait(args) => wait::run(cli, args),
         Command::Events(args) => events::run(cli, args),
+        Command::Top => top::run(cli),
         Command::Down(args) => down::run(cli, args),
         Command::Export(args) => export::run(cli, args),
         Command::Completions { shell } => {

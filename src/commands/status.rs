@@ -9,7 +9,7 @@ use crate::control::client::Rendered;
 use crate::control::protocol::{Render, StatusReport};
 use crate::exit;
 
-use super::format::{colour_allowed, compact, last_exit, paint, state_colour};
+use super::format::{Cells, colour_allowed, paint, state_colour};
 use super::{Exit, Failure, context, emit, select};
 
 const HEADER: [&str; 9] = [
@@ -89,21 +89,17 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
             ]);
         }
         for r in &service.replicas {
+            let c = Cells::of(&service.name, r, now);
             rows.push([
                 service.name.clone(),
-                format!("{}.{}", service.name, r.index),
-                r.pid.map_or_else(dash, |p| p.to_string()),
-                r.state.clone(),
-                r.health.clone(),
-                r.role.clone().unwrap_or_else(dash),
-                r.restarts.to_string(),
-                r.started_at
-                    .as_deref()
-                    .and_then(|at| super::format::age(at, now))
-                    .map_or_else(dash, |d| compact(d, 2)),
-                r.last_exit
-                    .as_ref()
-                    .map_or_else(dash, |e| last_exit(e, now)),
+                c.replica,
+                c.pid,
+                c.state,
+                c.health,
+                c.role,
+                c.restarts,
+                c.uptime,
+                c.last_exit,
             ]);
         }
     }

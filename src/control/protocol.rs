@@ -272,6 +272,20 @@ pub struct ReplicaStatus {
     /// UTC); null in every other state.
     #[serde(default)]
     pub restart_at: Option<String>,
+    /// CPU time the replica's processes have used, in seconds; null when
+    /// not measured.
+    #[serde(default)]
+    pub cpu_seconds: Option<f64>,
+    /// Share of one core used since the previous sample; null when not
+    /// measured.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// Memory in use by the replica's processes; null when not measured.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Processes of the replica; null when not measured.
+    #[serde(default)]
+    pub processes: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

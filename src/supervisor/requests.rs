@@ -354,5 +354,9 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
             )),
             _ => None,
         },
+        cpu_seconds: None,
+        cpu_percent: None,
+        memory_bytes: None,
+        processes: None,
     }
 }

@@ -11,9 +11,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chromium;
 mod events;
 mod project;
 mod supervise;
+pub mod tmux;
 
 pub use events::*;
 pub use project::*;
@@ -505,4 +507,38 @@ impl Drop for Tmpfs {
             .stdout(Stdio::null())
             .status();
     }
+}
+
+/// `GET path` over a plain TCP connection: (status code, headers, body).
+pub fn http_get(port: u16, path: &str) -> (u16, HashMap<String, String>, String) {
+    use std::io::Write;
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }

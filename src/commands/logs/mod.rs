@@ -115,7 +115,7 @@ pub fn run(cli: &Cli, args: &LogsArgs) -> Exit {
 }
 
 /// Time order across replicas; a replica's own lines keep their order.
-fn merge(entries: &mut [Entry]) {
+pub(crate) fn merge(entries: &mut [Entry]) {
     entries.sort_by(|a, b| a.at.cmp(&b.at));
 }
 
