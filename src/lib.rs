@@ -23,6 +23,7 @@ macro_rules! say {
 }
 
 pub mod alerts;
+pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod control;

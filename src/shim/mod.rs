@@ -44,6 +44,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::cgroup::Leaf;
 use crate::procfs;
 
 use logfile::{LogWriter, Stream};
@@ -72,10 +73,12 @@ enum Phase {
     Killing,
 }
 
-/// The replica's process tree as the shim manages it: every descendant of
-/// the shim (it is their subreaper), and the main process's exit status.
-struct Tree {
+/// The replica's process tree as the shim manages it: every process in its
+/// cgroup leaf if it has one, else every descendant of the shim (it is their
+/// subreaper); and the main process's exit status.
+struct Tree<'l> {
     me: Pid,
+    leaf: Option<&'l Leaf>,
     main: Pid,
     main_status: Option<WaitStatus>,
     stop_signal: Signal,
@@ -87,10 +90,11 @@ struct Tree {
     leave_revoked: bool,
 }
 
-impl Tree {
-    fn new(config: &ShimConfig, main: u32) -> Tree {
+impl<'l> Tree<'l> {
+    fn new(config: &ShimConfig, main: u32, leaf: Option<&'l Leaf>) -> Tree<'l> {
         Tree {
             me: Pid::this(),
+            leaf,
             main: Pid::from_raw(main as i32),
             main_status: None,
             stop_signal: Signal::try_from(config.stop_signal).unwrap_or(Signal::SIGTERM),
@@ -116,7 +120,7 @@ impl Tree {
                 };
             }
             Phase::Stopping { signalled, .. } => {
-                for pid in procfs::descendants(self.me) {
+                for pid in members(self.me, self.leaf) {
                     if signalled.insert(pid) {
                         let _ = nix::sys::signal::kill(pid, self.stop_signal);
                     }
@@ -126,9 +130,16 @@ impl Tree {
         }
     }
 
+    /// SIGKILL to the tree: with a leaf, `cgroup.kill` (the kernel misses
+    /// no fork in flight), once; without, a sweep now and at every tick.
     fn kill(&mut self) {
         self.phase = Phase::Killing;
-        let _ = self.signal_all(Signal::SIGKILL);
+        match self.leaf.map(Leaf::kill) {
+            Some(Ok(())) => {}
+            _ => {
+                let _ = self.signal_all(Signal::SIGKILL);
+            }
+        }
     }
 
     /// The replica's process group first: the kernel lets no fork in flight
@@ -141,7 +152,7 @@ impl Tree {
         if self.main_status.is_none() {
             let _ = killpg(self.main, signal);
         }
-        let tree: HashSet<Pid> = procfs::descendants(self.me).into_iter().collect();
+        let tree: HashSet<Pid> = members(self.me, self.leaf).into_iter().collect();
         for &pid in &tree {
             let _ = nix::sys::signal::kill(pid, signal);
         }
@@ -180,8 +191,18 @@ impl Tree {
                 Ok(status) if status.pid() == Some(self.main) => self.main_status = Some(status),
                 Ok(_) | Err(Errno::EINTR) => {}
                 // ECHILD: no child left, hence (as their subreaper) no
-                // descendant either; no need to look through /proc.
-                Err(_) => return self.main_status.is_some(),
+                // descendant either; no need to look through /proc. A leaf
+                // is done only at `populated 0` (its cgroup.events wakes us).
+                Err(_) => {
+                    if self.main_status.is_none() {
+                        return false;
+                    }
+                    if self.leaf.is_some_and(Leaf::populated) {
+                        self.stop();
+                        return false;
+                    }
+                    return true;
+                }
             }
         }
     }
@@ -192,9 +213,10 @@ impl Tree {
         if let Phase::Stopping { deadline, .. } = self.phase
             && Instant::now() >= deadline
         {
-            self.phase = Phase::Killing;
-        }
-        if let Phase::Killing = self.phase {
+            self.kill();
+        } else if let Phase::Killing = self.phase
+            && self.leaf.is_none()
+        {
             procfs::signal_descendants(self.me, Signal::SIGKILL);
         }
     }
@@ -206,6 +228,8 @@ impl Tree {
             Phase::Stopping { deadline, .. } => {
                 Some(deadline.saturating_duration_since(Instant::now()))
             }
+            // cgroup.kill missed nothing; the leaf's events say when it is empty.
+            Phase::Killing if self.leaf.is_some() => None,
             Phase::Killing => Some(KILL_SWEEP),
         }
     }
@@ -229,6 +253,14 @@ impl Tree {
             spawn_error: None,
             at: SystemTime::now(),
         }
+    }
+}
+
+/// The processes of the replica: those in its leaf, else the shim's descendants.
+fn members(shim: Pid, leaf: Option<&Leaf>) -> Vec<Pid> {
+    match leaf {
+        Some(leaf) => leaf.processes(),
+        None => procfs::descendants(shim),
     }
 }
 
@@ -352,8 +384,21 @@ fn run(config: ShimConfig) -> i32 {
             .and_then(|p| regex::bytes::Regex::new(p).ok()),
     );
 
-    let started = claim(&config).and_then(|guard| Ok((guard, spawn::spawn(&config)?)));
-    let (_guard, (child, out, err)) = match started {
+    // The leaf is made (or emptied of a killed predecessor's leftovers)
+    // under the instance lock, before the replica starts.
+    let started = claim(&config).and_then(|guard| {
+        let leaf = config.cgroup.as_deref().map(Leaf::create).transpose()?;
+        match spawn::spawn(&config, leaf.as_ref()) {
+            Ok(spawned) => Ok((guard, leaf, spawned)),
+            Err(e) => {
+                if let Some(leaf) = leaf {
+                    leaf.remove();
+                }
+                Err(e)
+            }
+        }
+    });
+    let (_guard, leaf, (child, out, err)) = match started {
         Ok(started) => started,
         Err(error) => {
             log.note(&error);
@@ -384,6 +429,7 @@ fn run(config: ShimConfig) -> i32 {
             started_at: SystemTime::now(),
             respawns: config.respawn.is_some(),
             definition: Some(config.definition.clone()),
+            cgroup: config.cgroup.clone(),
         },
         retry_at: None,
     };
@@ -396,7 +442,7 @@ fn run(config: ShimConfig) -> i32 {
     if config.ready_pattern.is_none() && config.respawn.is_none() {
         close_status_pipe();
     }
-    let mut tree = Tree::new(&config, child.id());
+    let mut tree = Tree::new(&config, child.id(), leaf.as_ref());
     // The Child handle is dropped: the shim reaps with waitpid(-1), which
     // sees every descendant, not only the main process.
     drop(child);
@@ -424,7 +470,7 @@ fn run(config: ShimConfig) -> i32 {
         if tree.asked_to_stop || !respawn.as_mut().is_some_and(|leave| leave.take(code)) {
             break;
         }
-        match spawn::spawn(&config) {
+        match spawn::spawn(&config, leaf.as_ref()) {
             Ok((child, out, err)) => {
                 generation += 1;
                 announce(
@@ -438,7 +484,7 @@ fn run(config: ShimConfig) -> i32 {
                         signal,
                     },
                 );
-                tree = Tree::new(&config, child.id());
+                tree = Tree::new(&config, child.id(), leaf.as_ref());
                 output.pipes = [out, err];
             }
             Err(error) => {
@@ -449,12 +495,12 @@ fn run(config: ShimConfig) -> i32 {
             }
         }
     }
-    finish(
-        &config,
-        &tree.record(generation),
-        &signals,
-        tree.asked_to_stop,
-    )
+    let (record, asked_to_stop) = (tree.record(generation), tree.asked_to_stop);
+    // Empty (the tree is gone): removed before the exit record says so.
+    if let Some(leaf) = leaf {
+        leaf.remove();
+    }
+    finish(&config, &record, &signals, asked_to_stop)
 }
 
 /// Runs one incarnation of the replica: drains its output, passes on stop
@@ -468,6 +514,11 @@ fn supervise_tree(
 ) -> Result<(), i32> {
     loop {
         let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
+        if let Some(leaf) = tree.leaf {
+            // Woken by `populated 0`: the end of a tree with no child of ours.
+            fds.push(leaf.poll_fd());
+        }
+        let pipes = fds.len();
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
@@ -491,7 +542,7 @@ fn supervise_tree(
             tree.on_signal(signal);
         }
         let gone = tree.reap();
-        output.on_ready(&ready[1..]);
+        output.on_ready(&ready[pipes..]);
         if std::mem::take(&mut output.log.ready) {
             report(&Status::Ready);
             close_status_pipe();

@@ -47,6 +47,9 @@ pub struct ShimConfig {
     pub respawn: Option<Respawn>,
     /// [`crate::spec::Service::fingerprint`] of what it runs.
     pub definition: String,
+    /// The replica's cgroup leaf (see [`crate::cgroup`]); None: no cgroup.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The supervisor's leave for a shim to start its command again, at once,
@@ -148,6 +151,11 @@ pub struct RunningRecord {
     /// older versions.
     #[serde(default)]
     pub definition: Option<String>,
+    /// The replica's cgroup leaf, if it has one: a resuming supervisor
+    /// verifies the command by it, and kills what is in it if the replica
+    /// is not adopted.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Writes `value` as JSON so that a reader sees all of it or none of it.

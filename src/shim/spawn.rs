@@ -9,8 +9,13 @@
 //! resets the mask and SIGPIPE in the child), and `PR_SET_PDEATHSIG` is not
 //! set — a replica whose shim is killed is found by its marker and killed
 //! by the supervisor, or by the next one if the supervisor is gone too.
+//!
+//! The one exception is a replica with a cgroup leaf: it writes itself into
+//! the leaf's `cgroup.procs` between fork and exec, so not one of its forks
+//! runs outside it. std then forks instead of using `posix_spawn`
+//! (BENCHMARKS.md has what that costs a restart).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -19,6 +24,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::{SigHandler, Signal};
 
 use super::protocol::ShimConfig;
+use crate::cgroup::Leaf;
 
 /// Pipe buffer asked for each output stream, so a replica that writes in
 /// bursts is not blocked while the shim is busy with the other stream.
@@ -26,7 +32,7 @@ const PIPE_SIZE: i32 = 1 << 20;
 
 pub type Spawned = (std::process::Child, Option<OwnedFd>, Option<OwnedFd>);
 
-pub fn spawn(config: &ShimConfig) -> Result<Spawned, String> {
+pub fn spawn(config: &ShimConfig, leaf: Option<&Leaf>) -> Result<Spawned, String> {
     let program = config.argv.first().ok_or("empty command")?;
     if !config.cwd.is_dir() {
         return Err(format!(
@@ -51,6 +57,22 @@ pub fn spawn(config: &ShimConfig) -> Result<Spawned, String> {
     }
     // Its own process group (what notify messages are matched by).
     cmd.process_group(0);
+    if let Some(leaf) = leaf {
+        let procs = leaf.procs.as_raw_fd();
+        // SAFETY: write(2) is async-signal-safe, and the descriptor stays
+        // open in the shim for as long as the Command lives.
+        unsafe {
+            cmd.pre_exec(move || {
+                // "0": the writer itself. The descriptor was opened by the
+                // shim, whose credentials the kernel checks (not those of a
+                // `user` the replica has already become).
+                if nix::libc::write(procs, b"0".as_ptr().cast(), 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {}", plain_io_error(&e)))?;

@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 use super::Supervisor;
 use super::replica::{AfterStop, Incarnation, Phase, ReplicaId, Role};
 use super::restart::{Decision, Ending};
-use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
+use crate::{cgroup, procfs};
 
 impl Supervisor {
     /// Reaps every child that has exited: probe and alert commands, the
@@ -88,12 +88,20 @@ impl Supervisor {
     /// on, re-parented to us: find its processes by the replica's marker and
     /// kill them, so the restart meets no predecessor.
     pub(super) fn kill_leftovers(&mut self, id: &ReplicaId) {
-        let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
-        for &pid in &leftovers {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        if !leftovers.is_empty() {
-            let detail = format!("killed {} leftover process(es) of {id}", leftovers.len());
+        let killed = match self.leaf(&id.to_string()) {
+            // Its leaf holds them all, the environment they keep or not.
+            Some(leaf) => cgroup::kill_and_remove(&leaf, cgroup::LEFTOVER_WAIT),
+            None => {
+                let leftovers =
+                    procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
+                for &pid in &leftovers {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                leftovers.len()
+            }
+        };
+        if killed > 0 {
+            let detail = format!("killed {killed} leftover process(es) of {id}");
             self.emit("leftovers_killed", Some(id), None, detail);
         }
     }

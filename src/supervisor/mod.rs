@@ -213,10 +213,25 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     }
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
+    if let Some(dir) = &sup.cgroup {
+        // Empty unless replicas were left running (a forced exit).
+        let _ = std::fs::remove_dir(dir);
+    }
     // The zygote holds the display pipe until it sees its socket close.
     drop(sup.zygote.take());
     sup.display.finish().await;
     Ok(code)
+}
+
+/// The cgroup of this state dir's replicas (see [`crate::cgroup`]), unless
+/// there is no writable cgroup v2 here or `SUPERVISE_CGROUP=off`.
+fn cgroup_instance(state_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    if crate::cgroup::switched_off() {
+        return None;
+    }
+    crate::cgroup::instance(state_dir)
+        .inspect_err(|e| tracing::debug!("replicas get no cgroup: {e}"))
+        .ok()
 }
 
 /// Descriptors the supervisor inherited beyond stdin, stdout and stderr (a
@@ -350,6 +365,8 @@ struct Supervisor {
     /// The notify socket is bound: from the start, or from the first reload
     /// that brought a notify service.
     notify_listening: bool,
+    /// The cgroup under which each replica gets its leaf (None: no cgroups).
+    cgroup: Option<std::path::PathBuf>,
 }
 
 impl Supervisor {
@@ -362,6 +379,7 @@ impl Supervisor {
         metrics: Option<Arc<Metrics>>,
         notify_socket: String,
     ) -> Supervisor {
+        let cgroup = cgroup_instance(dir.root());
         let reaper = Reaper::default();
         let alerts = Alerts::start(&spec, reaper.clone());
         Supervisor {
@@ -388,7 +406,13 @@ impl Supervisor {
             reports,
             notify_socket,
             notify_listening: false,
+            cgroup,
         }
+    }
+
+    /// Replica `name`'s cgroup leaf, when replicas get one.
+    fn leaf(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.cgroup.as_ref().map(|dir| dir.join(name))
     }
 
     /// Binds the notify socket, unless it is bound already.

@@ -1,0 +1,197 @@
+//! A cgroup v2 leaf per replica (docs/design.md §13): the replica starts
+//! inside it and its shim stays outside, a stop takes the whole leaf and
+//! removes it, and a daemon that left the replica's session and cleared its
+//! environment still dies with its replica, across a `kill -9` of its shim
+//! and of the supervisor.
+//!
+//! These run against the real cgroup v2 hierarchy of the machine (on a
+//! hybrid host, its `unified` mount); where there is none, or with
+//! `SUPERVISE_CGROUP=off`, each test says it was skipped and why.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn cgroup_of(pid: i32) -> Option<PathBuf> {
+    supervise::cgroup::of(&pid.to_string())
+}
+
+/// Why replicas get no cgroup here, if they do not.
+fn no_cgroups() -> Option<String> {
+    if supervise::cgroup::switched_off() {
+        return Some(format!("{} is off", supervise::cgroup::SWITCH));
+    }
+    let Some(own) = supervise::cgroup::own_cgroup() else {
+        return Some("no cgroup v2 hierarchy is mounted".into());
+    };
+    let probe = own.join(format!("supervise-test-probe-{}", std::process::id()));
+    match std::fs::create_dir(&probe) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(&probe);
+            None
+        }
+        Err(e) => Some(format!("cannot create a cgroup in {}: {e}", own.display())),
+    }
+}
+
+macro_rules! needs_cgroups {
+    () => {
+        if let Some(why) = no_cgroups() {
+            eprintln!("SKIPPED: replicas get no cgroup here: {why}");
+            return;
+        }
+    };
+}
+
+/// A daemon as badly behaved as they come: it forks twice, leaves the
+/// session, clears its environment (no marker left to find it by) and
+/// ignores SIGTERM.
+const DAEMON: &str = r#"
+import os, sys, signal
+if os.fork(): sys.exit(0)
+os.setsid()
+if os.fork(): os._exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print("daemon", os.getpid(), flush=True)
+os.execve("/bin/sleep", ["sleep", "1000"], dict())
+"#;
+
+fn spec_with_daemon(stop_timeout: &str) -> String {
+    format!(
+        r#"
+[services.web]
+command = ["sh", "-c", '''
+python3 -c '{DAEMON}'
+echo ready
+exec sleep 1000
+''']
+stop_timeout = "{stop_timeout}"
+"#
+    )
+}
+
+fn daemon_of(sup: &Supervise) -> i32 {
+    let (_, caps) = sup.expect_output("web.0", r"^daemon (\d+)$", SOON);
+    sup.expect_output("web.0", "^ready$", SOON);
+    let daemon: i32 = caps[1].parse().unwrap();
+    // Its environment is empty: the marker sweep could not find it.
+    assert!(
+        wait_until(SOON, || std::fs::read(format!("/proc/{daemon}/environ"))
+            .is_ok_and(|env| env.is_empty())),
+        "the daemon {daemon} did not clear its environment"
+    );
+    daemon
+}
+
+fn is_leaf_of(path: &Path, replica: &str) -> bool {
+    path.file_name().is_some_and(|n| n == replica)
+        && path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with("supervise."))
+}
+
+#[test]
+fn each_replica_starts_in_a_leaf_of_its_own_with_its_shim_outside() {
+    needs_cgroups!();
+    let mut sup = Supervise::start(
+        &spec_with_daemon("1s").replace("stop_timeout", "replicas = 2\nstop_timeout"),
+    );
+    let replica = sup.expect_spawned("web.0");
+    let other = sup.expect_spawned("web.1");
+    let daemon = daemon_of(&sup);
+    let leaf = cgroup_of(replica).expect("the replica's cgroup");
+    assert!(
+        is_leaf_of(&leaf, "web.0"),
+        "web.0 runs in {}",
+        leaf.display()
+    );
+    assert_eq!(
+        cgroup_of(daemon),
+        Some(leaf.clone()),
+        "the daemon left the leaf"
+    );
+    let other_leaf = cgroup_of(other).unwrap();
+    assert!(is_leaf_of(&other_leaf, "web.1"), "{}", other_leaf.display());
+    let (_, shim) = proc_stat(replica).unwrap();
+    assert_ne!(
+        cgroup_of(shim),
+        Some(leaf.clone()),
+        "the shim is in the leaf"
+    );
+    assert_eq!(
+        std::fs::read_to_string(leaf.join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .count(),
+        2,
+        "the leaf holds the replica and its daemon only"
+    );
+
+    sup.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(sup.expect_exit(SOON), 0, "{}", sup.transcript());
+    assert!(!is_alive(daemon), "the daemon outlived its replica");
+    assert!(!leaf.exists(), "{} was not removed", leaf.display());
+    assert!(
+        !leaf.parent().unwrap().exists(),
+        "the state dir's cgroup was not removed"
+    );
+}
+
+#[test]
+fn a_stop_kills_a_daemon_that_ignores_it_through_cgroup_kill_at_stop_timeout() {
+    needs_cgroups!();
+    let p = Project::new(&spec_with_daemon("300ms"));
+    p.up(&[]);
+    let replica = p.replicas("web")[0].1.expect("web.0 runs") as i32;
+    let leaf = cgroup_of(replica).unwrap();
+    let daemon: i32 = p
+        .logs_holding(&["web"], &["daemon ", "ready"])
+        .unwrap()
+        .lines()
+        .find_map(|l| l.split("daemon ").nth(1)?.trim().parse().ok())
+        .expect("the daemon's pid");
+    assert!(is_alive(daemon));
+    p.run(&["stop", "web"]).expect(0);
+    // `stop` answers once the replica is stopped, which it is only once its
+    // leaf is empty: nothing of it is left, and the leaf is gone.
+    let dead = !is_alive(daemon);
+    if !dead {
+        kill9(daemon);
+    }
+    assert!(dead, "the daemon outlived the stop");
+    assert!(!is_alive(replica));
+    assert!(!leaf.exists(), "{} was not removed", leaf.display());
+    p.run(&["down"]).expect(0);
+}
+
+#[test]
+fn a_daemon_that_outlived_its_shim_and_the_supervisor_dies_at_the_next_up() {
+    needs_cgroups!();
+    let mut first = Supervise::start(&spec_with_daemon("1s"));
+    let replica = first.expect_spawned("web.0");
+    let daemon = daemon_of(&first);
+    let (_, shim) = proc_stat(replica).unwrap();
+    // The supervisor first, so that no one is left to notice the shim go.
+    first.kill9();
+    kill9(shim);
+    assert!(wait_until(SOON, || !is_alive(replica)) || is_alive(daemon));
+    assert!(is_alive(daemon), "the daemon did not outlive its shim");
+
+    let mut second = first.another().start();
+    second.expect_said(r"^resumed: 0 adopted, 0 exited while down, 1 unknown", SOON);
+    let dead = wait_until(SOON, || !is_alive(daemon));
+    if !dead {
+        // Not ours to leave behind: it carries no marker the guards know.
+        kill9(daemon);
+    }
+    assert!(dead, "the daemon {daemon} survived the next up");
+    let again = second.expect_spawned("web.0");
+    assert_ne!(again, replica);
+    let stray = daemon_of(&second);
+    second.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(second.expect_exit(SOON), 0, "{}", second.transcript());
+    assert!(!is_alive(stray));
+}
