@@ -24,6 +24,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
+use crate::usage::{Usage, rss};
+
 /// The environment switch: `SUPERVISE_CGROUP=off` uses no cgroup at all.
 pub const SWITCH: &str = "SUPERVISE_CGROUP";
 
@@ -322,15 +324,6 @@ pub fn contains(path: &Path, pid: u32) -> bool {
     processes(path).contains(&Pid::from_raw(pid as i32))
 }
 
-/// A replica's use of the machine at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Usage {
-    /// CPU time used, user and system, since the leaf (or the processes) began.
-    pub cpu: Option<Duration>,
-    pub memory: Option<u64>,
-    pub processes: Option<u64>,
-}
-
 /// What the leaf at `path` uses: CPU from `cpu.stat` (present on any
 /// cgroup v2, controller or not), memory from `memory.current` or else the
 /// summed resident memory of its processes.
@@ -391,23 +384,6 @@ pub fn memory_events(path: &Path) -> Option<MemoryEvents> {
     std::fs::read_to_string(path.join("memory.events"))
         .ok()
         .map(|t| memory_events_in(&t))
-}
-
-/// Resident memory of `pid`, in bytes (`/proc/<pid>/statm`, in pages).
-pub fn rss(pid: Pid) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
-}
-
-fn page_size() -> u64 {
-    static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SIZE.get_or_init(|| {
-        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .map_or(4096, |s| s as u64)
-    })
 }
 
 #[cfg(test)]

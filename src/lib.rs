@@ -39,3 +39,4 @@ pub mod shim;
 pub mod spec;
 pub mod state_dir;
 pub mod supervisor;
+pub mod usage;

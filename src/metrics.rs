@@ -17,6 +17,10 @@
 //! - `supervise_failovers_total{service}`
 //! - `supervise_probe_duration_seconds{service}` (histogram)
 //! - `supervise_uptime_seconds`, `supervise_start_time_seconds`
+//! - `supervise_replica_cpu_seconds_total{service,replica}`,
+//!   `supervise_replica_memory_bytes{service,replica}`: sampled at the
+//!   scrape (from the replica's cgroup, else `/proc`), not before
+//! - `supervise_replica_oom_kills_total{service,replica}`
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -40,6 +44,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::control::protocol::{EventRecord, StatusReport};
+use crate::usage::Source;
 
 /// What a scrape is answered with: the format `prometheus-client` writes.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -94,6 +99,9 @@ pub struct Metrics {
     restarts: Family<ReplicaLabels, Counter>,
     failovers: Family<ServiceLabels, Counter>,
     probe_duration: HistogramFamily,
+    cpu: Family<ReplicaLabels, Counter<f64, AtomicU64>>,
+    memory: Family<ReplicaLabels, Gauge>,
+    oom_kills: Family<ReplicaLabels, Counter>,
     /// Handles on the series of the last report, so that an update is a
     /// walk over the report with no label allocation for known replicas.
     seen: Mutex<Seen>,
@@ -124,6 +132,14 @@ struct ReplicaSeries {
     restarts: Counter,
     /// The report's `restarts` at the last update, to add only the delta.
     last_restarts: u32,
+    /// Where its usage is read at a scrape, while it has processes.
+    source: Option<Source>,
+    cpu: Counter<f64, AtomicU64>,
+    /// The CPU reading the counter is at, to add only the delta.
+    last_cpu: f64,
+    memory: Gauge,
+    /// Made at 0 with the replica, so the series exists before an OOM kill.
+    _oom_kills: Counter,
 }
 
 impl Default for Metrics {
@@ -139,6 +155,9 @@ impl Default for Metrics {
             restarts: Family::default(),
             failovers: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram as fn() -> Histogram),
+            cpu: Family::default(),
+            memory: Family::default(),
+            oom_kills: Family::default(),
             seen: Mutex::new(Seen::default()),
         };
         metrics.registered()
@@ -187,6 +206,21 @@ impl Metrics {
             self.probe_duration.clone(),
         );
         r.register(
+            "replica_cpu_seconds",
+            "CPU time the replica's processes used, user and system",
+            self.cpu.clone(),
+        );
+        r.register(
+            "replica_memory_bytes",
+            "Memory the replica uses (its cgroup's memory.current, else summed RSS)",
+            self.memory.clone(),
+        );
+        r.register(
+            "replica_oom_kills",
+            "Ends of the replica by the kernel's OOM killer",
+            self.oom_kills.clone(),
+        );
+        r.register(
             "uptime_seconds",
             "Seconds since the supervisor started",
             self.uptime.clone(),
@@ -199,10 +233,11 @@ impl Metrics {
         self
     }
 
-    /// The current state of every service and replica. Called after every
-    /// event of the loop: known replicas cost a map look-up and a few
-    /// atomic stores each; only new and vanished ones touch the families.
-    pub fn update(&self, report: &StatusReport) {
+    /// The current state of every service and replica, and where each
+    /// one's usage is read (`source`). Called after every event of the
+    /// loop: known replicas cost a map look-up and a few atomic stores
+    /// each; only new and vanished ones touch the families.
+    pub fn update(&self, report: &StatusReport, source: impl Fn(&str, u32) -> Option<Source>) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.epoch += 1;
         let epoch = seen.epoch;
@@ -227,6 +262,7 @@ impl Metrics {
                     .entry(r.index)
                     .or_insert_with(|| self.replica_series(&svc.name, r.index));
                 rs.epoch = epoch;
+                rs.source = source(&svc.name, r.index);
                 rs.up.set(i64::from(r.pid.is_some()));
                 rs.healthy.set(i64::from(r.health == "healthy"));
                 if r.restarts < rs.last_restarts {
@@ -291,10 +327,46 @@ impl Metrics {
     /// The whole exposition, as a scrape returns it.
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        self.sample_usage();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Reads what each replica with processes uses: at a scrape only.
+    fn sample_usage(&self) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for rs in seen
+            .services
+            .values_mut()
+            .flat_map(|s| s.replicas.values_mut())
+        {
+            let usage = rs.source.as_ref().map(Source::sample).unwrap_or_default();
+            rs.memory.set(
+                usage
+                    .memory
+                    .map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)),
+            );
+            if let Some(cpu) = usage.cpu.map(|c| c.as_secs_f64()) {
+                // A new incarnation's cgroup counts from 0: its whole reading
+                // is new time.
+                let delta = if cpu >= rs.last_cpu {
+                    cpu - rs.last_cpu
+                } else {
+                    cpu
+                };
+                rs.cpu.inc_by(delta);
+                rs.last_cpu = cpu;
+            }
+        }
+    }
+
+    /// One end of a replica by the OOM killer.
+    pub fn oom_kill(&self, service: &str, index: u32) {
+        self.oom_kills
+            .get_or_create(&ReplicaLabels::new(service, index))
+            .inc();
     }
 
     fn service_series(&self, service: &str) -> ServiceSeries {
@@ -318,6 +390,11 @@ impl Metrics {
             healthy: self.healthy.get_or_create_owned(&labels),
             restarts: self.restarts.get_or_create_owned(&labels),
             last_restarts: 0,
+            source: None,
+            cpu: self.cpu.get_or_create_owned(&labels),
+            last_cpu: 0.0,
+            memory: self.memory.get_or_create_owned(&labels),
+            _oom_kills: self.oom_kills.get_or_create_owned(&labels),
         }
     }
 
@@ -327,6 +404,9 @@ impl Metrics {
         self.up.remove(&labels);
         self.healthy.remove(&labels);
         self.restarts.remove(&labels);
+        self.cpu.remove(&labels);
+        self.memory.remove(&labels);
+        self.oom_kills.remove(&labels);
     }
 }
 
@@ -443,11 +523,14 @@ mod tests {
     #[test]
     fn gauges_follow_the_report() {
         let m = Metrics::default();
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "backoff", 1)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "backoff", 1)],
+            )]),
+            |_, _| None,
+        );
         let text = m.render();
         assert_eq!(
             sample(&text, r#"supervise_replicas_desired{service="api"}"#),
@@ -475,55 +558,79 @@ mod tests {
     fn restarts_add_deltas_and_removed_replicas_vanish() {
         let m = Metrics::default();
         let series = r#"supervise_restarts_total{service="api",replica="1"}"#;
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 3)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 3)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(3.0));
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 5)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 5)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(5.0));
         // Scaled down: replica 1 is gone, and so are its series.
-        m.update(&report(vec![("api", 1, vec![replica(0, "running", 0)])]));
+        m.update(
+            &report(vec![("api", 1, vec![replica(0, "running", 0)])]),
+            |_, _| None,
+        );
         let text = m.render();
         assert_eq!(sample(&text, series), None, "{text}");
         assert!(!text.contains(r#"replica="1""#), "{text}");
         // Scaled up again: a new replica 1 counts from its own restarts.
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 0)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 0)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(0.0));
         // A count that went back without an update in between is a new
         // replica under the same name: a fresh counter, not a negative step.
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 4)],
-        )]));
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 1)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 4)],
+            )]),
+            |_, _| None,
+        );
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 1)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(1.0));
     }
 
     #[test]
     fn a_removed_service_takes_its_series_along() {
         let m = Metrics::default();
-        m.update(&report(vec![
-            ("api", 1, vec![replica(0, "running", 0)]),
-            ("db", 1, vec![replica(0, "running", 0)]),
-        ]));
+        m.update(
+            &report(vec![
+                ("api", 1, vec![replica(0, "running", 0)]),
+                ("db", 1, vec![replica(0, "running", 0)]),
+            ]),
+            |_, _| None,
+        );
         m.probe_duration("db", 0.002);
         m.on_event(&promoted("db"));
-        m.update(&report(vec![("api", 1, vec![replica(0, "running", 0)])]));
+        m.update(
+            &report(vec![("api", 1, vec![replica(0, "running", 0)])]),
+            |_, _| None,
+        );
         let text = m.render();
         assert!(!text.contains(r#"service="db""#), "{text}");
         assert!(text.contains(r#"service="api""#), "{text}");
@@ -546,7 +653,7 @@ mod tests {
         let failovers = r#"supervise_failovers_total{service="kv"}"#;
         let mut standby = replica(0, "running", 0);
         standby.role = Some("standby".into());
-        m.update(&report(vec![("kv", 1, vec![standby])]));
+        m.update(&report(vec![("kv", 1, vec![standby])]), |_, _| None);
         assert_eq!(sample(&m.render(), failovers), Some(0.0));
         m.on_event(&promoted("kv"));
         m.on_event(&promoted("kv"));

@@ -195,3 +195,43 @@ fn a_daemon_that_outlived_its_shim_and_the_supervisor_dies_at_the_next_up() {
     assert_eq!(second.expect_exit(SOON), 0, "{}", second.transcript());
     assert!(!is_alive(stray));
 }
+
+/// With or without a cgroup: CPU time counts what ended processes used too
+/// (the leaf's `cpu.stat`; else what their parents reaped), memory is what
+/// the replica holds.
+#[test]
+fn status_shows_the_cpu_and_memory_a_replica_uses_with_its_ended_children() {
+    if let Some(why) = no_cgroups() {
+        eprintln!("(without a cgroup: {why}; usage read from /proc)");
+    }
+    let p = Project::new(
+        r#"
+[services.work]
+command = ["sh", "-c", '''
+python3 -c "
+import time
+while time.process_time() < 0.5:
+    pass
+"
+echo burnt
+exec python3 -c "
+import sys, time
+held = b'x' * (64 << 20)
+print('holding', flush=True)
+time.sleep(1000)
+"
+''']
+"#,
+    );
+    p.up(&[]);
+    p.logs_holding(&["work"], &["burnt", "holding"]).unwrap();
+    let status = p.status();
+    let r = &status["services"][0]["replicas"][0];
+    let cpu = r["cpu_seconds"].as_f64().unwrap_or_default();
+    assert!(cpu >= 0.5, "the CPU of an ended child is counted: {r}");
+    let memory = r["memory_bytes"].as_u64().unwrap_or_default();
+    assert!(memory >= 64 << 20, "64 MiB held: {r}");
+    assert_eq!(r["processes"], 1, "{r}");
+    assert!(r["cpu_percent"].as_f64().is_some(), "{r}");
+    p.run(&["down"]).expect(0);
+}

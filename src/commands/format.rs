@@ -116,6 +116,7 @@ mod tests {
             code,
             signal: signal.map(str::to_string),
             at: "2026-11-23T12:00:00.5Z".into(),
+            reason: None,
         };
         assert_eq!(last_exit(&exit(Some(3), None), now), "code 3 (1m ago)");
         assert_eq!(

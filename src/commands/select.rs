@@ -147,6 +147,10 @@ pub(crate) mod tests {
             started_at: None,
             last_exit: None,
             restart_at: None,
+            cpu_seconds: None,
+            cpu_percent: None,
+            memory_bytes: None,
+            processes: None,
         }
     }
 

@@ -11,7 +11,10 @@ use crate::exit;
 use super::format::{colour_allowed, compact, last_exit, paint, state_colour};
 use super::{Exit, context, emit, select};
 
-const HEADER: [&str; 9] = [
+/// Columns of the table.
+const COLUMNS: usize = 11;
+
+const HEADER: [&str; COLUMNS] = [
     "SERVICE",
     "REPLICA",
     "PID",
@@ -20,6 +23,8 @@ const HEADER: [&str; 9] = [
     "ROLE",
     "RESTARTS",
     "UPTIME",
+    "CPU",
+    "MEM",
     "LAST EXIT",
 ];
 /// Columns shown in colour (their text is a state).
@@ -45,9 +50,25 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
     Ok(exit::OK)
 }
 
+/// `512K`, `48.2M`, `1.5G`: memory as `top` shows it (binary units).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 100.0 && unit > 0 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
 /// One row per replica; a service without replicas gets one row showing
 /// its own state.
-fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
+fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; COLUMNS]> {
     let dash = || "-".to_string();
     let mut rows = Vec::new();
     for service in &report.services {
@@ -57,6 +78,8 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
                 dash(),
                 dash(),
                 service.state.clone(),
+                dash(),
+                dash(),
                 dash(),
                 dash(),
                 dash(),
@@ -77,6 +100,8 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
                     .as_deref()
                     .and_then(|at| super::format::age(at, now))
                     .map_or_else(dash, |d| compact(d, 2)),
+                r.cpu_percent.map_or_else(dash, |p| format!("{p:.1}%")),
+                r.memory_bytes.map_or_else(dash, bytes),
                 r.last_exit
                     .as_ref()
                     .map_or_else(dash, |e| last_exit(e, now)),
@@ -95,7 +120,7 @@ fn table(report: &StatusReport, now: SystemTime, colour: bool) -> String {
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &[String; 9], header: bool| {
+    let mut line = |cells: &[String; COLUMNS], header: bool| {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             let last = i == cells.len() - 1;
@@ -138,34 +163,45 @@ mod tests {
         let now = super::super::format::parse_time("2026-11-23T12:03:12Z").unwrap();
         r.services[1].replicas[0].started_at = Some("2026-11-23T12:00:00Z".into());
         r.services[1].replicas[0].restarts = 2;
+        r.services[1].replicas[0].cpu_percent = Some(12.5);
+        r.services[1].replicas[0].memory_bytes = Some(50_541_363);
         r.services[1].replicas[1].last_exit = Some(LastExit {
             code: None,
             signal: Some("SIGKILL".into()),
             at: "2026-11-23T12:03:07Z".into(),
+            reason: None,
         });
         r.services[2].state = "stopped".into();
         let text = table(&r, now, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  LAST EXIT"
+            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  CPU    MEM    LAST EXIT"
         );
         assert_eq!(
             lines[1],
-            "db       db.0     1000  running  healthy  -     0         -       -"
+            "db       db.0     1000  running  healthy  -     0         -       -      -      -"
         );
         assert_eq!(
             lines[2],
-            "api      api.0    1000  running  healthy  -     2         3m12s   -"
+            "api      api.0    1000  running  healthy  -     2         3m12s   12.5%  48.2M  -"
         );
         assert_eq!(
             lines[3],
-            "api      api.1    -     backoff  unknown  -     0         -       SIGKILL (5s ago)"
+            "api      api.1    -     backoff  unknown  -     0         -       -      -      SIGKILL (5s ago)"
         );
         assert_eq!(
             lines[4],
-            "idle     -        -     stopped  -        -     -         -       -"
+            "idle     -        -     stopped  -        -     -         -       -      -      -"
         );
+    }
+
+    #[test]
+    fn memory_is_shown_in_binary_units() {
+        assert_eq!(bytes(0), "0K");
+        assert_eq!(bytes(512 << 10), "512K");
+        assert_eq!(bytes(50_541_363), "48.2M");
+        assert_eq!(bytes(3 << 30), "3.0G");
     }
 
     #[test]

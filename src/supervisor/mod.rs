@@ -187,7 +187,13 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         // is not rewritten) and to the metrics.
         sup.dirty = true;
         if let Some(metrics) = &sup.metrics {
-            metrics.update(&sup.status_report());
+            metrics.update(&sup.status_report(), |service, index| {
+                let id = ReplicaId {
+                    service: service.to_string(),
+                    index,
+                };
+                sup.replicas.get(&id).and_then(|r| sup.usage_source(r))
+            });
         }
     }
     let code = sup.exit_code();
@@ -367,6 +373,8 @@ struct Supervisor {
     notify_listening: bool,
     /// The cgroup under which each replica gets its leaf (None: no cgroups).
     cgroup: Option<std::path::PathBuf>,
+    /// The previous CPU reading of each replica, for `status`'s percentage.
+    cpu_percent: crate::usage::CpuPercent,
 }
 
 impl Supervisor {
@@ -407,7 +415,17 @@ impl Supervisor {
             notify_socket,
             notify_listening: false,
             cgroup,
+            cpu_percent: Default::default(),
         }
+    }
+
+    /// Where the usage of `replica` is read, while it has processes.
+    fn usage_source(&self, replica: &Replica) -> Option<crate::usage::Source> {
+        let shim = replica.phase.shim()?;
+        Some(match self.leaf(&replica.id.to_string()) {
+            Some(leaf) => crate::usage::Source::Leaf(leaf),
+            None => crate::usage::Source::Shim(shim),
+        })
     }
 
     /// Replica `name`'s cgroup leaf, when replicas get one.

@@ -23,7 +23,11 @@ use super::restart::Ending;
 impl Supervisor {
     pub(super) fn on_call(&mut self, call: Call) {
         let answer = match call.request {
-            Request::Status => Answer::Reply(Reply::ok(Reply_::Status(self.status_report()))),
+            Request::Status => {
+                let mut report = self.status_report();
+                self.add_usage(&mut report);
+                Answer::Reply(Reply::ok(Reply_::Status(report)))
+            }
             Request::Events { follow } => Answer::Events {
                 history: self.journal.history(),
                 live: follow.then(|| self.journal.subscribe()),
@@ -220,6 +224,40 @@ impl Supervisor {
         Reply::ok(Reply_::Reload(plan))
     }
 
+    /// Fills in what each replica with processes uses, sampled now: only a
+    /// request pays for it (docs/commands.md §8).
+    fn add_usage(&mut self, report: &mut StatusReport) {
+        let now = Instant::now();
+        for service in &mut report.services {
+            for shown in &mut service.replicas {
+                let id = ReplicaId {
+                    service: service.name.clone(),
+                    index: shown.index,
+                };
+                let Some(source) = self.replicas.get(&id).and_then(|r| self.usage_source(r)) else {
+                    continue;
+                };
+                let usage = source.sample();
+                shown.cpu_seconds = usage.cpu.map(|cpu| cpu.as_secs_f64());
+                shown.memory_bytes = usage.memory;
+                shown.processes = usage.processes;
+                let started = self.replicas[&id]
+                    .phase
+                    .run()
+                    .and_then(|run| run.started_at)
+                    .and_then(|at| SystemTime::now().duration_since(at).ok())
+                    .and_then(|age| now.checked_sub(age))
+                    .unwrap_or(now);
+                shown.cpu_percent = usage
+                    .cpu
+                    .and_then(|cpu| self.cpu_percent.percent(&id.to_string(), cpu, now, started));
+            }
+        }
+        let replicas = &self.replicas;
+        self.cpu_percent
+            .retain(|name| replicas.keys().any(|id| id.to_string() == name));
+    }
+
     pub(super) fn status_report(&self) -> StatusReport {
         let services = self
             .spec
@@ -332,6 +370,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
                 _ => None,
             },
             at: rfc3339(*at),
+            reason: outcome.reason().map(str::to_string),
         }),
         restart_at: match r.phase {
             Phase::Backoff { until } => Some(rfc3339(
@@ -339,5 +378,9 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
             )),
             _ => None,
         },
+        cpu_seconds: None,
+        cpu_percent: None,
+        memory_bytes: None,
+        processes: None,
     }
 }

@@ -39,6 +39,14 @@ impl Ending {
         }
     }
 
+    /// Why it ended, beyond a code or signal (`last_exit.reason`).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Ending::Unhealthy => Some("unhealthy"),
+            _ => None,
+        }
+    }
+
     pub fn is_success(&self, policy: &RestartPolicy) -> bool {
         matches!(self, Ending::Code(c) if policy.exit_codes.contains(c))
     }
