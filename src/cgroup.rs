@@ -29,7 +29,7 @@ use crate::usage::{Usage, rss};
 /// The environment switch: `SUPERVISE_CGROUP=off` uses no cgroup at all.
 pub const SWITCH: &str = "SUPERVISE_CGROUP";
 
-/// The controllers a leaf's limits need (docs/design.md §13).
+/// The controllers a leaf's limits need (docs/spec-file.md §5.2).
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
 /// Is the use of cgroups switched off (`SUPERVISE_CGROUP=off`)?
@@ -65,7 +65,11 @@ fn own_cgroup_from(mountinfo: &str, cgroup: &str) -> Option<PathBuf> {
     })?;
     // A mount of a sub-tree (a container's) shows the part below its root.
     let below = Path::new(own).strip_prefix(&root).ok()?;
-    Some(Path::new(&mountpoint).join(below))
+    let mut path = PathBuf::from(mountpoint);
+    if !below.as_os_str().is_empty() {
+        path.push(below);
+    }
+    Some(path)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -148,6 +152,48 @@ pub fn leaf_controllers(instance: &Path) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+/// The controllers a leaf would get under this process's cgroup, with
+/// where that is; Err: why replicas would get no cgroup at all.
+pub fn available() -> Result<(PathBuf, Vec<String>), String> {
+    if switched_off() {
+        return Err(format!("{SWITCH}=off"));
+    }
+    let own = own_cgroup().ok_or("no cgroup v2 hierarchy is mounted")?;
+    if nix::unistd::access(&own, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Err(format!("{} is not writable", own.display()));
+    }
+    let controllers = offered(&own).into_iter().map(str::to_string).collect();
+    Ok((own, controllers))
+}
+
+/// One line per limit of `services` that the kernel cannot enforce here
+/// (docs/spec-file.md §5.2): `cpu`, `memory_high` and `pids` without their
+/// controller. (`memory` is then enforced by sampling; rlimits always apply.)
+pub fn unenforced(services: &[crate::spec::Service]) -> Vec<String> {
+    let available = available();
+    let mut lines = Vec::new();
+    for service in services {
+        let limits = &service.limits;
+        let wanted = [
+            ("cpu", "cpu", limits.cpu.is_some()),
+            ("memory_high", "memory", limits.memory_high.is_some()),
+            ("pids", "pids", limits.pids.is_some()),
+        ];
+        for (key, controller, _) in wanted.into_iter().filter(|w| w.2) {
+            let why = match &available {
+                Ok((_, there)) if there.iter().any(|c| c == controller) => continue,
+                Ok((dir, _)) => format!("no {controller} controller in {}", dir.display()),
+                Err(why) => format!("no cgroup ({why})"),
+            };
+            lines.push(format!(
+                "{}: limits.{key} not enforced: {why}",
+                service.name
+            ));
+        }
+    }
+    lines
 }
 
 /// A replica's leaf, as its shim holds it: created (or found) before the
@@ -236,8 +282,40 @@ impl Leaf {
         Ok(leaf)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Writes the limits the leaf's controllers can enforce; a controller
+    /// that is not there is skipped (`check` and `up` said so).
+    pub fn limit(&self, limits: &crate::spec::Limits) -> Result<(), String> {
+        let cpu = limits.cpu.map(|cores| {
+            format!(
+                "{} {CPU_PERIOD}",
+                (cores * CPU_PERIOD as f64).round() as u64
+            )
+        });
+        let settings = [
+            ("memory.max", limits.memory.map(|b| b.to_string())),
+            ("memory.high", limits.memory_high.map(|b| b.to_string())),
+            // The OOM killer takes the whole replica, not one of its processes.
+            ("memory.oom.group", limits.memory.map(|_| "1".to_string())),
+            ("cpu.max", cpu),
+            ("pids.max", limits.pids.map(|n| n.to_string())),
+        ];
+        for (file, value) in settings {
+            let (Some(value), path) = (value, self.path.join(file)) else {
+                continue;
+            };
+            if path.exists() {
+                std::fs::write(&path, value)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The leaf's `memory.events`, where the memory controller is enabled.
+    pub fn memory_events(&self) -> Option<MemoryEvents> {
+        std::fs::read_to_string(self.path.join("memory.events"))
+            .ok()
+            .map(|t| memory_events_in(&t))
     }
 
     /// Does any process remain in the leaf (`populated 1`)?
@@ -265,6 +343,9 @@ impl Leaf {
         let _ = std::fs::remove_dir(&self.path);
     }
 }
+
+/// The period of `cpu.max`, in microseconds (the kernel's default).
+const CPU_PERIOD: u64 = 100_000;
 
 /// How long a new shim, or a supervisor, waits for the leftovers of a
 /// killed shim to die.
@@ -379,13 +460,6 @@ pub fn memory_events_in(text: &str) -> MemoryEvents {
     events
 }
 
-/// The leaf's `memory.events`, where the memory controller is enabled.
-pub fn memory_events(path: &Path) -> Option<MemoryEvents> {
-    std::fs::read_to_string(path.join("memory.events"))
-        .ok()
-        .map(|t| memory_events_in(&t))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,7 +479,7 @@ mod tests {
         let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
             own_cgroup_from(unified, "0::/\n"),
-            Some(PathBuf::from("/sys/fs/cgroup/"))
+            Some(PathBuf::from("/sys/fs/cgroup"))
         );
         // A container's mount of its own sub-tree.
         let container = "29 23 0:26 /docker/ab /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";

@@ -53,6 +53,22 @@ fn page_size() -> u64 {
     })
 }
 
+/// `512KiB`, `48.2MiB`, `3.0GiB`: a size as `status` and messages show it.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 || value >= 100.0 {
+        format!("{value:.0}{}", UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 /// The previous CPU reading of each replica, for the percentage over the
 /// interval since.
 #[derive(Default)]
@@ -89,6 +105,16 @@ impl CpuPercent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_shown_in_binary_units() {
+        assert_eq!(size(0), "0B");
+        assert_eq!(size(512 << 10), "512KiB");
+        assert_eq!(size(512 << 20), "512MiB");
+        assert_eq!(size(50_541_363), "48.2MiB");
+        assert_eq!(size(3 << 30), "3GiB");
+        assert_eq!(size(1536 << 20), "1.5GiB");
+    }
 
     #[test]
     fn cpu_percent_is_over_the_interval_since_the_previous_reading() {

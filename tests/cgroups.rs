@@ -235,3 +235,166 @@ time.sleep(1000)
     assert!(r["cpu_percent"].as_f64().is_some(), "{r}");
     p.run(&["down"]).expect(0);
 }
+
+/// Whether the leaves get a memory controller here (the supervisor then
+/// leaves `limits.memory` to the kernel).
+fn memory_controller() -> bool {
+    supervise::cgroup::available()
+        .is_ok_and(|(_, controllers)| controllers.iter().any(|c| c == "memory"))
+}
+
+const HOG: &str = r#"
+[services.hog]
+command = ["python3", "-c", '''
+import time
+held = []
+print("allocating", flush=True)
+while True:
+    held.append(b"x" * (8 << 20))
+    time.sleep(0.02)
+''']
+restart = { delay = "100ms" }
+[services.hog.limits]
+memory = "64MiB"
+"#;
+
+/// Where the kernel cannot enforce `limits.memory` (this hybrid host: no
+/// memory controller), the supervisor samples it: a replica allocating past
+/// it is stopped and restarted with reason `memory limit` within 2 s.
+#[test]
+fn a_replica_over_its_memory_limit_is_restarted_with_reason_memory_limit() {
+    if memory_controller() {
+        eprintln!(
+            "SKIPPED: a memory controller is delegated here, so the kernel enforces limits.memory (see the oom test)"
+        );
+        return;
+    }
+    let sup = Supervise::start(HOG);
+    let first = sup.expect_spawned("hog.0");
+    let (allocating, _) = sup.expect_output("hog.0", "^allocating$", SOON);
+    let over = sup.expect("memory_limit", "hog.0");
+    assert!(
+        over.detail.contains("over its memory limit of 64MiB"),
+        "{}",
+        over.detail
+    );
+    // 64 MiB at 8 MiB per 20 ms is reached in about 0.2 s; sampled each second.
+    let took = over.arrived.saturating_duration_since(allocating.at);
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "stopped {took:?} after it began allocating"
+    );
+    let exited = sup.expect_after(&over, "exited", "hog.0");
+    assert!(
+        exited
+            .detail
+            .contains("was stopped for going over its memory limit (limit 64MiB); restart 1 in"),
+        "{}",
+        exited.detail
+    );
+    let (_, again) = sup.expect_restart("hog.0", first);
+    assert_ne!(again, first);
+    let status = socket_status(&sup.state_dir()).expect("a status");
+    let last = &status["services"][0]["replicas"][0]["last_exit"];
+    assert_eq!(last["reason"], "memory limit", "{last}");
+}
+
+/// Where a memory controller is delegated, the kernel enforces
+/// `limits.memory` (`memory.max`) and the OOM kill is named.
+#[test]
+fn a_replica_killed_by_the_oom_killer_ends_with_reason_oom() {
+    needs_cgroups!();
+    if !memory_controller() {
+        eprintln!(
+            "SKIPPED: no memory controller is delegated to {} (a hybrid host's cgroup2 has none), \
+             so the kernel cannot OOM-kill a replica for its limit here",
+            supervise::cgroup::own_cgroup().unwrap().display()
+        );
+        return;
+    }
+    let sup = Supervise::start(HOG);
+    sup.expect_spawned("hog.0");
+    let oom = sup.expect("oom", "hog.0");
+    assert!(
+        oom.detail
+            .contains("was killed by the OOM killer (limit 64MiB)"),
+        "{}",
+        oom.detail
+    );
+    let exited = sup.expect_after(&oom, "exited", "hog.0");
+    assert!(exited.detail.contains("restart 1 in"), "{}", exited.detail);
+    let status = socket_status(&sup.state_dir()).expect("a status");
+    let last = &status["services"][0]["replicas"][0]["last_exit"];
+    assert_eq!(
+        (&last["reason"], &last["signal"]),
+        (&"oom".into(), &"SIGKILL".into()),
+        "{last}"
+    );
+}
+
+#[test]
+fn nofile_and_core_limits_are_the_replicas_rlimits() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+[services.web.limits]
+nofile = 4321
+core = "0"
+"#,
+    );
+    let pid = sup.expect_spawned("web.0");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let row = |name: &str| -> Vec<String> {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("Max open files")[..2], ["4321", "4321"], "{limits}");
+    assert_eq!(row("Max core file size")[..2], ["0", "0"], "{limits}");
+}
+
+/// `cpu`, `memory_high` and `pids` need their controller: `check` and `up`
+/// say so once, one line each, and `--strict` makes it an error.
+#[test]
+fn limits_that_cannot_be_enforced_are_warned_of_and_strict_refuses_them() {
+    let available = supervise::cgroup::available();
+    if let Ok((_, controllers)) = &available
+        && controllers.iter().any(|c| c == "pids")
+    {
+        eprintln!("SKIPPED: the pids controller is delegated here, so limits.pids is enforced");
+        return;
+    }
+    let p = Project::new(
+        r#"
+[services.api]
+command = ["sleep", "1000"]
+[services.api.limits]
+pids = 64
+memory = "1GiB"
+"#,
+    );
+    let where_ = match &available {
+        Ok((dir, _)) => format!("no pids controller in {}", dir.display()),
+        Err(why) => format!("no cgroup ({why})"),
+    };
+    let line = format!("api: limits.pids not enforced: {where_}");
+    let ran = p.run(&["check", "-q"]);
+    ran.expect(0);
+    assert_eq!(
+        ran.stderr,
+        format!("warning: {line}\n"),
+        "memory is sampled, not warned of"
+    );
+
+    let ran = p.run(&["check", "-q", "--strict"]);
+    ran.expect(2);
+    assert_eq!(ran.stderr, format!("error: {line} (--strict)\n"));
+
+    let ran = p.run(&["up", "-d", "--strict"]);
+    ran.expect(1);
+    assert!(ran.stderr.contains(&line), "{ran:#?}");
+    assert!(p.marked().is_empty(), "up --strict started something");
+}

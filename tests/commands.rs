@@ -171,8 +171,8 @@ fn status_table_shows_the_contract_columns() {
     );
     assert!(web0[8].ends_with('%'), "CPU like 0.1%: {web0:?}");
     assert!(
-        web0[9].ends_with(['K', 'M']),
-        "memory like 1.2M (a sleep): {web0:?}"
+        web0[9].ends_with("iB"),
+        "memory like 1.2MiB (a sleep): {web0:?}"
     );
     assert_eq!(web0[10], "-");
     let web1 = row("web.1");

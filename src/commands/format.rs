@@ -64,6 +64,9 @@ pub fn age(rfc3339: &str, now: SystemTime) -> Option<Duration> {
 
 /// `code 3`, `SIGKILL`.
 pub fn exit_cause(exit: &LastExit) -> String {
+    if let Some(reason) = &exit.reason {
+        return reason.clone();
+    }
     match (&exit.code, &exit.signal) {
         (Some(code), _) => format!("code {code}"),
         (None, Some(signal)) => signal.clone(),
@@ -123,6 +126,11 @@ mod tests {
             last_exit(&exit(None, Some("SIGKILL")), now),
             "SIGKILL (1m ago)"
         );
+        let oom = LastExit {
+            reason: Some("oom".into()),
+            ..exit(None, Some("SIGKILL"))
+        };
+        assert_eq!(last_exit(&oom, now), "oom (1m ago)");
     }
 
     #[test]

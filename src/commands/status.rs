@@ -50,22 +50,6 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
     Ok(exit::OK)
 }
 
-/// `512K`, `48.2M`, `1.5G`: memory as `top` shows it (binary units).
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value < 100.0 && unit > 0 {
-        format!("{value:.1}{}", UNITS[unit])
-    } else {
-        format!("{value:.0}{}", UNITS[unit])
-    }
-}
-
 /// One row per replica; a service without replicas gets one row showing
 /// its own state.
 fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; COLUMNS]> {
@@ -101,7 +85,7 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; COLUMNS]> {
                     .and_then(|at| super::format::age(at, now))
                     .map_or_else(dash, |d| compact(d, 2)),
                 r.cpu_percent.map_or_else(dash, |p| format!("{p:.1}%")),
-                r.memory_bytes.map_or_else(dash, bytes),
+                r.memory_bytes.map_or_else(dash, crate::usage::size),
                 r.last_exit
                     .as_ref()
                     .map_or_else(dash, |e| last_exit(e, now)),
@@ -176,32 +160,24 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  CPU    MEM    LAST EXIT"
+            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  CPU    MEM      LAST EXIT"
         );
         assert_eq!(
             lines[1],
-            "db       db.0     1000  running  healthy  -     0         -       -      -      -"
+            "db       db.0     1000  running  healthy  -     0         -       -      -        -"
         );
         assert_eq!(
             lines[2],
-            "api      api.0    1000  running  healthy  -     2         3m12s   12.5%  48.2M  -"
+            "api      api.0    1000  running  healthy  -     2         3m12s   12.5%  48.2MiB  -"
         );
         assert_eq!(
             lines[3],
-            "api      api.1    -     backoff  unknown  -     0         -       -      -      SIGKILL (5s ago)"
+            "api      api.1    -     backoff  unknown  -     0         -       -      -        SIGKILL (5s ago)"
         );
         assert_eq!(
             lines[4],
-            "idle     -        -     stopped  -        -     -         -       -      -      -"
+            "idle     -        -     stopped  -        -     -         -       -      -        -"
         );
-    }
-
-    #[test]
-    fn memory_is_shown_in_binary_units() {
-        assert_eq!(bytes(0), "0K");
-        assert_eq!(bytes(512 << 10), "512K");
-        assert_eq!(bytes(50_541_363), "48.2M");
-        assert_eq!(bytes(3 << 30), "3.0G");
     }
 
     #[test]

@@ -252,6 +252,7 @@ fn translate(
         depends_on,
         failover,
         image,
+        limits: _,
     } = service;
     let place = spec_name.as_str();
     let names = Names {

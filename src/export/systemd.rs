@@ -193,6 +193,7 @@ impl Unit<'_> {
             depends_on,
             failover,
             image: _, // for Kubernetes only
+            limits: _,
         } = self.service;
         let place = name.as_str();
         let mut unit = vec![

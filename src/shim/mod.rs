@@ -88,6 +88,8 @@ struct Tree<'l> {
     asked_to_stop: bool,
     /// SIGUSR2: the respawn leave is revoked.
     leave_revoked: bool,
+    /// The leaf's OOM kills before this run (the leaf outlives respawns).
+    oom_kills: u64,
 }
 
 impl<'l> Tree<'l> {
@@ -102,7 +104,13 @@ impl<'l> Tree<'l> {
             phase: Phase::Running,
             asked_to_stop: false,
             leave_revoked: false,
+            oom_kills: oom_kills(leaf),
         }
+    }
+
+    /// Did the kernel's OOM killer kill in the leaf during this run?
+    fn oom_killed(&self) -> bool {
+        oom_kills(self.leaf) > self.oom_kills
     }
 
     /// Stop signal to every process of the replica; SIGKILL after the timeout.
@@ -251,9 +259,16 @@ impl<'l> Tree<'l> {
             code,
             signal,
             spawn_error: None,
+            oom: self.oom_killed(),
             at: SystemTime::now(),
         }
     }
+}
+
+/// `oom_kill` of the leaf's `memory.events` (0 without a memory controller).
+fn oom_kills(leaf: Option<&Leaf>) -> u64 {
+    leaf.and_then(Leaf::memory_events)
+        .map_or(0, |events| events.oom_kill)
 }
 
 /// The processes of the replica: those in its leaf, else the shim's descendants.
@@ -388,6 +403,9 @@ fn run(config: ShimConfig) -> i32 {
     // under the instance lock, before the replica starts.
     let started = claim(&config).and_then(|guard| {
         let leaf = config.cgroup.as_deref().map(Leaf::create).transpose()?;
+        if let Some(leaf) = &leaf {
+            leaf.limit(&config.limits)?;
+        }
         match spawn::spawn(&config, leaf.as_ref()) {
             Ok(spawned) => Ok((guard, leaf, spawned)),
             Err(e) => {
@@ -411,6 +429,7 @@ fn run(config: ShimConfig) -> i32 {
                 code: None,
                 signal: None,
                 spawn_error: Some(error),
+                oom: false,
                 at: SystemTime::now(),
             };
             return finish(&config, &record, &signals, false);
@@ -467,6 +486,7 @@ fn run(config: ShimConfig) -> i32 {
             respawn = None;
         }
         let (code, signal) = tree.outcome();
+        let oom = tree.oom_killed();
         if tree.asked_to_stop || !respawn.as_mut().is_some_and(|leave| leave.take(code)) {
             break;
         }
@@ -482,6 +502,7 @@ fn run(config: ShimConfig) -> i32 {
                         pid: child.id(),
                         code,
                         signal,
+                        oom,
                     },
                 );
                 tree = Tree::new(&config, child.id(), leaf.as_ref());

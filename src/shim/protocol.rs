@@ -50,6 +50,10 @@ pub struct ShimConfig {
     /// The replica's cgroup leaf (see [`crate::cgroup`]); None: no cgroup.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// Written into the leaf's controllers; `nofile` and `core` are set as
+    /// the replica's rlimits whether or not it has a leaf.
+    #[serde(default)]
+    pub limits: crate::spec::Limits,
 }
 
 /// The supervisor's leave for a shim to start its command again, at once,
@@ -113,6 +117,9 @@ pub enum Status {
         pid: u32,
         code: Option<i32>,
         signal: Option<i32>,
+        /// The kernel's OOM killer ended it.
+        #[serde(default)]
+        oom: bool,
     },
 }
 
@@ -125,6 +132,10 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// Set when the command could not be started at all.
     pub spawn_error: Option<String>,
+    /// The kernel's OOM killer ended it (its leaf's `memory.events`
+    /// counted an `oom_kill` during the run).
+    #[serde(default)]
+    pub oom: bool,
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,
 }

@@ -10,10 +10,11 @@
 //! set — a replica whose shim is killed is found by its marker and killed
 //! by the supervisor, or by the next one if the supervisor is gone too.
 //!
-//! The one exception is a replica with a cgroup leaf: it writes itself into
-//! the leaf's `cgroup.procs` between fork and exec, so not one of its forks
-//! runs outside it. std then forks instead of using `posix_spawn`
-//! (BENCHMARKS.md has what that costs a restart).
+//! The exceptions are a replica with a cgroup leaf, which writes itself into
+//! the leaf's `cgroup.procs` between fork and exec (so not one of its forks
+//! runs outside it), and one with rlimits (`limits.nofile`, `limits.core`):
+//! std then forks instead of using `posix_spawn` (BENCHMARKS.md has what
+//! that costs a restart).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -21,6 +22,7 @@ use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{SigHandler, Signal};
 
 use super::protocol::ShimConfig;
@@ -57,17 +59,35 @@ pub fn spawn(config: &ShimConfig, leaf: Option<&Leaf>) -> Result<Spawned, String
     }
     // Its own process group (what notify messages are matched by).
     cmd.process_group(0);
-    if let Some(leaf) = leaf {
-        let procs = leaf.procs.as_raw_fd();
-        // SAFETY: write(2) is async-signal-safe, and the descriptor stays
-        // open in the shim for as long as the Command lives.
+    let procs = leaf.map(|leaf| leaf.procs.as_raw_fd());
+    let rlimits: Vec<(Resource, u64)> = [
+        (Resource::RLIMIT_NOFILE, config.limits.nofile),
+        (Resource::RLIMIT_CORE, config.limits.core),
+    ]
+    .into_iter()
+    .filter_map(|(resource, value)| Some((resource, value?)))
+    .collect();
+    if procs.is_some() || !rlimits.is_empty() {
+        // SAFETY: write(2) and setrlimit(2) are async-signal-safe, the
+        // descriptor stays open in the shim for as long as the Command
+        // lives, and nothing is allocated.
         unsafe {
             cmd.pre_exec(move || {
                 // "0": the writer itself. The descriptor was opened by the
                 // shim, whose credentials the kernel checks (not those of a
                 // `user` the replica has already become).
-                if nix::libc::write(procs, b"0".as_ptr().cast(), 1) < 0 {
+                if let Some(procs) = procs
+                    && nix::libc::write(procs, b"0".as_ptr().cast(), 1) < 0
+                {
                     return Err(std::io::Error::last_os_error());
+                }
+                for &(resource, value) in &rlimits {
+                    let value = if value == u64::MAX {
+                        nix::libc::RLIM_INFINITY
+                    } else {
+                        value
+                    };
+                    setrlimit(resource, value, value)?;
                 }
                 Ok(())
             });

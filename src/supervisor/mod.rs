@@ -16,6 +16,7 @@ mod failover;
 mod health;
 mod journal;
 mod launch;
+mod memory;
 mod notify;
 mod plan;
 mod replica;
@@ -161,6 +162,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
 
     loop {
         let now = Instant::now();
+        sup.check_memory(now);
         let wake = sup.reconcile(now);
         if sup.finished() {
             sup.clean_shutdown = true;
@@ -168,6 +170,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             break;
         }
         let wake = earliest(wake, sup.checkpoint_due(now));
+        let wake = earliest(wake, sup.memory_check_due());
         let timer = async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -375,6 +378,11 @@ struct Supervisor {
     cgroup: Option<std::path::PathBuf>,
     /// The previous CPU reading of each replica, for `status`'s percentage.
     cpu_percent: crate::usage::CpuPercent,
+    /// The leaves have a memory controller: `limits.memory` is the
+    /// kernel's to enforce, not ours to sample (see `memory`).
+    kernel_memory: bool,
+    /// When sampled memory limits were last checked.
+    memory_checked: Instant,
 }
 
 impl Supervisor {
@@ -414,8 +422,14 @@ impl Supervisor {
             reports,
             notify_socket,
             notify_listening: false,
+            kernel_memory: cgroup.as_deref().is_some_and(|dir| {
+                crate::cgroup::leaf_controllers(dir)
+                    .iter()
+                    .any(|c| c == "memory")
+            }),
             cgroup,
             cpu_percent: Default::default(),
+            memory_checked: Instant::now(),
         }
     }
 
@@ -619,7 +633,7 @@ impl Supervisor {
                     self.set_phase(id, Phase::Stopped);
                 }
             }
-            AfterStop::Start | AfterStop::Judge => {
+            AfterStop::Start | AfterStop::Judge(_) => {
                 let replica = self.replica_mut(id);
                 replica.phase = Phase::Pending;
                 replica.history = Default::default();
@@ -748,11 +762,15 @@ impl Supervisor {
                     pid,
                     code,
                     signal,
+                    oom,
                 }),
                 phase,
             ) => {
                 if let Some(shim) = phase.shim() {
-                    let outcome = restart::Ending::ended(code, signal);
+                    let outcome = match oom {
+                        true => restart::Ending::Oom,
+                        false => restart::Ending::ended(code, signal),
+                    };
                     self.on_respawned(&report.id, shim, generation, pid, outcome);
                 }
             }

@@ -363,6 +363,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
                 _ => None,
             },
             signal: match outcome {
+                Ending::Oom => Some("SIGKILL".to_string()),
                 Ending::Signal(s) => Some(
                     nix::sys::signal::Signal::try_from(*s)
                         .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_string()),
