@@ -302,16 +302,20 @@ impl Metrics {
         });
     }
 
-    /// Counts what the status cannot show (failovers).
+    /// Counts what the status cannot show (failovers, OOM kills).
     pub fn on_event(&self, event: &EventRecord) {
-        if event.event == "promoted"
-            && let Some(service) = &event.service
-        {
-            self.failovers
-                .get_or_create(&ServiceLabels {
+        match (event.event.as_str(), &event.service, event.replica) {
+            ("promoted", Some(service), _) => {
+                let labels = ServiceLabels {
                     service: service.clone(),
-                })
-                .inc();
+                };
+                self.failovers.get_or_create(&labels).inc();
+            }
+            ("oom", Some(service), Some(index)) => {
+                let labels = ReplicaLabels::new(service, index);
+                self.oom_kills.get_or_create(&labels).inc();
+            }
+            _ => {}
         }
     }
 
@@ -360,13 +364,6 @@ impl Metrics {
                 rs.last_cpu = cpu;
             }
         }
-    }
-
-    /// One end of a replica by the OOM killer.
-    pub fn oom_kill(&self, service: &str, index: u32) {
-        self.oom_kills
-            .get_or_create(&ReplicaLabels::new(service, index))
-            .inc();
     }
 
     fn service_series(&self, service: &str) -> ServiceSeries {
@@ -672,5 +669,30 @@ mod tests {
         assert_eq!(sample(&text, count), Some(2.0));
         let le = r#"supervise_probe_duration_seconds_bucket{le="0.005",service="kv"}"#;
         assert_eq!(sample(&text, le), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn oom_kills_are_counted_per_replica_from_zero() {
+        let m = Metrics::default();
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 0)],
+            )]),
+            |_, _| None,
+        );
+        let series = r#"supervise_replica_oom_kills_total{service="api",replica="1"}"#;
+        assert_eq!(sample(&m.render(), series), Some(0.0));
+        let oom = EventRecord {
+            event: "oom".into(),
+            ..promoted("api")
+        };
+        m.on_event(&oom);
+        m.on_event(&oom);
+        let text = m.render();
+        assert_eq!(sample(&text, series), Some(2.0), "{text}");
+        let other = r#"supervise_replica_oom_kills_total{service="api",replica="0"}"#;
+        assert_eq!(sample(&text, other), Some(0.0));
     }
 }
