@@ -200,9 +200,9 @@ pub fn unenforced(services: &[crate::spec::Service]) -> Vec<String> {
 /// replica starts, watched while it runs, removed once it is empty.
 pub struct Leaf {
     path: PathBuf,
-    /// `cgroup.procs`, opened before the fork: the replica writes itself
-    /// into the leaf with it, between fork and exec (see `shim::spawn`).
-    pub procs: File,
+    /// The leaf's directory, which the replica is cloned into
+    /// (`CLONE_INTO_CGROUP`, see `shim::clone`).
+    dir: File,
     events: Events,
 }
 
@@ -263,10 +263,7 @@ impl Leaf {
         }
         let leaf = Leaf {
             path: path.to_path_buf(),
-            procs: std::fs::OpenOptions::new()
-                .write(true)
-                .open(path.join("cgroup.procs"))
-                .map_err(|e| why("open the cgroup.procs of", e))?,
+            dir: File::open(path).map_err(|e| why("open cgroup", e))?,
             events: Events::open(path).map_err(|e| why("open the cgroup.events of", e))?,
         };
         if leaf.populated() {
@@ -316,6 +313,10 @@ impl Leaf {
         std::fs::read_to_string(self.path.join("memory.events"))
             .ok()
             .map(|t| memory_events_in(&t))
+    }
+
+    pub fn dir(&self) -> &File {
+        &self.dir
     }
 
     /// Does any process remain in the leaf (`populated 1`)?

@@ -10,13 +10,11 @@
 //! set — a replica whose shim is killed is found by its marker and killed
 //! by the supervisor, or by the next one if the supervisor is gone too.
 //!
-//! The exceptions are a replica with a cgroup leaf, which writes itself into
-//! the leaf's `cgroup.procs` between fork and exec (so not one of its forks
-//! runs outside it), and one with rlimits (`limits.nofile`, `limits.core`):
-//! std then forks instead of using `posix_spawn` (BENCHMARKS.md has what
-//! that costs a restart).
+//! The exceptions: a replica with a cgroup leaf is started straight into it
+//! with `clone3` (see `clone`), and one with rlimits (`limits.nofile`,
+//! `limits.core`) and no leaf is forked by std, which sets them before exec.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -32,7 +30,7 @@ use crate::cgroup::Leaf;
 /// bursts is not blocked while the shim is busy with the other stream.
 const PIPE_SIZE: i32 = 1 << 20;
 
-pub type Spawned = (std::process::Child, Option<OwnedFd>, Option<OwnedFd>);
+pub type Spawned = (u32, Option<OwnedFd>, Option<OwnedFd>);
 
 pub fn spawn(config: &ShimConfig, leaf: Option<&Leaf>) -> Result<Spawned, String> {
     let program = config.argv.first().ok_or("empty command")?;
@@ -44,13 +42,40 @@ pub fn spawn(config: &ShimConfig, leaf: Option<&Leaf>) -> Result<Spawned, String
     }
     let (out_r, out_w) = output_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let (err_r, err_w) = output_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let mut cmd = Command::new(program);
+    let rlimits: Vec<(Resource, u64)> = [
+        (Resource::RLIMIT_NOFILE, config.limits.nofile),
+        (Resource::RLIMIT_CORE, config.limits.core),
+    ]
+    .into_iter()
+    .filter_map(|(resource, value)| Some((resource, value?)))
+    .collect();
+    let started = match leaf {
+        Some(leaf) => super::clone::spawn(config, leaf.dir(), out_w, err_w, &rlimits),
+        None => with_std(config, out_w, err_w, rlimits),
+    };
+    let pid = started.map_err(|e| format!("cannot start {program}: {}", plain_io_error(&e)))?;
+    // The replica has just exec'd and our bookkeeping (records, the report
+    // that wakes the supervisor) can wait: let it have the CPU first. On a
+    // busy core this is a third of a restart (BENCHMARKS.md).
+    let _ = nix::sched::sched_yield();
+    Ok((pid, Some(out_r), Some(err_r)))
+}
+
+/// Starts the replica with std (`posix_spawn`, or fork and exec when
+/// rlimits are to be set in between); returns its pid.
+fn with_std(
+    config: &ShimConfig,
+    out: OwnedFd,
+    err: OwnedFd,
+    rlimits: Vec<(Resource, u64)>,
+) -> std::io::Result<u32> {
+    let mut cmd = Command::new(&config.argv[0]);
     cmd.args(&config.argv[1..])
         .envs(config.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&config.cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w));
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
     if let Some(gid) = config.gid {
         cmd.gid(gid);
     }
@@ -59,28 +84,10 @@ pub fn spawn(config: &ShimConfig, leaf: Option<&Leaf>) -> Result<Spawned, String
     }
     // Its own process group (what notify messages are matched by).
     cmd.process_group(0);
-    let procs = leaf.map(|leaf| leaf.procs.as_raw_fd());
-    let rlimits: Vec<(Resource, u64)> = [
-        (Resource::RLIMIT_NOFILE, config.limits.nofile),
-        (Resource::RLIMIT_CORE, config.limits.core),
-    ]
-    .into_iter()
-    .filter_map(|(resource, value)| Some((resource, value?)))
-    .collect();
-    if procs.is_some() || !rlimits.is_empty() {
-        // SAFETY: write(2) and setrlimit(2) are async-signal-safe, the
-        // descriptor stays open in the shim for as long as the Command
-        // lives, and nothing is allocated.
+    if !rlimits.is_empty() {
+        // SAFETY: setrlimit(2) is async-signal-safe and nothing is allocated.
         unsafe {
             cmd.pre_exec(move || {
-                // "0": the writer itself. The descriptor was opened by the
-                // shim, whose credentials the kernel checks (not those of a
-                // `user` the replica has already become).
-                if let Some(procs) = procs
-                    && nix::libc::write(procs, b"0".as_ptr().cast(), 1) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
                 for &(resource, value) in &rlimits {
                     let value = if value == u64::MAX {
                         nix::libc::RLIM_INFINITY
@@ -93,14 +100,9 @@ pub fn spawn(config: &ShimConfig, leaf: Option<&Leaf>) -> Result<Spawned, String
             });
         }
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {program}: {}", plain_io_error(&e)))?;
-    // The replica has just exec'd and our bookkeeping (records, the report
-    // that wakes the supervisor) can wait: let it have the CPU first. On a
-    // busy core this is a third of a restart (BENCHMARKS.md).
-    let _ = nix::sched::sched_yield();
-    Ok((child, Some(out_r), Some(err_r)))
+    // The Child handle is dropped: the shim reaps with waitpid(-1), which
+    // sees every descendant, not only the main process.
+    Ok(cmd.spawn()?.id())
 }
 
 /// Makes every signal's disposition the default in the shim (which then
