@@ -398,3 +398,48 @@ memory = "1GiB"
     assert!(ran.stderr.contains(&line), "{ran:#?}");
     assert!(p.marked().is_empty(), "up --strict started something");
 }
+
+/// Context switches of `pid` so far (voluntary and not).
+fn switches(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// With nothing happening, neither the supervisor nor a shim wakes up:
+/// the shim's watch on its leaf's `cgroup.events` is re-armed by reading it,
+/// and nothing is sampled while nobody asks.
+#[test]
+fn an_idle_supervisor_and_shim_do_not_wake_up() {
+    let sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    let replica = sup.expect_spawned("web.0");
+    let (_, shim) = proc_stat(replica).unwrap();
+    let counts = || (switches(shim), switches(sup.pid));
+    // Measuring windows, not waits for something: the start settles (the
+    // checkpoint is written within 20 ms), then a second with nothing to do.
+    let window = |d| {
+        let before = counts();
+        std::thread::sleep(std::time::Duration::from_millis(d));
+        (before, counts())
+    };
+    assert!(
+        wait_until(SOON, || {
+            let (before, after) = window(300);
+            before == after
+        }),
+        "still busy after its start"
+    );
+    let (before, after) = window(1000);
+    assert_eq!(
+        after, before,
+        "(shim, supervisor) context switches while idle"
+    );
+}

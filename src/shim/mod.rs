@@ -23,6 +23,7 @@
 //! kill the tree now, SIGUSR2 = give up the respawn leave (exit when the
 //! replica ends, as without one).
 
+mod clone;
 mod logfile;
 pub mod protocol;
 mod spawn;
@@ -442,7 +443,7 @@ fn run(config: ShimConfig) -> i32 {
             generation: config.generation,
             shim_pid: std::process::id(),
             shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
-            pid: child.id(),
+            pid: child,
             pid_start: 0,
             boot_id: procfs::boot_id(),
             started_at: SystemTime::now(),
@@ -455,16 +456,13 @@ fn run(config: ShimConfig) -> i32 {
     announce(
         &mut running,
         config.generation,
-        child.id(),
-        &Status::Started { pid: child.id() },
+        child,
+        &Status::Started { pid: child },
     );
     if config.ready_pattern.is_none() && config.respawn.is_none() {
         close_status_pipe();
     }
-    let mut tree = Tree::new(&config, child.id(), leaf.as_ref());
-    // The Child handle is dropped: the shim reaps with waitpid(-1), which
-    // sees every descendant, not only the main process.
-    drop(child);
+    let mut tree = Tree::new(&config, child, leaf.as_ref());
     let mut output = Output {
         pipes: [out, err],
         log,
@@ -496,16 +494,16 @@ fn run(config: ShimConfig) -> i32 {
                 announce(
                     &mut running,
                     generation,
-                    child.id(),
+                    child,
                     &Status::Respawned {
                         generation,
-                        pid: child.id(),
+                        pid: child,
                         code,
                         signal,
                         oom,
                     },
                 );
-                tree = Tree::new(&config, child.id(), leaf.as_ref());
+                tree = Tree::new(&config, child, leaf.as_ref());
                 output.pipes = [out, err];
             }
             Err(error) => {
@@ -555,6 +553,13 @@ fn supervise_tree(
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
+        if let Some(leaf) = tree.leaf
+            && ready[1]
+        {
+            // Reading re-arms the notification; unread, poll would report
+            // the same change again at once, and forever.
+            leaf.populated();
+        }
 
         // Not only when the self-pipe is ready: a signal that interrupted
         // poll leaves no readiness behind, and a stop or revoke that came
