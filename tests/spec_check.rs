@@ -378,6 +378,13 @@ fn the_plan_lists_every_replica() {
         plan.contains("depends on: api (healthy), migrate (completed)"),
         "{plan}"
     );
+    assert!(
+        plan.contains(
+            "  limits:     memory 512MiB, memory_high 400MiB, cpu 1.5, pids 256, nofile 65536, \
+             core 0B (per replica)\n"
+        ),
+        "{plan}"
+    );
     let summary = format!(
         "5 services, 8 replicas; state dir {}\n",
         spec.supervisor.state_dir.display()
