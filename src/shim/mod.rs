@@ -95,6 +95,11 @@ struct Tree<'l> {
 
 impl<'l> Tree<'l> {
     fn new(config: &ShimConfig, main: u32, leaf: Option<&'l Leaf>) -> Tree<'l> {
+        if let Some(leaf) = leaf {
+            // Takes in the change the start made (`populated 1`), so that
+            // poll does not wake the shim for it while the replica starts.
+            leaf.populated();
+        }
         Tree {
             me: Pid::this(),
             leaf,
