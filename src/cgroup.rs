@@ -101,8 +101,7 @@ fn unescape(field: &str) -> String {
 /// if its cgroup refuses them otherwise. Err: no writable cgroup v2 here.
 pub fn instance(state_dir: &Path) -> Result<PathBuf, String> {
     let own = own_cgroup().ok_or("no cgroup v2 hierarchy mounted")?;
-    let meta = std::fs::metadata(state_dir).map_err(|e| e.to_string())?;
-    let dir = own.join(format!("supervise.{}-{}", meta.dev(), meta.ino()));
+    let dir = instance_path(state_dir).map_err(|e| e.to_string())?;
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -126,6 +125,14 @@ pub fn instance(state_dir: &Path) -> Result<PathBuf, String> {
     }
     let _ = enable(&dir, &offered(&dir));
     Ok(dir)
+}
+
+/// Where [`instance`] puts the cgroup of `state_dir`, under this process's
+/// own cgroup (made or not).
+pub fn instance_path(state_dir: &Path) -> std::io::Result<PathBuf> {
+    let own = own_cgroup().ok_or(std::io::ErrorKind::NotFound)?;
+    let meta = std::fs::metadata(state_dir)?;
+    Ok(own.join(format!("supervise.{}-{}", meta.dev(), meta.ino())))
 }
 
 /// The controllers of [`CONTROLLERS`] that `dir`'s parent lets it have.
