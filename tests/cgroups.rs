@@ -443,3 +443,42 @@ command = ["sleep", "1000"]
         "(shim, supervisor) context switches while idle"
     );
 }
+
+/// An adopted replica is verified by its leaf too: a running record whose
+/// leaf does not hold the command it names is not taken at its word (the
+/// replica is then recognised by its instance lock, its marker and its
+/// own leaf, and adopted as such).
+#[test]
+fn a_record_whose_leaf_does_not_hold_its_command_is_not_taken_at_its_word() {
+    needs_cgroups!();
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    let pid = first.expect_spawned("web.0");
+    let record_path = first.state_dir().join("run/web.0.running");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let leaf = cgroup_of(pid).unwrap();
+    assert_eq!(record["cgroup"], leaf.display().to_string(), "{record}");
+    first.kill9();
+    // A leaf that exists but holds nothing of the replica: its parent.
+    record["cgroup"] = leaf.parent().unwrap().display().to_string().into();
+    std::fs::write(&record_path, record.to_string()).unwrap();
+
+    let mut second = first.another().start();
+    second.expect_said(r"^resumed: 1 adopted", SOON);
+    let adopted = second.expect("adopted", "web.0");
+    assert!(
+        adopted
+            .detail
+            .ends_with("without its running record: recognised by its instance lock and /proc)"),
+        "{}",
+        adopted.detail
+    );
+    assert!(is_alive(pid));
+    second.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(second.expect_exit(SOON), 0, "{}", second.transcript());
+}

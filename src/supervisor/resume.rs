@@ -166,6 +166,13 @@ impl Supervisor {
         }
         let marker = procfs::marker(name, self.dir.root());
         let pid = procfs::command_of(Pid::from_raw(i32::try_from(shim).ok()?), &marker)?;
+        let leaf = self.leaf(name);
+        if leaf
+            .as_ref()
+            .is_some_and(|leaf| !cgroup::contains(leaf, pid))
+        {
+            return None;
+        }
         let record = RunningRecord {
             generation: memo.generation,
             shim_pid: shim,
@@ -176,7 +183,7 @@ impl Supervisor {
             started_at: procfs::started_at(pid).unwrap_or_else(SystemTime::now),
             respawns: true,
             definition: None,
-            cgroup: self.leaf(name),
+            cgroup: leaf,
         };
         Some((pidfd, record))
     }
