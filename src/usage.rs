@@ -143,13 +143,24 @@ mod tests {
 
     #[test]
     fn the_usage_of_a_process_tree_is_read_from_proc() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("100")
+        // A tree of its own (other tests start processes of their own under
+        // this one): a shell standing for the shim, with one child.
+        let mut shim = std::process::Command::new("sh")
+            .args(["-c", "sleep 100 & wait"])
             .spawn()
             .unwrap();
-        let usage = Source::Shim(Pid::this()).sample();
-        let _ = child.kill();
-        let _ = child.wait();
+        let root = Pid::from_raw(shim.id() as i32);
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut usage = Source::Shim(root).sample();
+        while usage.processes != Some(1) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+            usage = Source::Shim(root).sample();
+        }
+        for pid in crate::procfs::descendants(root) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = shim.kill();
+        let _ = shim.wait();
         assert_eq!(usage.processes, Some(1), "{usage:?}");
         assert!(usage.cpu.is_some() && usage.memory.is_some_and(|m| m > 0));
     }
