@@ -372,10 +372,16 @@ class Supervise(Tool):
     name = "supervise"
     status_desc = "`supervise --state-dir D status --json`"
 
-    def __init__(self, tools_dir, binary, name="supervise"):
+    def __init__(self, tools_dir, binary, name="supervise", extra_env=None):
         super().__init__(tools_dir)
         self.bin = binary
         self.name = name
+        self.extra_env = extra_env or {}
+
+    def env(self):
+        e = super().env()
+        e.update(self.extra_env)
+        return e
 
     def available(self):
         if not os.access(self.bin, os.X_OK):
@@ -1202,6 +1208,9 @@ def main():
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                     help="also measure another build of supervise under NAME (must start with 'supervise-'); "
                          "not a peer: ratios stay against runit, s6, …")
+    ap.add_argument("--variant-env", action="append", default=[], metavar="NAME=KEY=VALUE",
+                    help="run variant NAME with KEY=VALUE in its environment, e.g. "
+                         "supervise-nocgroup=SUPERVISE_CGROUP=off (with --variant supervise-nocgroup=PATH)")
     ap.add_argument("--background", type=int, default=0, metavar="N",
                     help="keep N idle processes running throughout (a busier machine: some costs grow "
                          "with the number of processes)")
@@ -1234,11 +1243,19 @@ def main():
     classes = {"supervise": lambda: Supervise(tools_dir, a.supervise), "runit": lambda: Runit(tools_dir),
                "s6": lambda: S6(tools_dir), "supervisord": lambda: Supervisord(tools_dir),
                "pm2": lambda: PM2(tools_dir), "horust": lambda: Horust(tools_dir)}
+    variant_env = {}
+    for v in a.variant_env:
+        vname, _, setting = v.partition("=")
+        key, _, value = setting.partition("=")
+        if not key:
+            sys.exit(f"--variant-env {v}: want NAME=KEY=VALUE")
+        variant_env.setdefault(vname, {})[key] = value
     for v in a.variant:
         vname, _, vpath = v.partition("=")
         if not vname.startswith("supervise-") or not vpath:
             sys.exit(f"--variant {v}: want supervise-NAME=PATH")
-        classes[vname] = (lambda n, p: lambda: Supervise(tools_dir, p, n))(vname, vpath)
+        classes[vname] = (lambda n, p, e: lambda: Supervise(tools_dir, p, n, e))(
+            vname, vpath, variant_env.get(vname))
         wanted.append(vname)
     tools = []
     for name in wanted:

@@ -105,16 +105,22 @@ Examples:
   supervise check                  check ./supervise.toml
   supervise check examples/ci.toml
 
-Exit status: 0 when the spec is valid, 2 with diagnostics (file:line:column, hint) when not.")]
+Exit status: 0 when the spec is valid, 2 with diagnostics (file:line:column, hint) when not \
+(with --strict, also when a limit cannot be enforced here).")]
     Check {
         /// Spec file [default: -f, else supervise.toml]
         spec: Option<PathBuf>,
+
+        /// A limit this machine cannot enforce (no cgroup controller for
+        /// it) is an error, not a warning
+        #[arg(long)]
+        strict: bool,
     },
 
     /// Show every replica's state
     #[command(
         long_about = "Show every replica's state as a table: SERVICE, REPLICA, PID, STATE, \
-HEALTH, ROLE, RESTARTS, UPTIME, LAST EXIT. States are coloured on a terminal (never \
+HEALTH, ROLE, RESTARTS, UPTIME, CPU (% of one core since the last status), MEM, LAST EXIT. States are coloured on a terminal (never \
 with NO_COLOR). --json prints the status report, schema 1 (see docs/commands.md).",
         after_help = "\
 Examples:
@@ -382,6 +388,11 @@ pub struct UpArgs {
     /// With -d: give up waiting after this long (exit 124; the supervisor keeps running)
     #[arg(long, value_name = "D", value_parser = duration, default_value = "60s", requires = "detach")]
     pub timeout: Duration,
+
+    /// A limit this machine cannot enforce (no cgroup controller for it)
+    /// stops `up` (exit 1) instead of being a warning
+    #[arg(long)]
+    pub strict: bool,
 
     /// Set by `up -d` for the supervisor it starts: replica output goes only
     /// to the log files, not to supervise.log as well.

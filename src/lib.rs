@@ -23,6 +23,7 @@ macro_rules! say {
 }
 
 pub mod alerts;
+pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod control;
@@ -30,7 +31,7 @@ pub mod exit;
 pub mod export;
 pub mod http;
 pub mod logfiles;
-pub mod memory;
+pub mod pages;
 pub mod metrics;
 pub mod procfs;
 pub mod progress;
@@ -40,3 +41,4 @@ pub mod spec;
 pub mod state_dir;
 pub mod status_page;
 pub mod supervisor;
+pub mod usage;

@@ -17,6 +17,10 @@
 //! - `supervise_failovers_total{service}`
 //! - `supervise_probe_duration_seconds{service}` (histogram)
 //! - `supervise_uptime_seconds`, `supervise_start_time_seconds`
+//! - `supervise_replica_cpu_seconds_total{service,replica}`,
+//!   `supervise_replica_memory_bytes{service,replica}`: sampled at the
+//!   scrape (from the replica's cgroup, else `/proc`), not before
+//! - `supervise_replica_oom_kills_total{service,replica}`
 //!
 //! The same listener serves the read-only status page (`GET /`, see
 //! status_page.rs) and `GET /status.json`, from the last report and events
@@ -48,6 +52,7 @@ use tokio::sync::Semaphore;
 
 use crate::control::protocol::{EventRecord, StatusReport};
 use crate::status_page;
+use crate::usage::Source;
 
 /// What a scrape is answered with: the format `prometheus-client` writes.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -105,6 +110,9 @@ pub struct Metrics {
     restarts: Family<ReplicaLabels, Counter>,
     failovers: Family<ServiceLabels, Counter>,
     probe_duration: HistogramFamily,
+    cpu: Family<ReplicaLabels, Counter<f64, AtomicU64>>,
+    memory: Family<ReplicaLabels, Gauge>,
+    oom_kills: Family<ReplicaLabels, Counter>,
     /// Handles on the series of the last report, so that an update is a
     /// walk over the report with no label allocation for known replicas.
     seen: Mutex<Seen>,
@@ -144,6 +152,14 @@ struct ReplicaSeries {
     restarts: Counter,
     /// The report's `restarts` at the last update, to add only the delta.
     last_restarts: u32,
+    /// Where its usage is read at a scrape, while it has processes.
+    source: Option<Source>,
+    cpu: Counter<f64, AtomicU64>,
+    /// The CPU reading the counter is at, to add only the delta.
+    last_cpu: f64,
+    memory: Gauge,
+    /// Made at 0 with the replica, so the series exists before an OOM kill.
+    _oom_kills: Counter,
 }
 
 impl Default for Metrics {
@@ -159,6 +175,9 @@ impl Default for Metrics {
             restarts: Family::default(),
             failovers: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram as fn() -> Histogram),
+            cpu: Family::default(),
+            memory: Family::default(),
+            oom_kills: Family::default(),
             seen: Mutex::new(Seen::default()),
             page: Mutex::new(Page::default()),
         };
@@ -208,6 +227,21 @@ impl Metrics {
             self.probe_duration.clone(),
         );
         r.register(
+            "replica_cpu_seconds",
+            "CPU time the replica's processes used, user and system",
+            self.cpu.clone(),
+        );
+        r.register(
+            "replica_memory_bytes",
+            "Memory the replica uses (its cgroup's memory.current, else summed RSS)",
+            self.memory.clone(),
+        );
+        r.register(
+            "replica_oom_kills",
+            "Ends of the replica by the kernel's OOM killer",
+            self.oom_kills.clone(),
+        );
+        r.register(
             "uptime_seconds",
             "Seconds since the supervisor started",
             self.uptime.clone(),
@@ -220,10 +254,12 @@ impl Metrics {
         self
     }
 
-    /// The current state of every service and replica. Called after every
-    /// event of the loop: known replicas cost a map look-up and a few
-    /// atomic stores each; only new and vanished ones touch the families.
-    pub fn update(&self, report: &StatusReport) {
+    /// The current state of every service and replica, and where each
+    /// one's usage is read (`source`); the report is kept for the status
+    /// page. Called after every event of the loop: known replicas cost a
+    /// map look-up and a few atomic stores each; only new and vanished ones
+    /// touch the families.
+    pub fn update(&self, report: &StatusReport, source: impl Fn(&str, u32) -> Option<Source>) {
         self.page().report = Some(report.clone());
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.epoch += 1;
@@ -249,6 +285,7 @@ impl Metrics {
                     .entry(r.index)
                     .or_insert_with(|| self.replica_series(&svc.name, r.index));
                 rs.epoch = epoch;
+                rs.source = source(&svc.name, r.index);
                 rs.up.set(i64::from(r.pid.is_some()));
                 rs.healthy.set(i64::from(r.health == "healthy"));
                 if r.restarts < rs.last_restarts {
@@ -288,8 +325,8 @@ impl Metrics {
         });
     }
 
-    /// Counts what the status cannot show (failovers); keeps the last
-    /// events for the status page.
+    /// Counts what the status cannot show (failovers, OOM kills); keeps
+    /// the last events for the status page.
     pub fn on_event(&self, event: &EventRecord) {
         let mut page = self.page();
         if page.events.len() == PAGE_EVENTS {
@@ -297,14 +334,18 @@ impl Metrics {
         }
         page.events.push_back(event.clone());
         drop(page);
-        if event.event == "promoted"
-            && let Some(service) = &event.service
-        {
-            self.failovers
-                .get_or_create(&ServiceLabels {
+        match (event.event.as_str(), &event.service, event.replica) {
+            ("promoted", Some(service), _) => {
+                let labels = ServiceLabels {
                     service: service.clone(),
-                })
-                .inc();
+                };
+                self.failovers.get_or_create(&labels).inc();
+            }
+            ("oom", Some(service), Some(index)) => {
+                let labels = ReplicaLabels::new(service, index);
+                self.oom_kills.get_or_create(&labels).inc();
+            }
+            _ => {}
         }
     }
 
@@ -320,6 +361,7 @@ impl Metrics {
     /// The whole exposition, as a scrape returns it.
     pub fn render(&self) -> String {
         self.uptime.set(self.started.elapsed().as_secs_f64());
+        self.sample_usage();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -344,6 +386,34 @@ impl Metrics {
         Some(serde_json::to_string_pretty(report).expect("a report always serialises") + "\n")
     }
 
+    /// Reads what each replica with processes uses: at a scrape only.
+    fn sample_usage(&self) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for rs in seen
+            .services
+            .values_mut()
+            .flat_map(|s| s.replicas.values_mut())
+        {
+            let usage = rs.source.as_ref().map(Source::sample).unwrap_or_default();
+            rs.memory.set(
+                usage
+                    .memory
+                    .map_or(0, |m| i64::try_from(m).unwrap_or(i64::MAX)),
+            );
+            if let Some(cpu) = usage.cpu.map(|c| c.as_secs_f64()) {
+                // A new incarnation's cgroup counts from 0: its whole reading
+                // is new time.
+                let delta = if cpu >= rs.last_cpu {
+                    cpu - rs.last_cpu
+                } else {
+                    cpu
+                };
+                rs.cpu.inc_by(delta);
+                rs.last_cpu = cpu;
+            }
+        }
+    }
+
     fn service_series(&self, service: &str) -> ServiceSeries {
         let labels = ServiceLabels {
             service: service.to_string(),
@@ -365,6 +435,11 @@ impl Metrics {
             healthy: self.healthy.get_or_create_owned(&labels),
             restarts: self.restarts.get_or_create_owned(&labels),
             last_restarts: 0,
+            source: None,
+            cpu: self.cpu.get_or_create_owned(&labels),
+            last_cpu: 0.0,
+            memory: self.memory.get_or_create_owned(&labels),
+            _oom_kills: self.oom_kills.get_or_create_owned(&labels),
         }
     }
 
@@ -374,6 +449,9 @@ impl Metrics {
         self.up.remove(&labels);
         self.healthy.remove(&labels);
         self.restarts.remove(&labels);
+        self.cpu.remove(&labels);
+        self.memory.remove(&labels);
+        self.oom_kills.remove(&labels);
     }
 }
 
@@ -528,11 +606,14 @@ mod tests {
     #[test]
     fn gauges_follow_the_report() {
         let m = Metrics::default();
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "backoff", 1)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "backoff", 1)],
+            )]),
+            |_, _| None,
+        );
         let text = m.render();
         assert_eq!(
             sample(&text, r#"supervise_replicas_desired{service="api"}"#),
@@ -560,55 +641,79 @@ mod tests {
     fn restarts_add_deltas_and_removed_replicas_vanish() {
         let m = Metrics::default();
         let series = r#"supervise_restarts_total{service="api",replica="1"}"#;
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 3)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 3)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(3.0));
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 5)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 5)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(5.0));
         // Scaled down: replica 1 is gone, and so are its series.
-        m.update(&report(vec![("api", 1, vec![replica(0, "running", 0)])]));
+        m.update(
+            &report(vec![("api", 1, vec![replica(0, "running", 0)])]),
+            |_, _| None,
+        );
         let text = m.render();
         assert_eq!(sample(&text, series), None, "{text}");
         assert!(!text.contains(r#"replica="1""#), "{text}");
         // Scaled up again: a new replica 1 counts from its own restarts.
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 0)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 0)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(0.0));
         // A count that went back without an update in between is a new
         // replica under the same name: a fresh counter, not a negative step.
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 4)],
-        )]));
-        m.update(&report(vec![(
-            "api",
-            2,
-            vec![replica(0, "running", 0), replica(1, "running", 1)],
-        )]));
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 4)],
+            )]),
+            |_, _| None,
+        );
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 1)],
+            )]),
+            |_, _| None,
+        );
         assert_eq!(sample(&m.render(), series), Some(1.0));
     }
 
     #[test]
     fn a_removed_service_takes_its_series_along() {
         let m = Metrics::default();
-        m.update(&report(vec![
-            ("api", 1, vec![replica(0, "running", 0)]),
-            ("db", 1, vec![replica(0, "running", 0)]),
-        ]));
+        m.update(
+            &report(vec![
+                ("api", 1, vec![replica(0, "running", 0)]),
+                ("db", 1, vec![replica(0, "running", 0)]),
+            ]),
+            |_, _| None,
+        );
         m.probe_duration("db", 0.002);
         m.on_event(&promoted("db"));
-        m.update(&report(vec![("api", 1, vec![replica(0, "running", 0)])]));
+        m.update(
+            &report(vec![("api", 1, vec![replica(0, "running", 0)])]),
+            |_, _| None,
+        );
         let text = m.render();
         assert!(!text.contains(r#"service="db""#), "{text}");
         assert!(text.contains(r#"service="api""#), "{text}");
@@ -631,7 +736,7 @@ mod tests {
         let failovers = r#"supervise_failovers_total{service="kv"}"#;
         let mut standby = replica(0, "running", 0);
         standby.role = Some("standby".into());
-        m.update(&report(vec![("kv", 1, vec![standby])]));
+        m.update(&report(vec![("kv", 1, vec![standby])]), |_, _| None);
         assert_eq!(sample(&m.render(), failovers), Some(0.0));
         m.on_event(&promoted("kv"));
         m.on_event(&promoted("kv"));
@@ -650,5 +755,30 @@ mod tests {
         assert_eq!(sample(&text, count), Some(2.0));
         let le = r#"supervise_probe_duration_seconds_bucket{le="0.005",service="kv"}"#;
         assert_eq!(sample(&text, le), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn oom_kills_are_counted_per_replica_from_zero() {
+        let m = Metrics::default();
+        m.update(
+            &report(vec![(
+                "api",
+                2,
+                vec![replica(0, "running", 0), replica(1, "running", 0)],
+            )]),
+            |_, _| None,
+        );
+        let series = r#"supervise_replica_oom_kills_total{service="api",replica="1"}"#;
+        assert_eq!(sample(&m.render(), series), Some(0.0));
+        let oom = EventRecord {
+            event: "oom".into(),
+            ..promoted("api")
+        };
+        m.on_event(&oom);
+        m.on_event(&oom);
+        let text = m.render();
+        assert_eq!(sample(&text, series), Some(2.0), "{text}");
+        let other = r#"supervise_replica_oom_kills_total{service="api",replica="0"}"#;
+        assert_eq!(sample(&text, other), Some(0.0));
     }
 }

@@ -158,6 +158,10 @@ struct Stat {
     pgrp: i32,
     /// Clock ticks after boot at which it started: with the pid, its identity.
     start: u64,
+    /// CPU time, in clock ticks: its own (user + system), and that of its
+    /// children it has reaped.
+    cpu: u64,
+    children_cpu: u64,
 }
 
 /// Fields are read after the last `)`, because the command name may itself
@@ -171,7 +175,39 @@ fn stat(pid: i32) -> Option<Stat> {
         ppid: fields.get(1)?.parse().ok()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
+        cpu: ticks(&fields, 11) + ticks(&fields, 12),
+        children_cpu: ticks(&fields, 13) + ticks(&fields, 14),
     })
+}
+
+fn ticks(fields: &[&str], at: usize) -> u64 {
+    fields.get(at).and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
+/// What the processes under `shim` use, without a cgroup: the CPU time of
+/// those alive and of the children they reaped, plus what the shim's
+/// reaped descendants used (as their subreaper it reaps every orphan), and
+/// their summed resident memory. Each ended process is counted once, by the
+/// one parent that reaped it.
+pub fn tree_usage(shim: Pid) -> crate::usage::Usage {
+    let procs = descendants(shim);
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t as u64);
+    let ticks: u64 = stat(shim.as_raw()).map_or(0, |s| s.children_cpu)
+        + procs
+            .iter()
+            .filter_map(|p| stat(p.as_raw()))
+            .map(|s| s.cpu + s.children_cpu)
+            .sum::<u64>();
+    crate::usage::Usage {
+        cpu: Some(std::time::Duration::from_micros(
+            ticks * 1_000_000 / per_second,
+        )),
+        memory: Some(procs.iter().filter_map(|&p| crate::usage::rss(p)).sum()),
+        processes: Some(procs.len() as u64),
+    }
 }
 
 fn parent_of(pid: i32) -> Option<i32> {

@@ -323,6 +323,21 @@ restart = {{ delay = "50ms" }}
     assert!(all_there, "wanted {wanted:?}, got {samples:#?}");
     assert!(samples["supervise_uptime_seconds"] > 0.0, "{samples:#?}");
     assert!(samples.contains_key("supervise_start_time_seconds"));
+    // What a replica uses, read at the scrape (a `sleep` uses little CPU,
+    // but some memory).
+    assert!(
+        samples[r#"supervise_replica_memory_bytes{service="web",replica="1"}"#] > 0.0,
+        "{samples:#?}"
+    );
+    assert!(
+        samples[r#"supervise_replica_cpu_seconds_total{service="web",replica="1"}"#] >= 0.0,
+        "{samples:#?}"
+    );
+    assert_eq!(
+        samples.get(r#"supervise_replica_oom_kills_total{service="web",replica="1"}"#),
+        Some(&0.0),
+        "{samples:#?}"
+    );
 
     let scaled = run_bounded(
         {

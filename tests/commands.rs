@@ -93,6 +93,11 @@ fn status_json_is_schema_1_field_by_field() {
         assert_eq!(r["restarts"], 0);
         assert!(is_rfc3339_utc(&r["started_at"]), "{r}");
         assert_eq!(r["last_exit"], Value::Null);
+        // What it uses, sampled for this request (a `sleep`: one process).
+        assert!(r["cpu_seconds"].as_f64().is_some(), "{r}");
+        assert!(r["cpu_percent"].as_f64().is_some(), "{r}");
+        assert!(r["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{r}");
+        assert!(r["processes"].as_u64().is_some_and(|n| n >= 1), "{r}");
     }
     let j = &job["replicas"][0];
     assert_eq!(keys(j), replica_keys);
@@ -101,8 +106,12 @@ fn status_json_is_schema_1_field_by_field() {
         (&Value::from("exited"), &Value::Null)
     );
     assert_eq!(j["health"], "unknown");
+    for usage in ["cpu_seconds", "cpu_percent", "memory_bytes", "processes"] {
+        assert_eq!(j[usage], Value::Null, "{usage} of an exited replica");
+    }
     let last = &j["last_exit"];
-    assert_eq!(keys(last), ["at", "code", "signal"]);
+    assert_eq!(keys(last), ["at", "code", "reason", "signal"]);
+    assert_eq!(last["reason"], Value::Null);
     assert_eq!(
         (&last["code"], &last["signal"]),
         (&Value::from(0), &Value::Null)
@@ -140,6 +149,8 @@ fn status_table_shows_the_contract_columns() {
             "ROLE",
             "RESTARTS",
             "UPTIME",
+            "CPU",
+            "MEM",
             "LAST EXIT"
         ]
     );
@@ -158,15 +169,21 @@ fn status_table_shows_the_contract_columns() {
         web0[7].ends_with('s') || web0[7].ends_with("ms"),
         "uptime like 3s: {web0:?}"
     );
-    assert_eq!(web0[8], "-");
+    assert!(web0[8].ends_with('%'), "CPU like 0.1%: {web0:?}");
+    assert!(
+        web0[9].ends_with("iB"),
+        "memory like 1.2MiB (a sleep): {web0:?}"
+    );
+    assert_eq!(web0[10], "-");
     let web1 = row("web.1");
     assert_eq!(&web1[2..4], ["-", "stopped"]);
-    assert_eq!(web1[8], "SIGTERM", "{web1:?}");
-    assert!(web1[9].starts_with('(') && web1[10] == "ago)", "{web1:?}");
+    assert_eq!(&web1[8..10], ["-", "-"], "no usage without processes");
+    assert_eq!(web1[10], "SIGTERM", "{web1:?}");
+    assert!(web1[11].starts_with('(') && web1[12] == "ago)", "{web1:?}");
     let job = row("job.0");
     assert_eq!(&job[3..4], ["exited"]);
-    assert_eq!(&job[8..10], ["code", "0"]);
-    assert!(job[10].starts_with('(') && job[11] == "ago)", "{job:?}");
+    assert_eq!(&job[10..12], ["code", "0"]);
+    assert!(job[12].starts_with('(') && job[13] == "ago)", "{job:?}");
     assert!(!ran.stdout.contains('\x1b'), "no colour when piped");
 
     let ran = p.run(&["status", "nope"]);

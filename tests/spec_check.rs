@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use supervise::spec::{
-    AlertTarget, Condition, Diagnostics, HealthAction, Policy, Probe, Promote, RestartPolicy, Spec,
-    load,
+    AlertTarget, Condition, Diagnostics, HealthAction, Limits, Policy, Probe, Promote,
+    RestartPolicy, Spec, load,
 };
 
 fn fixture(kind: &str, name: &str) -> PathBuf {
@@ -163,6 +163,12 @@ invalid! {
     alert_two_targets: 8, "both `command` and `webhook`";
     alerts_not_array: 5, "expected an array of tables for `alerts`";
     bad_metrics: 3, "invalid address \"localhost\" in `metrics`";
+    // limits
+    negative_memory_limit: 5, "invalid size \"-1\" in `memory`: sizes cannot be negative";
+    zero_cpu_limit: 5, "`cpu` must be above 0 and at most 4096, got 0";
+    unknown_limit: 6, "unknown key `swap` in [services.api.limits]";
+    memory_high_above_memory: 6, "`memory_high` (419430400 bytes) is above `memory` (268435456 bytes)";
+    nofile_not_integer: 5, "expected an integer for `nofile`, found a string";
 }
 
 #[test]
@@ -294,6 +300,18 @@ fn full_example_parses_with_its_values() {
     );
     assert_eq!(tests.restart.policy, Policy::Never);
     assert_eq!(tests.image.as_deref(), Some("rust:1"));
+    assert_eq!(
+        spec.service("db").unwrap().limits,
+        Limits {
+            memory: Some(512 << 20),
+            memory_high: Some(400 << 20),
+            cpu: Some(1.5),
+            pids: Some(256),
+            nofile: Some(65536),
+            core: Some(0),
+        }
+    );
+    assert_eq!(tests.limits, Limits::default());
 
     let primary = spec.service("primary").unwrap();
     let promote = primary.failover.as_ref().and_then(|f| f.promote.clone());
@@ -358,6 +376,13 @@ fn the_plan_lists_every_replica() {
     );
     assert!(
         plan.contains("depends on: api (healthy), migrate (completed)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "  limits:     memory 512MiB, memory_high 400MiB, cpu 1.5, pids 256, nofile 65536, \
+             core 0B (per replica)\n"
+        ),
         "{plan}"
     );
     let summary = format!(

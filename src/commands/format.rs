@@ -64,6 +64,9 @@ pub fn age(rfc3339: &str, now: SystemTime) -> Option<Duration> {
 
 /// `code 3`, `SIGKILL`.
 pub fn exit_cause(exit: &LastExit) -> String {
+    if let Some(reason) = &exit.reason {
+        return reason.clone();
+    }
     match (&exit.code, &exit.signal) {
         (Some(code), _) => format!("code {code}"),
         (None, Some(signal)) => signal.clone(),
@@ -125,28 +128,13 @@ impl Cells {
                 .and_then(|at| age(at, now))
                 .map_or_else(dash, |d| compact(d, 2)),
             cpu: r.cpu_percent.map_or_else(dash, |p| format!("{p:.1}%")),
-            memory: r.memory_bytes.map_or_else(dash, bytes),
+            memory: r.memory_bytes.map_or_else(dash, crate::usage::size),
             last_exit: r
                 .last_exit
                 .as_ref()
                 .map_or_else(dash, |e| last_exit(e, now)),
         }
     }
-}
-
-/// A size the way `top` shows it: `512B`, `12.3M`, `1.5G` (powers of 1024).
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
-    if n < 1024 {
-        return format!("{n}B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1}{}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -172,12 +160,18 @@ mod tests {
             code,
             signal: signal.map(str::to_string),
             at: "2026-11-23T12:00:00.5Z".into(),
+            reason: None,
         };
         assert_eq!(last_exit(&exit(Some(3), None), now), "code 3 (1m ago)");
         assert_eq!(
             last_exit(&exit(None, Some("SIGKILL")), now),
             "SIGKILL (1m ago)"
         );
+        let oom = LastExit {
+            reason: Some("oom".into()),
+            ..exit(None, Some("SIGKILL"))
+        };
+        assert_eq!(last_exit(&oom, now), "oom (1m ago)");
     }
 
     #[test]
@@ -187,14 +181,6 @@ mod tests {
             "2026-11-23T12:00:00.123Z"
         );
         assert_eq!(millis("garbage"), "garbage");
-    }
-
-    #[test]
-    fn sizes_read_like_top() {
-        assert_eq!(bytes(512), "512B");
-        assert_eq!(bytes(1536), "1.5K");
-        assert_eq!(bytes(12_900_000), "12.3M");
-        assert_eq!(bytes(3 << 30), "3.0G");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub type Exit = Result<i32, Failure>;
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: &Cli) -> i32 {
     let result = match &cli.command {
-        Command::Check { spec } => check(cli, spec.as_ref()),
+        Command::Check { spec, strict } => check(cli, spec.as_ref(), *strict),
         Command::Up(args) => up::run(cli, args),
         Command::Status(args) => status::run(cli, args),
         Command::Logs(args) => logs::run(cli, args),
@@ -135,13 +135,31 @@ fn load(cli: &Cli, own: Option<&PathBuf>) -> Result<Spec, Failure> {
     Ok(spec)
 }
 
-fn check(cli: &Cli, own: Option<&PathBuf>) -> Exit {
+fn check(cli: &Cli, own: Option<&PathBuf>, strict: bool) -> Exit {
     let spec = load(cli, own)?;
+    limits_enforced(&spec, strict, exit::USAGE)?;
     // -q: the exit code says it; diagnostics of an invalid spec still show.
     if !cli.quiet {
         print!("{}", spec::render_plan(&spec));
     }
     Ok(exit::OK)
+}
+
+/// Says once, one line each, which limits this machine cannot enforce
+/// (docs/spec-file.md §5.2); with `strict` that is an error (exit `code`).
+fn limits_enforced(spec: &Spec, strict: bool, code: i32) -> Result<(), Failure> {
+    let lines = crate::cgroup::unenforced(&spec.services);
+    for line in &lines {
+        if strict {
+            eprintln!("error: {line} (--strict)");
+        } else {
+            eprintln!("warning: {line}");
+        }
+    }
+    if strict && !lines.is_empty() {
+        return Err(Failure::quiet(code));
+    }
+    Ok(())
 }
 
 /// Where the supervisor a command talks to keeps its state, and the one

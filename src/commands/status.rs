@@ -12,7 +12,10 @@ use crate::exit;
 use super::format::{Cells, colour_allowed, paint, state_colour};
 use super::{Exit, Failure, context, emit, select};
 
-const HEADER: [&str; 9] = [
+/// Columns of the table.
+const COLUMNS: usize = 11;
+
+const HEADER: [&str; COLUMNS] = [
     "SERVICE",
     "REPLICA",
     "PID",
@@ -21,6 +24,8 @@ const HEADER: [&str; 9] = [
     "ROLE",
     "RESTARTS",
     "UPTIME",
+    "CPU",
+    "MEM",
     "LAST EXIT",
 ];
 /// Columns shown in colour (their text is a state).
@@ -71,7 +76,7 @@ pub fn render(
 
 /// One row per replica; a service without replicas gets one row showing
 /// its own state.
-fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
+fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; COLUMNS]> {
     let dash = || "-".to_string();
     let mut rows = Vec::new();
     for service in &report.services {
@@ -81,6 +86,8 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
                 dash(),
                 dash(),
                 service.state.clone(),
+                dash(),
+                dash(),
                 dash(),
                 dash(),
                 dash(),
@@ -99,6 +106,8 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
                 c.role,
                 c.restarts,
                 c.uptime,
+                c.cpu,
+                c.memory,
                 c.last_exit,
             ]);
         }
@@ -115,7 +124,7 @@ fn table(report: &StatusReport, now: SystemTime, colour: bool) -> String {
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &[String; 9], header: bool| {
+    let mut line = |cells: &[String; COLUMNS], header: bool| {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             let last = i == cells.len() - 1;
@@ -158,33 +167,36 @@ mod tests {
         let now = super::super::format::parse_time("2026-11-23T12:03:12Z").unwrap();
         r.services[1].replicas[0].started_at = Some("2026-11-23T12:00:00Z".into());
         r.services[1].replicas[0].restarts = 2;
+        r.services[1].replicas[0].cpu_percent = Some(12.5);
+        r.services[1].replicas[0].memory_bytes = Some(50_541_363);
         r.services[1].replicas[1].last_exit = Some(LastExit {
             code: None,
             signal: Some("SIGKILL".into()),
             at: "2026-11-23T12:03:07Z".into(),
+            reason: None,
         });
         r.services[2].state = "stopped".into();
         let text = table(&r, now, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  LAST EXIT"
+            "SERVICE  REPLICA  PID   STATE    HEALTH   ROLE  RESTARTS  UPTIME  CPU    MEM      LAST EXIT"
         );
         assert_eq!(
             lines[1],
-            "db       db.0     1000  running  healthy  -     0         -       -"
+            "db       db.0     1000  running  healthy  -     0         -       -      -        -"
         );
         assert_eq!(
             lines[2],
-            "api      api.0    1000  running  healthy  -     2         3m12s   -"
+            "api      api.0    1000  running  healthy  -     2         3m12s   12.5%  48.2MiB  -"
         );
         assert_eq!(
             lines[3],
-            "api      api.1    -     backoff  unknown  -     0         -       SIGKILL (5s ago)"
+            "api      api.1    -     backoff  unknown  -     0         -       -      -        SIGKILL (5s ago)"
         );
         assert_eq!(
             lines[4],
-            "idle     -        -     stopped  -        -     -         -       -"
+            "idle     -        -     stopped  -        -     -         -       -      -        -"
         );
     }
 

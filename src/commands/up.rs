@@ -7,11 +7,15 @@ use crate::spec::Spec;
 use crate::state_dir::LockError;
 use crate::supervisor::{self, Options, RunError};
 
-use super::{Exit, Failure, detach, load};
+use super::{Exit, Failure, detach, limits_enforced, load};
 
 pub fn run(cli: &Cli, args: &UpArgs) -> Exit {
     let spec = load(cli, args.spec.as_ref())?;
     check_exit_with(&spec, args.exit_with.as_deref())?;
+    if !args.background {
+        // The supervisor `up -d` starts has been told by its parent.
+        limits_enforced(&spec, args.strict, exit::FAILED)?;
+    }
     if args.detach {
         detach::run(cli, args, &spec)
     } else {

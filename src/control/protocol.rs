@@ -272,20 +272,19 @@ pub struct ReplicaStatus {
     /// UTC); null in every other state.
     #[serde(default)]
     pub restart_at: Option<String>,
-    /// CPU time the replica's processes have used, in seconds; null when
-    /// not measured.
+    /// CPU time its processes used (seconds), while it runs; sampled for
+    /// `status`, null in other reports (docs/commands.md §8).
     #[serde(default)]
     pub cpu_seconds: Option<f64>,
-    /// Share of one core used since the previous sample; null when not
-    /// measured.
+    /// Percent of one core used over the interval since the previous sample.
     #[serde(default)]
     pub cpu_percent: Option<f64>,
-    /// Memory in use by the replica's processes; null when not measured.
+    /// Memory in use, bytes (the cgroup's `memory.current`, else summed RSS).
     #[serde(default)]
     pub memory_bytes: Option<u64>,
-    /// Processes of the replica; null when not measured.
+    /// Live processes of the replica.
     #[serde(default)]
-    pub processes: Option<u32>,
+    pub processes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,6 +294,11 @@ pub struct LastExit {
     pub signal: Option<String>,
     /// RFC 3339 UTC.
     pub at: String,
+    /// Why, beyond the code or signal: "oom" (the kernel's OOM killer, for
+    /// its memory limit), "memory limit" (over its limit by sampling, and
+    /// stopped for it), "unhealthy"; null otherwise.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// What a reload does (or would do, with `dry_run`).

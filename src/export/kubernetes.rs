@@ -27,7 +27,7 @@ use super::{
     Elsewhere, Export, ExportError, File, Part, Warnings, duration, parts, report_outside_services,
     uses, whole_seconds,
 };
-use crate::spec::{Dependency, Failover, Policy, RestartPolicy, Service, Spec};
+use crate::spec::{Dependency, Failover, Limits, Policy, RestartPolicy, Service, Spec};
 
 mod probes;
 
@@ -252,6 +252,7 @@ fn translate(
         depends_on,
         failover,
         image,
+        limits,
     } = service;
     let place = spec_name.as_str();
     let names = Names {
@@ -332,6 +333,9 @@ fn translate(
         for (key, probe) in probes(health, &names, place, &mut comments, warnings) {
             container = container.with(key, probe);
         }
+    }
+    if let Some(resources) = resources(limits, place, warnings) {
+        container = container.with("resources", resources);
     }
     let run_as_group = group
         .as_ref()
@@ -609,6 +613,42 @@ fn restart_policy(restart: &RestartPolicy, kind: Kind, place: &str, warnings: &m
             ),
         );
     }
+}
+
+/// `limits` as `resources.limits`: memory and cpu; the rest cannot be
+/// expressed in a pod spec and is reported.
+fn resources(limits: &Limits, place: &str, warnings: &mut Warnings) -> Option<Node> {
+    let dropped = [
+        ("memory_high", limits.memory_high.is_some()),
+        ("pids", limits.pids.is_some()),
+        ("nofile", limits.nofile.is_some()),
+        ("core", limits.core.is_some()),
+    ];
+    for (key, _) in dropped.into_iter().filter(|d| d.1) {
+        warnings.add(
+            place,
+            format!(
+                "limits.{key} cannot be expressed in a Kubernetes container's resources; dropped"
+            ),
+        );
+    }
+    let memory = limits.memory.map(|bytes| {
+        let exact = [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)]
+            .into_iter()
+            .find(|(_, unit)| bytes % unit == 0);
+        string(match exact {
+            Some((suffix, unit)) => format!("{}{suffix}", bytes / unit),
+            None => bytes.to_string(),
+        })
+    });
+    let cpu = limits
+        .cpu
+        .map(|cores| string(format!("{}m", (cores * 1000.0).round() as u64)));
+    if memory.is_none() && cpu.is_none() {
+        return None;
+    }
+    let limits = Map::default().maybe("memory", memory).maybe("cpu", cpu);
+    Some(Map::default().with("limits", limits.node()).node())
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use super::{
     Elsewhere, Export, File, Part, Warnings, duration, parts, report_outside_services, uses,
 };
 use crate::spec::{
-    Condition, Dependency, Failover, Health, HealthAction, Policy, Probe, RestartPolicy, Service,
-    Spec,
+    Condition, Dependency, Failover, Health, HealthAction, Limits, Policy, Probe, RestartPolicy,
+    Service, Spec,
 };
 
 const TARGET: &str = "systemd";
@@ -193,6 +193,7 @@ impl Unit<'_> {
             depends_on,
             failover,
             image: _, // for Kubernetes only
+            limits,
         } = self.service;
         let place = name.as_str();
         let mut unit = vec![
@@ -271,6 +272,7 @@ impl Unit<'_> {
         body.push(format!("KillSignal={}", stop_signal.as_str()));
         // The whole process tree, as supervise stops it.
         body.push("KillMode=control-group".to_string());
+        body.extend(resource_limits(limits));
         if let Some(health) = health {
             self.health(health, &mut body, place, warnings);
         }
@@ -577,6 +579,31 @@ impl Unit<'_> {
 fn is_executable(path: &Path) -> bool {
     path.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `limits` as systemd's resource settings, the cgroup ones applied to the
+/// unit's own cgroup as supervise applies them to the replica's leaf.
+fn resource_limits(limits: &Limits) -> Vec<String> {
+    let core = limits.core.map(|bytes| match bytes {
+        u64::MAX => "infinity".to_string(),
+        bytes => bytes.to_string(),
+    });
+    [
+        ("MemoryMax", limits.memory.map(|b| b.to_string())),
+        ("MemoryHigh", limits.memory_high.map(|b| b.to_string())),
+        (
+            "CPUQuota",
+            limits
+                .cpu
+                .map(|cores| format!("{}%", (cores * 100.0).round() as u64)),
+        ),
+        ("TasksMax", limits.pids.map(|n| n.to_string())),
+        ("LimitNOFILE", limits.nofile.map(|n| n.to_string())),
+        ("LimitCORE", core),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some(format!("{key}={}", value?)))
+    .collect()
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 //! kill the tree now, SIGUSR2 = give up the respawn leave (exit when the
 //! replica ends, as without one).
 
+mod clone;
 mod logfile;
 pub mod protocol;
 mod spawn;
@@ -44,6 +45,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::cgroup::Leaf;
 use crate::procfs;
 
 use logfile::{LogWriter, Stream};
@@ -72,10 +74,12 @@ enum Phase {
     Killing,
 }
 
-/// The replica's process tree as the shim manages it: every descendant of
-/// the shim (it is their subreaper), and the main process's exit status.
-struct Tree {
+/// The replica's process tree as the shim manages it: every process in its
+/// cgroup leaf if it has one, else every descendant of the shim (it is their
+/// subreaper); and the main process's exit status.
+struct Tree<'l> {
     me: Pid,
+    leaf: Option<&'l Leaf>,
     main: Pid,
     main_status: Option<WaitStatus>,
     stop_signal: Signal,
@@ -85,12 +89,20 @@ struct Tree {
     asked_to_stop: bool,
     /// SIGUSR2: the respawn leave is revoked.
     leave_revoked: bool,
+    /// The leaf's OOM kills before this run (the leaf outlives respawns).
+    oom_kills: u64,
 }
 
-impl Tree {
-    fn new(config: &ShimConfig, main: u32) -> Tree {
+impl<'l> Tree<'l> {
+    fn new(config: &ShimConfig, main: u32, leaf: Option<&'l Leaf>) -> Tree<'l> {
+        if let Some(leaf) = leaf {
+            // Takes in the change the start made (`populated 1`), so that
+            // poll does not wake the shim for it while the replica starts.
+            leaf.populated();
+        }
         Tree {
             me: Pid::this(),
+            leaf,
             main: Pid::from_raw(main as i32),
             main_status: None,
             stop_signal: Signal::try_from(config.stop_signal).unwrap_or(Signal::SIGTERM),
@@ -98,7 +110,13 @@ impl Tree {
             phase: Phase::Running,
             asked_to_stop: false,
             leave_revoked: false,
+            oom_kills: oom_kills(leaf),
         }
+    }
+
+    /// Did the kernel's OOM killer kill in the leaf during this run?
+    fn oom_killed(&self) -> bool {
+        oom_kills(self.leaf) > self.oom_kills
     }
 
     /// Stop signal to every process of the replica; SIGKILL after the timeout.
@@ -116,7 +134,7 @@ impl Tree {
                 };
             }
             Phase::Stopping { signalled, .. } => {
-                for pid in procfs::descendants(self.me) {
+                for pid in members(self.me, self.leaf) {
                     if signalled.insert(pid) {
                         let _ = nix::sys::signal::kill(pid, self.stop_signal);
                     }
@@ -126,9 +144,16 @@ impl Tree {
         }
     }
 
+    /// SIGKILL to the tree: with a leaf, `cgroup.kill` (the kernel misses
+    /// no fork in flight), once; without, a sweep now and at every tick.
     fn kill(&mut self) {
         self.phase = Phase::Killing;
-        let _ = self.signal_all(Signal::SIGKILL);
+        match self.leaf.map(Leaf::kill) {
+            Some(Ok(())) => {}
+            _ => {
+                let _ = self.signal_all(Signal::SIGKILL);
+            }
+        }
     }
 
     /// The replica's process group first: the kernel lets no fork in flight
@@ -141,7 +166,7 @@ impl Tree {
         if self.main_status.is_none() {
             let _ = killpg(self.main, signal);
         }
-        let tree: HashSet<Pid> = procfs::descendants(self.me).into_iter().collect();
+        let tree: HashSet<Pid> = members(self.me, self.leaf).into_iter().collect();
         for &pid in &tree {
             let _ = nix::sys::signal::kill(pid, signal);
         }
@@ -180,8 +205,18 @@ impl Tree {
                 Ok(status) if status.pid() == Some(self.main) => self.main_status = Some(status),
                 Ok(_) | Err(Errno::EINTR) => {}
                 // ECHILD: no child left, hence (as their subreaper) no
-                // descendant either; no need to look through /proc.
-                Err(_) => return self.main_status.is_some(),
+                // descendant either; no need to look through /proc. A leaf
+                // is done only at `populated 0` (its cgroup.events wakes us).
+                Err(_) => {
+                    if self.main_status.is_none() {
+                        return false;
+                    }
+                    if self.leaf.is_some_and(Leaf::populated) {
+                        self.stop();
+                        return false;
+                    }
+                    return true;
+                }
             }
         }
     }
@@ -192,9 +227,10 @@ impl Tree {
         if let Phase::Stopping { deadline, .. } = self.phase
             && Instant::now() >= deadline
         {
-            self.phase = Phase::Killing;
-        }
-        if let Phase::Killing = self.phase {
+            self.kill();
+        } else if let Phase::Killing = self.phase
+            && self.leaf.is_none()
+        {
             procfs::signal_descendants(self.me, Signal::SIGKILL);
         }
     }
@@ -206,6 +242,8 @@ impl Tree {
             Phase::Stopping { deadline, .. } => {
                 Some(deadline.saturating_duration_since(Instant::now()))
             }
+            // cgroup.kill missed nothing; the leaf's events say when it is empty.
+            Phase::Killing if self.leaf.is_some() => None,
             Phase::Killing => Some(KILL_SWEEP),
         }
     }
@@ -227,8 +265,23 @@ impl Tree {
             code,
             signal,
             spawn_error: None,
+            oom: self.oom_killed(),
             at: SystemTime::now(),
         }
+    }
+}
+
+/// `oom_kill` of the leaf's `memory.events` (0 without a memory controller).
+fn oom_kills(leaf: Option<&Leaf>) -> u64 {
+    leaf.and_then(Leaf::memory_events)
+        .map_or(0, |events| events.oom_kill)
+}
+
+/// The processes of the replica: those in its leaf, else the shim's descendants.
+fn members(shim: Pid, leaf: Option<&Leaf>) -> Vec<Pid> {
+    match leaf {
+        Some(leaf) => leaf.processes(),
+        None => procfs::descendants(shim),
     }
 }
 
@@ -352,8 +405,24 @@ fn run(config: ShimConfig) -> i32 {
             .and_then(|p| regex::bytes::Regex::new(p).ok()),
     );
 
-    let started = claim(&config).and_then(|guard| Ok((guard, spawn::spawn(&config)?)));
-    let (_guard, (child, out, err)) = match started {
+    // The leaf is made (or emptied of a killed predecessor's leftovers)
+    // under the instance lock, before the replica starts.
+    let started = claim(&config).and_then(|guard| {
+        let leaf = config.cgroup.as_deref().map(Leaf::create).transpose()?;
+        if let Some(leaf) = &leaf {
+            leaf.limit(&config.limits)?;
+        }
+        match spawn::spawn(&config, leaf.as_ref()) {
+            Ok(spawned) => Ok((guard, leaf, spawned)),
+            Err(e) => {
+                if let Some(leaf) = leaf {
+                    leaf.remove();
+                }
+                Err(e)
+            }
+        }
+    });
+    let (_guard, leaf, (child, out, err)) = match started {
         Ok(started) => started,
         Err(error) => {
             log.note(&error);
@@ -366,6 +435,7 @@ fn run(config: ShimConfig) -> i32 {
                 code: None,
                 signal: None,
                 spawn_error: Some(error),
+                oom: false,
                 at: SystemTime::now(),
             };
             return finish(&config, &record, &signals, false);
@@ -378,28 +448,26 @@ fn run(config: ShimConfig) -> i32 {
             generation: config.generation,
             shim_pid: std::process::id(),
             shim_start: procfs::start_time(std::process::id()).unwrap_or_default(),
-            pid: child.id(),
+            pid: child,
             pid_start: 0,
             boot_id: procfs::boot_id(),
             started_at: SystemTime::now(),
             respawns: config.respawn.is_some(),
             definition: Some(config.definition.clone()),
+            cgroup: config.cgroup.clone(),
         },
         retry_at: None,
     };
     announce(
         &mut running,
         config.generation,
-        child.id(),
-        &Status::Started { pid: child.id() },
+        child,
+        &Status::Started { pid: child },
     );
     if config.ready_pattern.is_none() && config.respawn.is_none() {
         close_status_pipe();
     }
-    let mut tree = Tree::new(&config, child.id());
-    // The Child handle is dropped: the shim reaps with waitpid(-1), which
-    // sees every descendant, not only the main process.
-    drop(child);
+    let mut tree = Tree::new(&config, child, leaf.as_ref());
     let mut output = Output {
         pipes: [out, err],
         log,
@@ -407,7 +475,7 @@ fn run(config: ShimConfig) -> i32 {
     };
     // What setting up took (the configuration, the command's environment,
     // the code that did it) goes back to the system.
-    crate::memory::release_startup_pages();
+    crate::pages::release_startup_pages();
 
     let mut generation = config.generation;
     let mut respawn = config.respawn.clone();
@@ -420,24 +488,26 @@ fn run(config: ShimConfig) -> i32 {
             respawn = None;
         }
         let (code, signal) = tree.outcome();
+        let oom = tree.oom_killed();
         if tree.asked_to_stop || !respawn.as_mut().is_some_and(|leave| leave.take(code)) {
             break;
         }
-        match spawn::spawn(&config) {
+        match spawn::spawn(&config, leaf.as_ref()) {
             Ok((child, out, err)) => {
                 generation += 1;
                 announce(
                     &mut running,
                     generation,
-                    child.id(),
+                    child,
                     &Status::Respawned {
                         generation,
-                        pid: child.id(),
+                        pid: child,
                         code,
                         signal,
+                        oom,
                     },
                 );
-                tree = Tree::new(&config, child.id());
+                tree = Tree::new(&config, child, leaf.as_ref());
                 output.pipes = [out, err];
             }
             Err(error) => {
@@ -448,12 +518,12 @@ fn run(config: ShimConfig) -> i32 {
             }
         }
     }
-    finish(
-        &config,
-        &tree.record(generation),
-        &signals,
-        tree.asked_to_stop,
-    )
+    let (record, asked_to_stop) = (tree.record(generation), tree.asked_to_stop);
+    // Empty (the tree is gone): removed before the exit record says so.
+    if let Some(leaf) = leaf {
+        leaf.remove();
+    }
+    finish(&config, &record, &signals, asked_to_stop)
 }
 
 /// Runs one incarnation of the replica: drains its output, passes on stop
@@ -467,6 +537,11 @@ fn supervise_tree(
 ) -> Result<(), i32> {
     loop {
         let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
+        if let Some(leaf) = tree.leaf {
+            // Woken by `populated 0`: the end of a tree with no child of ours.
+            fds.push(leaf.poll_fd());
+        }
+        let pipes = fds.len();
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
@@ -482,6 +557,13 @@ fn supervise_tree(
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
         drop(fds);
+        if let Some(leaf) = tree.leaf
+            && ready[1]
+        {
+            // Reading re-arms the notification; unread, poll would report
+            // the same change again at once, and forever.
+            leaf.populated();
+        }
 
         // Not only when the self-pipe is ready: a signal that interrupted
         // poll leaves no readiness behind, and a stop or revoke that came
@@ -490,7 +572,7 @@ fn supervise_tree(
             tree.on_signal(signal);
         }
         let gone = tree.reap();
-        output.on_ready(&ready[1..]);
+        output.on_ready(&ready[pipes..]);
         if std::mem::take(&mut output.log.ready) {
             report(&Status::Ready);
             close_status_pipe();

@@ -47,6 +47,13 @@ pub struct ShimConfig {
     pub respawn: Option<Respawn>,
     /// [`crate::spec::Service::fingerprint`] of what it runs.
     pub definition: String,
+    /// The replica's cgroup leaf (see [`crate::cgroup`]); None: no cgroup.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// Written into the leaf's controllers; `nofile` and `core` are set as
+    /// the replica's rlimits whether or not it has a leaf.
+    #[serde(default)]
+    pub limits: crate::spec::Limits,
 }
 
 /// The supervisor's leave for a shim to start its command again, at once,
@@ -110,6 +117,9 @@ pub enum Status {
         pid: u32,
         code: Option<i32>,
         signal: Option<i32>,
+        /// The kernel's OOM killer ended it.
+        #[serde(default)]
+        oom: bool,
     },
 }
 
@@ -122,6 +132,10 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// Set when the command could not be started at all.
     pub spawn_error: Option<String>,
+    /// The kernel's OOM killer ended it (its leaf's `memory.events`
+    /// counted an `oom_kill` during the run).
+    #[serde(default)]
+    pub oom: bool,
     #[serde(with = "humantime_serde_compat")]
     pub at: SystemTime,
 }
@@ -148,6 +162,11 @@ pub struct RunningRecord {
     /// older versions.
     #[serde(default)]
     pub definition: Option<String>,
+    /// The replica's cgroup leaf, if it has one: a resuming supervisor
+    /// verifies the command by it, and kills what is in it if the replica
+    /// is not adopted.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Writes `value` as JSON so that a reader sees all of it or none of it.

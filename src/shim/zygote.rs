@@ -231,7 +231,7 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    crate::memory::release_startup_pages();
+    crate::pages::release_startup_pages();
     loop {
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),

@@ -87,6 +87,24 @@ pub struct Service {
     pub depends_on: Vec<Dependency>,
     pub failover: Option<Failover>,
     pub image: Option<String>,
+    pub limits: Limits,
+}
+
+/// `[services.NAME.limits]` (docs/spec-file.md §5.2), per replica; None: no limit.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Bytes: `memory.max`, else enforced by sampling.
+    pub memory: Option<u64>,
+    /// Bytes: `memory.high`.
+    pub memory_high: Option<u64>,
+    /// Cores: `cpu.max`.
+    pub cpu: Option<f64>,
+    /// `pids.max`.
+    pub pids: Option<u32>,
+    /// RLIMIT_NOFILE, soft and hard.
+    pub nofile: Option<u64>,
+    /// RLIMIT_CORE, bytes; `u64::MAX` is unlimited.
+    pub core: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -260,6 +278,7 @@ impl Service {
             depends_on: Vec::new(),
             failover: None,
             image: None,
+            limits: Limits::default(),
         }
     }
 
@@ -307,7 +326,7 @@ impl Service {
     /// can tell a replica started from a definition since edited.
     pub fn fingerprint(&self, spec_dir: &Path, index: u32) -> String {
         let plan = self.replica(spec_dir, index);
-        let definition = serde_json::json!([
+        let mut definition = serde_json::json!([
             plan.argv,
             plan.env,
             plan.cwd,
@@ -316,6 +335,22 @@ impl Service {
             self.stop_signal as i32,
             self.stop_timeout.as_millis() as u64,
         ]);
+        // Only when set, so a definition without limits keeps the
+        // fingerprint it had before limits existed.
+        if self.limits != Limits::default() {
+            let l = &self.limits;
+            definition
+                .as_array_mut()
+                .expect("an array")
+                .push(serde_json::json!([
+                    l.memory,
+                    l.memory_high,
+                    l.cpu,
+                    l.pids,
+                    l.nofile,
+                    l.core
+                ]));
+        }
         // FNV-1a: the same value from every build (std's hasher may change
         // between Rust releases, and a resume may run a newer binary).
         let hash = definition

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::validate::normalize;
 use super::{
-    Alert, AlertTarget, Condition, Health, HealthAction, Policy, Probe, Promote, RestartPolicy,
-    Service, Spec,
+    Alert, AlertTarget, Condition, Health, HealthAction, Limits, Policy, Probe, Promote,
+    RestartPolicy, Service, Spec,
 };
 
 /// Renders the plan of `spec`, ending with a newline.
@@ -86,6 +86,9 @@ fn render_service(out: &mut Vec<String>, spec: &Spec, service: &Service) {
     if let Some(image) = &service.image {
         out.push(field("image:", image.clone()));
     }
+    if let Some(limits) = limits(&service.limits) {
+        out.push(field("limits:", limits));
+    }
     if service.replicas == 0 {
         out.push("  no replicas: defined, not started (replicas = 0)".into());
     }
@@ -102,6 +105,26 @@ fn render_service(out: &mut Vec<String>, spec: &Spec, service: &Service) {
             out.push(format!("    {label}  {key}={}", shell_words::quote(value)));
         }
     }
+}
+
+/// `memory 512MiB, cpu 1.5, nofile 65536`, per replica; None without limits.
+fn limits(l: &Limits) -> Option<String> {
+    let size = crate::usage::size;
+    let parts: Vec<String> = [
+        l.memory.map(|b| format!("memory {}", size(b))),
+        l.memory_high.map(|b| format!("memory_high {}", size(b))),
+        l.cpu.map(|c| format!("cpu {c}")),
+        l.pids.map(|n| format!("pids {n}")),
+        l.nofile.map(|n| format!("nofile {n}")),
+        l.core.map(|b| match b {
+            u64::MAX => "core unlimited".to_string(),
+            b => format!("core {}", size(b)),
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| format!("{} (per replica)", parts.join(", ")))
 }
 
 fn condition(c: Condition) -> &'static str {

@@ -35,6 +35,7 @@ mod env_file;
 mod failover;
 mod graph;
 mod health;
+mod limits;
 mod ports;
 mod read;
 mod restart;

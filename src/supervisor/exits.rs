@@ -15,10 +15,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::Supervisor;
-use super::replica::{AfterStop, Incarnation, Phase, ReplicaId, Role};
+use super::replica::{AfterStop, Incarnation, Judged, Phase, ReplicaId, Role};
 use super::restart::{Decision, Ending};
-use crate::procfs;
 use crate::shim::protocol::{ExitRecord, read_record};
+use crate::{cgroup, procfs};
 
 impl Supervisor {
     /// Reaps every child that has exited: probe and alert commands, the
@@ -88,12 +88,20 @@ impl Supervisor {
     /// on, re-parented to us: find its processes by the replica's marker and
     /// kill them, so the restart meets no predecessor.
     pub(super) fn kill_leftovers(&mut self, id: &ReplicaId) {
-        let leftovers = procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
-        for &pid in &leftovers {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        if !leftovers.is_empty() {
-            let detail = format!("killed {} leftover process(es) of {id}", leftovers.len());
+        let killed = match self.leaf(&id.to_string()) {
+            // Its leaf holds them all, the environment they keep or not.
+            Some(leaf) => cgroup::kill_and_remove(&leaf, cgroup::LEFTOVER_WAIT),
+            None => {
+                let leftovers =
+                    procfs::with_marker(&procfs::marker(&id.to_string(), self.dir.root()));
+                for &pid in &leftovers {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                leftovers.len()
+            }
+        };
+        if killed > 0 {
+            let detail = format!("killed {killed} leftover process(es) of {id}");
             self.emit("leftovers_killed", Some(id), None, detail);
         }
     }
@@ -222,11 +230,20 @@ impl Supervisor {
         replica.last_exit = Some((outcome.clone(), SystemTime::now()));
         let since = match replica.phase {
             Phase::Stopping {
-                then: AfterStop::Judge,
+                then: AfterStop::Judge(why),
                 ..
             } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
-                return self.apply_policy(id, Ending::Unhealthy, Duration::ZERO, now);
+                let ending = match why {
+                    Judged::Unhealthy => Ending::Unhealthy,
+                    Judged::OverMemory => {
+                        // What `status` shows: the reason, not the stop signal.
+                        self.replica_mut(id).last_exit =
+                            Some((Ending::MemoryLimit, SystemTime::now()));
+                        Ending::MemoryLimit
+                    }
+                };
+                return self.apply_policy(id, ending, Duration::ZERO, now);
             }
             Phase::Stopping { then, .. } => {
                 self.emit("stopped", Some(id), pid, format!("stopped {id} ({how})"));
@@ -255,7 +272,12 @@ impl Supervisor {
             return None;
         };
         let policy = service.restart.clone();
-        let how = describe(&outcome);
+        let mut how = describe(&outcome);
+        if let (Ending::Oom | Ending::MemoryLimit, Some(limit)) = (&outcome, service.limits.memory)
+        {
+            how = format!("{how} (limit {})", crate::usage::size(limit));
+        }
+        let oom = outcome == Ending::Oom;
         let replica = self.replica_mut(id);
         let pid = replica.phase.pid();
         let jitter = fastrand::f64() * 2.0 - 1.0;
@@ -280,6 +302,11 @@ impl Supervisor {
             ),
         };
         replica.phase = phase;
+        if oom {
+            // Alertable and counted on its own; the `exited` or `failed`
+            // that follows says what comes next.
+            self.emit("oom", Some(id), pid, format!("{id} {how}"));
+        }
         self.emit(event, Some(id), pid, detail);
         self.check_exit_with(&id.service);
         Some(decision)
@@ -318,6 +345,8 @@ fn describe(outcome: &Ending) -> String {
         Ending::SpawnFailed => "could not start".into(),
         Ending::Unknown => "ended (exit status unknown)".into(),
         Ending::Unhealthy => "was unhealthy".into(),
+        Ending::Oom => "was killed by the OOM killer".into(),
+        Ending::MemoryLimit => "was stopped for going over its memory limit".into(),
     }
 }
 

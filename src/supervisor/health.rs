@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use super::replica::{AfterStop, Phase, ProbeTask, ReplicaId, Verdict};
+use super::replica::{AfterStop, Judged, Phase, ProbeTask, ReplicaId, Verdict};
 use super::{Message, Supervisor};
 use crate::procfs;
 use crate::reaper::Reaper;
@@ -255,7 +255,7 @@ impl Supervisor {
         };
         self.emit("unhealthy", Some(id), pid, detail);
         if health.action == HealthAction::Restart {
-            self.stop_replica(id, AfterStop::Judge);
+            self.stop_replica(id, AfterStop::Judge(Judged::Unhealthy));
         }
     }
 

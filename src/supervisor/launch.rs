@@ -94,6 +94,8 @@ impl Supervisor {
             tee_prefix: self.display.prefix(&name, position),
             respawn: respawn_leave(service, &history),
             definition: service.fingerprint(&self.spec.dir, id.index),
+            cgroup: self.leaf(&name),
+            limits: service.limits.clone(),
         };
         let _ = std::fs::remove_file(&config.exit_record);
         if role == Some(Role::Active) {

@@ -16,6 +16,7 @@ mod failover;
 mod health;
 mod journal;
 mod launch;
+mod memory;
 mod notify;
 mod plan;
 mod replica;
@@ -159,10 +160,11 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     sup.resume(checkpoint);
     sup.announce();
     // Reading and validating the spec is done with for this run.
-    crate::memory::release_startup_pages();
+    crate::pages::release_startup_pages();
 
     loop {
         let now = Instant::now();
+        sup.check_memory(now);
         let wake = sup.reconcile(now);
         if sup.finished() {
             sup.clean_shutdown = true;
@@ -170,6 +172,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             break;
         }
         let wake = earliest(wake, sup.checkpoint_due(now));
+        let wake = earliest(wake, sup.memory_check_due());
         let timer = async {
             match wake {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -189,7 +192,13 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         // is not rewritten) and to the metrics.
         sup.dirty = true;
         if let Some(metrics) = &sup.metrics {
-            metrics.update(&sup.status_report());
+            metrics.update(&sup.status_report(), |service, index| {
+                let id = ReplicaId {
+                    service: service.to_string(),
+                    index,
+                };
+                sup.replicas.get(&id).and_then(|r| sup.usage_source(r))
+            });
         }
     }
     let code = sup.exit_code();
@@ -215,10 +224,25 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     }
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
+    if let Some(dir) = &sup.cgroup {
+        // Empty unless replicas were left running (a forced exit).
+        let _ = std::fs::remove_dir(dir);
+    }
     // The zygote holds the display pipe until it sees its socket close.
     drop(sup.zygote.take());
     sup.display.finish().await;
     Ok(code)
+}
+
+/// The cgroup of this state dir's replicas (see [`crate::cgroup`]), unless
+/// there is no writable cgroup v2 here or `SUPERVISE_CGROUP=off`.
+fn cgroup_instance(state_dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    if crate::cgroup::switched_off() {
+        return None;
+    }
+    crate::cgroup::instance(state_dir)
+        .inspect_err(|e| tracing::debug!("replicas get no cgroup: {e}"))
+        .ok()
 }
 
 /// Descriptors the supervisor inherited beyond stdin, stdout and stderr (a
@@ -352,6 +376,15 @@ struct Supervisor {
     /// The notify socket is bound: from the start, or from the first reload
     /// that brought a notify service.
     notify_listening: bool,
+    /// The cgroup under which each replica gets its leaf (None: no cgroups).
+    cgroup: Option<std::path::PathBuf>,
+    /// The previous CPU reading of each replica, for `status`'s percentage.
+    cpu_percent: crate::usage::CpuPercent,
+    /// The leaves have a memory controller: `limits.memory` is the
+    /// kernel's to enforce, not ours to sample (see `memory`).
+    kernel_memory: bool,
+    /// When sampled memory limits were last checked.
+    memory_checked: Instant,
 }
 
 impl Supervisor {
@@ -364,6 +397,7 @@ impl Supervisor {
         metrics: Option<Arc<Metrics>>,
         notify_socket: String,
     ) -> Supervisor {
+        let cgroup = cgroup_instance(dir.root());
         let reaper = Reaper::default();
         let alerts = Alerts::start(&spec, reaper.clone());
         Supervisor {
@@ -390,7 +424,29 @@ impl Supervisor {
             reports,
             notify_socket,
             notify_listening: false,
+            kernel_memory: cgroup.as_deref().is_some_and(|dir| {
+                crate::cgroup::leaf_controllers(dir)
+                    .iter()
+                    .any(|c| c == "memory")
+            }),
+            cgroup,
+            cpu_percent: Default::default(),
+            memory_checked: Instant::now(),
         }
+    }
+
+    /// Where the usage of `replica` is read, while it has processes.
+    fn usage_source(&self, replica: &Replica) -> Option<crate::usage::Source> {
+        let shim = replica.phase.shim()?;
+        Some(match self.leaf(&replica.id.to_string()) {
+            Some(leaf) => crate::usage::Source::Leaf(leaf),
+            None => crate::usage::Source::Shim(shim),
+        })
+    }
+
+    /// Replica `name`'s cgroup leaf, when replicas get one.
+    fn leaf(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.cgroup.as_ref().map(|dir| dir.join(name))
     }
 
     /// Binds the notify socket, unless it is bound already.
@@ -577,7 +633,7 @@ impl Supervisor {
                     self.set_phase(id, Phase::Stopped);
                 }
             }
-            AfterStop::Start | AfterStop::Judge => {
+            AfterStop::Start | AfterStop::Judge(_) => {
                 let replica = self.replica_mut(id);
                 replica.phase = Phase::Pending;
                 replica.history = Default::default();
@@ -706,11 +762,15 @@ impl Supervisor {
                     pid,
                     code,
                     signal,
+                    oom,
                 }),
                 phase,
             ) => {
                 if let Some(shim) = phase.shim() {
-                    let outcome = restart::Ending::ended(code, signal);
+                    let outcome = match oom {
+                        true => restart::Ending::Oom,
+                        false => restart::Ending::ended(code, signal),
+                    };
                     self.on_respawned(&report.id, shim, generation, pid, outcome);
                 }
             }

@@ -193,7 +193,7 @@ impl<'a> Planner<'_, 'a> {
             (_, AfterStop::Remove) => Step::Gone,
             (s @ (Step::Exited | Step::Failed), AfterStop::Stay) => s,
             (_, AfterStop::Stay) => Step::Stopped,
-            (_, AfterStop::Start | AfterStop::Judge) => Step::Pending,
+            (_, AfterStop::Start | AfterStop::Judge(_)) => Step::Pending,
         };
         if r.role() == Some(Role::Active) {
             self.demoted.push(r.id.clone());

@@ -142,8 +142,16 @@ pub enum AfterStop {
     Start,
     /// Forgotten (scaled down, service removed by a reload).
     Remove,
-    /// Judged by the restart policy as a failure (it was unhealthy).
-    Judge,
+    /// Judged by the restart policy as a failure, for this reason.
+    Judge(Judged),
+}
+
+/// Why a replica we stopped ended in failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    Unhealthy,
+    /// Over `limits.memory` by sampling.
+    OverMemory,
 }
 
 /// What the health probe says of the current incarnation.

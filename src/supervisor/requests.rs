@@ -221,8 +221,9 @@ impl Supervisor {
     }
 
     /// The report, or with `render` the report as `status` prints it.
-    fn status_answer(&self, services: &[String], render: Option<Render>) -> Answer {
-        let report = self.status_report();
+    fn status_answer(&mut self, services: &[String], render: Option<Render>) -> Answer {
+        let mut report = self.status_report();
+        self.add_usage(&mut report);
         let Some(render) = render else {
             return Answer::Reply(Reply::ok(Reply_::Status(report)));
         };
@@ -233,6 +234,40 @@ impl Supervisor {
                 failure.message.unwrap_or_default(),
             )),
         }
+    }
+
+    /// Fills in what each replica with processes uses, sampled now: only a
+    /// request pays for it (docs/commands.md §8).
+    fn add_usage(&mut self, report: &mut StatusReport) {
+        let now = Instant::now();
+        for service in &mut report.services {
+            for shown in &mut service.replicas {
+                let id = ReplicaId {
+                    service: service.name.clone(),
+                    index: shown.index,
+                };
+                let Some(source) = self.replicas.get(&id).and_then(|r| self.usage_source(r)) else {
+                    continue;
+                };
+                let usage = source.sample();
+                shown.cpu_seconds = usage.cpu.map(|cpu| cpu.as_secs_f64());
+                shown.memory_bytes = usage.memory;
+                shown.processes = usage.processes;
+                let started = self.replicas[&id]
+                    .phase
+                    .run()
+                    .and_then(|run| run.started_at)
+                    .and_then(|at| SystemTime::now().duration_since(at).ok())
+                    .and_then(|age| now.checked_sub(age))
+                    .unwrap_or(now);
+                shown.cpu_percent = usage
+                    .cpu
+                    .and_then(|cpu| self.cpu_percent.percent(&id.to_string(), cpu, now, started));
+            }
+        }
+        let replicas = &self.replicas;
+        self.cpu_percent
+            .retain(|name| replicas.keys().any(|id| id.to_string() == name));
     }
 
     pub(super) fn status_report(&self) -> StatusReport {
@@ -340,6 +375,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
                 _ => None,
             },
             signal: match outcome {
+                Ending::Oom => Some("SIGKILL".to_string()),
                 Ending::Signal(s) => Some(
                     nix::sys::signal::Signal::try_from(*s)
                         .map_or_else(|_| format!("signal {s}"), |sig| sig.as_str().to_string()),
@@ -347,6 +383,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
                 _ => None,
             },
             at: rfc3339(*at),
+            reason: outcome.reason().map(str::to_string),
         }),
         restart_at: match r.phase {
             Phase::Backoff { until } => Some(rfc3339(

@@ -19,6 +19,12 @@ pub enum Ending {
     Unknown,
     /// Stopped by us because its health checks failed.
     Unhealthy,
+    /// Killed by the kernel's OOM killer (its cgroup's `memory.events`
+    /// counted an `oom_kill` during the run).
+    Oom,
+    /// Stopped by us for going over `limits.memory` (by sampling, where the
+    /// kernel cannot enforce it).
+    MemoryLimit,
 }
 
 impl Ending {
@@ -35,7 +41,18 @@ impl Ending {
     pub fn of_record(record: &crate::shim::protocol::ExitRecord) -> Ending {
         match record.spawn_error {
             Some(_) => Ending::SpawnFailed,
+            None if record.oom => Ending::Oom,
             None => Ending::ended(record.code, record.signal),
+        }
+    }
+
+    /// Why it ended, beyond a code or signal (`last_exit.reason`).
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Ending::Unhealthy => Some("unhealthy"),
+            Ending::Oom => Some("oom"),
+            Ending::MemoryLimit => Some("memory limit"),
+            _ => None,
         }
     }
 
@@ -50,7 +67,8 @@ impl Ending {
             Ending::Code(c) => *c,
             Ending::Signal(s) => 128 + s,
             Ending::SpawnFailed => 127,
-            Ending::Unknown | Ending::Unhealthy => 1,
+            Ending::Oom => 128 + nix::libc::SIGKILL,
+            Ending::Unknown | Ending::Unhealthy | Ending::MemoryLimit => 1,
         }
     }
 }

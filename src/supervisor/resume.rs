@@ -23,8 +23,8 @@ use super::Supervisor;
 use super::checkpoint::{Checkpoint, ReplicaMemo, Settled};
 use super::replica::{AfterStop, Incarnation, Phase, Replica, ReplicaId, Verdict};
 use super::restart::Ending;
-use crate::procfs;
 use crate::shim::protocol::{ExitRecord, RunningRecord, read_record};
+use crate::{cgroup, procfs};
 
 /// What a resume found, for its one summary line.
 #[derive(Default)]
@@ -131,6 +131,13 @@ impl Supervisor {
                 self.exited_while_down(id, outcome, record.at);
             }
             _ if was_live => {
+                // A leaf elsewhere: the record of a supervisor that ran in
+                // another cgroup of its own.
+                if let Some(leaf) = running.and_then(|r| r.cgroup)
+                    && Some(&leaf) != self.leaf(&name).as_ref()
+                {
+                    cgroup::kill_and_remove(&leaf, cgroup::LEFTOVER_WAIT);
+                }
                 let _ = std::fs::remove_file(self.dir.running_record(&name));
                 found.unknown += 1;
                 self.exited_while_down(id, Ending::Unknown, SystemTime::now());
@@ -159,6 +166,13 @@ impl Supervisor {
         }
         let marker = procfs::marker(name, self.dir.root());
         let pid = procfs::command_of(Pid::from_raw(i32::try_from(shim).ok()?), &marker)?;
+        let leaf = self.leaf(name);
+        if leaf
+            .as_ref()
+            .is_some_and(|leaf| !cgroup::contains(leaf, pid))
+        {
+            return None;
+        }
         let record = RunningRecord {
             generation: memo.generation,
             shim_pid: shim,
@@ -169,6 +183,7 @@ impl Supervisor {
             started_at: procfs::started_at(pid).unwrap_or_else(SystemTime::now),
             respawns: true,
             definition: None,
+            cgroup: leaf,
         };
         Some((pidfd, record))
     }
@@ -277,9 +292,22 @@ impl Supervisor {
         self.apply_policy(id, outcome, uptime, Instant::now());
     }
 
-    /// Kills marked processes of this state dir whose replica has no
+    /// Kills what is in a leaf whose replica has no adopted shim; without
+    /// cgroups, marked processes of this state dir whose replica has no
     /// adopted shim, or that are not in that shim's tree.
     fn sweep_strays(&self) -> usize {
+        if let Some(dir) = &self.cgroup {
+            return cgroup::leaves(dir)
+                .into_iter()
+                .filter(|(name, _)| {
+                    !self
+                        .replicas
+                        .values()
+                        .any(|r| r.id.to_string() == *name && r.phase.shim().is_some())
+                })
+                .map(|(_, leaf)| cgroup::kill_and_remove(&leaf, cgroup::LEFTOVER_WAIT))
+                .sum();
+        }
         let mut killed = 0;
         let marked = procfs::marked_by_state_dir(self.dir.root());
         // Read after the markers: a process that exists in `marked` is in
@@ -311,8 +339,15 @@ fn verified(shim: u32, record: &RunningRecord) -> Option<OwnedFd> {
     let pidfd = procfs::pidfd_open(shim).ok()?;
     let same_shim = procfs::start_time(shim) == Some(record.shim_start);
     // The command may have exited already, its shim still stopping the rest.
+    // Alive, it must be in the leaf its shim recorded.
     let command_ok = match procfs::start_time(record.pid) {
-        Some(start) => start == record.pid_start,
+        Some(start) => {
+            start == record.pid_start
+                && record
+                    .cgroup
+                    .as_ref()
+                    .is_none_or(|leaf| cgroup::contains(leaf, record.pid))
+        }
         None => true,
     };
     (same_shim && command_ok).then_some(pidfd)

@@ -24,5 +24,6 @@ pub fn service(name: &str, replicas: u32) -> Service {
         depends_on: vec![],
         failover: None,
         image: None,
+        limits: Default::default(),
     }
 }

@@ -34,6 +34,18 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use regex::Regex;
 
+/// Removes the empty cgroup leaves a state dir's killed shims left behind
+/// (and its cgroup, if then empty): the kernel keeps them otherwise. Only
+/// empty ones: a later supervisor on the same state dir may still run.
+pub fn remove_cgroups(state_dir: &Path) {
+    if let Ok(dir) = ::supervise::cgroup::instance_path(state_dir) {
+        for (_, leaf) in ::supervise::cgroup::leaves(&dir) {
+            let _ = std::fs::remove_dir(leaf);
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
 /// The variable every process of one test run carries.
 pub const MARKER_VAR: &str = "SUPERVISE_TEST_MARKER";
 

@@ -207,6 +207,7 @@ impl Drop for Project {
             );
         }
         let left = kill_marked(&self.marker, Duration::from_secs(5));
+        remove_cgroups(&self.state_dir());
         if !left.is_empty() {
             eprintln!(
                 "processes of marker {} survived cleanup: {left:?}",

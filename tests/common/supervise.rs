@@ -439,7 +439,9 @@ impl Supervise {
                 self.status = self.child.wait().ok();
             }
         }
-        kill_marked(&self.marker, Duration::from_secs(5))
+        let left = kill_marked(&self.marker, Duration::from_secs(5));
+        remove_cgroups(&self.state_dir());
+        left
     }
 }
 

@@ -19,6 +19,8 @@ const EVENTS: &[&str] = &[
     "failed",
     "scaled",
     "reloaded",
+    "oom",
+    "memory_limit",
 ];
 
 impl Checker<'_> {

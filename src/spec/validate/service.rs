@@ -37,6 +37,7 @@ const SERVICE_KEYS: &[&str] = &[
     "depends_on",
     "failover",
     "image",
+    "limits",
 ];
 
 /// A user id or group id given by name or by number.
@@ -138,6 +139,7 @@ impl Checker<'_> {
         let (depends_on, dependency_at) = self.depends_on(&t, name, names);
         service.depends_on = depends_on;
         service.failover = self.failover(&t, name);
+        service.limits = self.limits(&t, name);
         service.image = self
             .field(&t, "image", |c, k, v| c.string(k, v, STRING_HINT))
             .map(str::to_string);
