@@ -351,6 +351,7 @@ mod tests {
             code: None,
             signal: Some("SIGKILL".into()),
             at: "2026-11-23T12:03:07Z".into(),
+            reason: None,
         });
         let dir = tempfile::tempdir().unwrap();
         let mut app = App::new(r, dir.path().to_path_buf(), false);
@@ -375,7 +376,7 @@ mod tests {
             "db 1/1               running",
             "  db.0      1000     running    healthy   -       0        -       -      -       -",
             "api 1/2              degraded",
-            "  api.0     1000     running    healthy   -       2        1m12s   12.5%  12.3M   -",
+            "  api.0     1000     running    healthy   -       2        1m12s   12.5%  12.3MiB -",
             "  api.1     -        backoff    unknown   -       0        -       -      -       SIGKILL (5s ago)",
             "",
             "┌ log of db.0 (following) ─────────────────────────────────────────────────────────────────────────┐",
