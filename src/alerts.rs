@@ -632,7 +632,8 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             drop(listener);
-            crate::metrics::serve(addr, Default::default()).unwrap();
+            let (calls, _) = tokio::sync::mpsc::unbounded_channel();
+            crate::metrics::serve(addr, Default::default(), calls).unwrap();
             let hook =
                 WebhookTarget::new(&format!("http://{addr}/metrics"), Duration::from_secs(5))
                     .unwrap();

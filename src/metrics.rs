@@ -48,9 +48,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::control::protocol::{EventRecord, StatusReport};
+use crate::control;
+use crate::control::protocol::{EventRecord, Outcome, StatusReport};
+use crate::control::server::{Answer, Call};
 use crate::status_page;
 use crate::usage::Source;
 
@@ -122,7 +124,6 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Page {
-    report: Option<StatusReport>,
     /// The last [`PAGE_EVENTS`], oldest first.
     events: VecDeque<EventRecord>,
 }
@@ -255,12 +256,10 @@ impl Metrics {
     }
 
     /// The current state of every service and replica, and where each
-    /// one's usage is read (`source`); the report is kept for the status
-    /// page. Called after every event of the loop: known replicas cost a
-    /// map look-up and a few atomic stores each; only new and vanished ones
-    /// touch the families.
+    /// one's usage is read (`source`). Called after every event of the
+    /// loop: known replicas cost a map look-up and a few atomic stores
+    /// each; only new and vanished ones touch the families.
     pub fn update(&self, report: &StatusReport, source: impl Fn(&str, u32) -> Option<Source>) {
-        self.page().report = Some(report.clone());
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.epoch += 1;
         let epoch = seen.epoch;
@@ -372,18 +371,10 @@ impl Metrics {
         self.page.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The status page.
-    pub fn status_page(&self) -> String {
+    /// The status page of `report`, with the last events.
+    pub fn status_page(&self, report: Option<&StatusReport>) -> String {
         let mut page = self.page();
-        let Page { report, events } = &mut *page;
-        status_page::html(report.as_ref(), events.make_contiguous(), SystemTime::now())
-    }
-
-    /// `status --json`'s document, once there is a report.
-    pub fn status_json(&self) -> Option<String> {
-        let page = self.page();
-        let report = page.report.as_ref()?;
-        Some(serde_json::to_string_pretty(report).expect("a report always serialises") + "\n")
+        status_page::html(report, page.events.make_contiguous(), SystemTime::now())
     }
 
     /// Reads what each replica with processes uses: at a scrape only.
@@ -457,16 +448,41 @@ impl Metrics {
 
 /// Binds `addr` (and only it) now, so that a bad or busy address is the
 /// caller's error, then serves `GET /metrics` in a task of the current
-/// runtime until the process exits.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// runtime until the process exits. The status page and `/status.json` ask
+/// the event loop for a report through `calls`, as `supervise status` does
+/// over the control socket: the same document, usage sampled at the request.
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    calls: mpsc::UnboundedSender<Call>,
+) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    tokio::spawn(accept(listener, metrics));
+    tokio::spawn(accept(listener, metrics, calls));
     Ok(())
 }
 
-async fn accept(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+/// The loop's status report, or None while it cannot answer (it is going
+/// down).
+async fn current_report(calls: &mpsc::UnboundedSender<Call>) -> Option<StatusReport> {
+    let (answer, answered) = oneshot::channel();
+    let request = control::protocol::Request::status();
+    calls.send(Call { request, answer }).ok()?;
+    match answered.await.ok()? {
+        Answer::Reply(control::protocol::Reply {
+            result: Some(Outcome::Status(report)),
+            ..
+        }) => Some(report),
+        _ => None,
+    }
+}
+
+async fn accept(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    calls: mpsc::UnboundedSender<Call>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -482,10 +498,18 @@ async fn accept(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             continue; // dropping the stream closes it
         };
         let metrics = Arc::clone(&metrics);
+        let calls = calls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
+                let calls = calls.clone();
+                async move {
+                    let report = match req.uri().path() {
+                        "/" | "/status.json" => current_report(&calls).await,
+                        _ => None,
+                    };
+                    Ok::<_, Infallible>(respond(&req, &metrics, report.as_ref()))
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -500,7 +524,11 @@ async fn accept(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    report: Option<&StatusReport>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &'static str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -536,7 +564,7 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
             let mut page = reply(
                 StatusCode::OK,
                 "text/html; charset=utf-8",
-                metrics.status_page(),
+                metrics.status_page(report),
             );
             page.headers_mut().insert(
                 CONTENT_SECURITY_POLICY,
@@ -550,8 +578,12 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
             status_page::SCRIPT.into(),
         ),
         "/page.css" => reply(StatusCode::OK, "text/css", status_page::STYLE.into()),
-        "/status.json" => match metrics.status_json() {
-            Some(json) => reply(StatusCode::OK, "application/json", json),
+        "/status.json" => match report {
+            Some(report) => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(report).expect("a report always serialises") + "\n",
+            ),
             None => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 TEXT,

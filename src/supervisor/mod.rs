@@ -118,7 +118,8 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         }
     };
     let (calls_tx, mut calls) = mpsc::unbounded_channel();
-    server::listen(&dir.socket(), calls_tx).map_err(|e| setup("open the control socket", e))?;
+    server::listen(&dir.socket(), calls_tx.clone())
+        .map_err(|e| setup("open the control socket", e))?;
     let width = spec
         .services
         .iter()
@@ -139,7 +140,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let metrics = match spec.supervisor.metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::default());
-            metrics::serve(addr, Arc::clone(&m))
+            metrics::serve(addr, Arc::clone(&m), calls_tx)
                 .map_err(|e| setup(&format!("serve metrics on {addr}"), e))?;
             Some(m)
         }
