@@ -26,6 +26,7 @@ pub mod alerts;
 pub mod cli;
 pub mod commands;
 pub mod control;
+pub mod etcd;
 pub mod exit;
 pub mod export;
 pub mod http;

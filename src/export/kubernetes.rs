@@ -370,7 +370,12 @@ fn translate(
             ),
         );
     }
-    if let Some(Failover { promote: _ }) = failover {
+    if let Some(Failover {
+        promote: _,
+        scope: _,
+        demote: _,
+    }) = failover
+    {
         warnings.add(
             place,
             "failover cannot be expressed in Kubernetes (every pod of a workload is equal); \

@@ -21,8 +21,10 @@
 //! Requests come as signals: SIGTERM (or SIGINT/SIGHUP) = stop gracefully
 //! (stop signal to the whole tree, SIGKILL after the stop timeout), SIGUSR1 =
 //! kill the tree now, SIGUSR2 = give up the respawn leave (exit when the
-//! replica ends, as without one).
+//! replica ends, as without one), SIGWINCH = read the fencing order again
+//! (see [`fence`]).
 
+mod fence;
 mod logfile;
 pub mod protocol;
 mod spawn;
@@ -126,6 +128,17 @@ impl Tree {
         }
     }
 
+    /// Fencing: the stop signal now, SIGKILL after `kill_after` at most
+    /// (the fencing margin), whatever the stop timeout.
+    fn stop_within(&mut self, kill_after: Duration) {
+        if let Phase::Running = self.phase {
+            self.stop();
+            if let Phase::Stopping { deadline, .. } = &mut self.phase {
+                *deadline = (*deadline).min(Instant::now() + kill_after);
+            }
+        }
+    }
+
     fn kill(&mut self) {
         self.phase = Phase::Killing;
         let _ = self.signal_all(Signal::SIGKILL);
@@ -150,7 +163,7 @@ impl Tree {
 
     fn on_signal(&mut self, signal: Signal) {
         match signal {
-            Signal::SIGCHLD => {}
+            Signal::SIGCHLD | protocol::FENCE_SIGNAL => {}
             Signal::SIGUSR2 => self.leave_revoked = true,
             Signal::SIGUSR1 => {
                 self.asked_to_stop = true;
@@ -393,7 +406,9 @@ fn run(config: ShimConfig) -> i32 {
         child.id(),
         &Status::Started { pid: child.id() },
     );
-    if config.ready_pattern.is_none() && config.respawn.is_none() {
+    let mut fence = config.fence.as_ref().map(fence::Fence::new);
+    // A fenced replica is said on it.
+    if config.ready_pattern.is_none() && config.respawn.is_none() && fence.is_none() {
         close_status_pipe();
     }
     let mut tree = Tree::new(&config, child.id());
@@ -413,7 +428,8 @@ fn run(config: ShimConfig) -> i32 {
     let mut generation = config.generation;
     let mut respawn = config.respawn.clone();
     loop {
-        if let Err(code) = supervise_tree(&mut tree, &mut output, &mut running, &signals) {
+        if let Err(code) = supervise_tree(&mut tree, &mut output, &mut running, &signals, &mut fence)
+        {
             return code;
         }
         output.finish(&config.replica);
@@ -465,16 +481,17 @@ fn supervise_tree(
     output: &mut Output,
     running: &mut Running,
     signals: &Signals,
+    fence: &mut Option<fence::Fence>,
 ) -> Result<(), i32> {
     loop {
         let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        let wait = match (tree.wait(), running.wait()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wait = [tree.wait(), running.wait(), fence.as_ref().and_then(|f| f.wait())]
+            .into_iter()
+            .flatten()
+            .min();
         if let Err(e) = poll(&mut fds, poll_timeout(wait))
             && e != Errno::EINTR
         {
@@ -488,7 +505,13 @@ fn supervise_tree(
         // poll leaves no readiness behind, and a stop or revoke that came
         // with the replica's death must be seen before it is respawned.
         for signal in signals.take() {
+            if let (protocol::FENCE_SIGNAL, Some(fence)) = (signal, fence.as_mut()) {
+                fence.reload();
+            }
             tree.on_signal(signal);
+        }
+        if let Some(token) = fence.as_mut().and_then(|f| f.act_if_due(tree)) {
+            report(&Status::Fenced { token });
         }
         let gone = tree.reap();
         output.on_ready(&ready[1..]);
@@ -558,13 +581,14 @@ fn claim(config: &ShimConfig) -> Result<Flock<File>, String> {
 }
 
 /// The signals the shim acts on.
-const WATCHED: [Signal; 6] = [
+const WATCHED: [Signal; 7] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
+    protocol::FENCE_SIGNAL,
 ];
 
 /// The shim's signals, caught: each handler sets its flag and writes a byte
@@ -584,7 +608,12 @@ impl Signals {
         let _ = poll(&mut fds, poll_timeout(Some(wait)));
         self.take()
             .into_iter()
-            .any(|signal| !matches!(signal, Signal::SIGCHLD | Signal::SIGUSR2))
+            .any(|signal| {
+                !matches!(
+                    signal,
+                    Signal::SIGCHLD | Signal::SIGUSR2 | protocol::FENCE_SIGNAL
+                )
+            })
     }
 
     /// The signals that came since the last call; empties the self-pipe.

@@ -46,6 +46,22 @@ pub struct SupervisorSettings {
     pub log_max_size: u64,
     pub log_keep: u32,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[supervisor.cluster]`: failover across supervisors (docs/spec-file.md §14).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Where the supervisors of a cluster meet: an etcd cluster, and this
+/// supervisor's name among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// `http://` URLs of etcd members, tried in order.
+    pub etcd: Vec<String>,
+    /// A DNS label; default: the host name.
+    pub node: String,
+    /// Keys live under it; no trailing `/`.
+    pub prefix: String,
+    /// TTL of this node's lease; at least 3 s.
+    pub lease: Duration,
 }
 
 impl SupervisorSettings {
@@ -58,6 +74,7 @@ impl SupervisorSettings {
             log_max_size: 10 << 20,
             log_keep: 5,
             metrics: None,
+            cluster: None,
         }
     }
 }
@@ -213,6 +230,25 @@ pub enum Promote {
 pub struct Failover {
     /// `None` = no hook: the role is only announced through `SUPERVISE_ROLE` and events.
     pub promote: Option<Promote>,
+    pub scope: Scope,
+    /// Cluster scope: how the active is told it lost the role. `None`: it
+    /// is stopped (and restarts as a standby).
+    pub demote: Option<Promote>,
+}
+
+/// Among whose replicas there is one active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This supervisor's.
+    Local,
+    /// Every supervisor's of the `[supervisor.cluster]` prefix.
+    Cluster,
+}
+
+impl Failover {
+    pub fn is_cluster(&self) -> bool {
+        self.scope == Scope::Cluster
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -276,6 +312,7 @@ impl Service {
             replica: index,
             port,
             pid: None,
+            token: None,
         };
         let argv = self.command.iter().map(|a| expand(a, &vars)).collect();
         let mut env: Vec<(String, String)> = self
@@ -331,6 +368,13 @@ impl Service {
 impl Spec {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The services whose active is elected across the cluster.
+    pub fn cluster_services(&self) -> impl Iterator<Item = &Service> {
+        self.services
+            .iter()
+            .filter(|s| s.failover.as_ref().is_some_and(Failover::is_cluster))
     }
 }
 

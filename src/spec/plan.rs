@@ -209,6 +209,8 @@ mod tests {
         api.health = Some(Health::with_defaults(Probe::Tcp("127.0.0.1:{port}".into())));
         api.failover = Some(Failover {
             promote: Some(Promote::Signal(Signal::SIGUSR1)),
+            scope: crate::spec::Scope::Local,
+            demote: None,
         });
         let spec = Spec {
             path: "s.toml".into(),

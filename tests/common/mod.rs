@@ -11,10 +11,12 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod cluster;
 mod events;
 mod project;
 mod supervise;
 
+pub use cluster::*;
 pub use events::*;
 pub use project::*;
 pub use supervise::*;
