@@ -67,6 +67,151 @@ fn kill9_of_the_active_nodes_supervisor_fences_its_active_before_another_takes_o
         verdict.terms.len(),
         verdict.longest_gap
     );
-    assert!(old.to - killed_at < LEASE.as_secs_f64(), "fenced before the lease ends");
+    assert!(
+        old.to - killed_at < LEASE.as_secs_f64(),
+        "fenced before the lease ends"
+    );
     assert!(t - killed_at < max_gap() + 1.0);
+}
+
+#[test]
+fn a_supervisor_frozen_past_its_lease_is_fenced_and_not_active_again_without_an_election() {
+    let (_etcd, machines, (_, leader, token)) = cluster(1, 2);
+    let i = index_of(&machines, &leader);
+    let frozen_at = monotonic();
+    machines.node(i).signal(Signal::SIGSTOP);
+    let other = wait_until(Duration::from_secs(15), || {
+        machines.last_write().is_some_and(|(_, n, _)| n != leader)
+    });
+    // Frozen for twice the lease in all.
+    let thaw = Instant::now() + 2 * LEASE;
+    while Instant::now() < thaw && other {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    machines.node(i).signal(Signal::SIGCONT);
+    assert!(other, "no other node took over while {leader} was frozen");
+    let thawed_at = monotonic();
+    // It finds itself fenced and campaigns again, as a follower.
+    machines.node(i).expect("fenced", "db");
+    let settled = Instant::now() + LEASE;
+    while Instant::now() < settled {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let verdict = check_active_log(&machines.log(), max_gap(), &[]).expect("the checker");
+    let old = verdict.terms.iter().find(|t| t.token == token).unwrap();
+    eprintln!(
+        "SIGSTOP of {leader}: its active's last write {:.3}s after the freeze; terms {:?}",
+        old.to - frozen_at,
+        verdict
+            .terms
+            .iter()
+            .map(|t| (&t.node, t.token))
+            .collect::<Vec<_>>()
+    );
+    assert!(old.to - frozen_at < LEASE.as_secs_f64());
+    assert!(
+        !verdict
+            .terms
+            .iter()
+            .any(|t| t.node == leader && t.token == token && t.to > thawed_at),
+        "the thawed node wrote again under its old token"
+    );
+    assert_eq!(machines.actives().len(), 1, "{:?}", machines.actives());
+}
+
+#[test]
+fn stop_of_the_active_and_down_of_its_node_hand_over_in_under_a_second() {
+    let (_etcd, mut machines, (_, leader, _)) = cluster(1, 3);
+    let i = index_of(&machines, &leader);
+    let asked = monotonic();
+    machines.run(i, &["stop", "db.0"]).expect(0);
+    let (t, next, _) = machines
+        .active_after(asked, Duration::from_secs(10))
+        .filter(|(_, n, _)| *n != leader)
+        .or_else(|| {
+            wait_until(Duration::from_secs(10), || {
+                machines.last_write().is_some_and(|(_, n, _)| n != leader)
+            });
+            machines.last_write()
+        })
+        .unwrap();
+    let stop_handover = t - asked;
+    let j = index_of(&machines, &next);
+    let asked = monotonic();
+    machines.run(j, &["down"]).expect(0);
+    let ok = wait_until(Duration::from_secs(10), || {
+        machines
+            .last_write()
+            .is_some_and(|(t, n, _)| n != next && t > asked)
+    });
+    assert!(ok, "no node took over after down of {next}");
+    let (t, third, _) = machines.last_write().unwrap();
+    let down_handover = t - asked;
+    eprintln!(
+        "stop of {leader}'s active: {next} writes {stop_handover:.3}s later; down of {next}: {third} writes {down_handover:.3}s later"
+    );
+    assert!(stop_handover < 1.0, "{stop_handover}");
+    assert!(down_handover < 1.0, "{down_handover}");
+    check_active_log(&machines.log(), max_gap(), &[]).expect("the checker");
+    machines.nodes[j] = None;
+}
+
+#[test]
+fn without_etcd_no_node_is_active_after_the_deadline_and_election_resumes_when_it_returns() {
+    let (mut etcd, machines, (_, leader, token)) = cluster(1, 2);
+    let down_at = monotonic();
+    etcd.kill(0);
+    // Twice the lease without etcd.
+    let back = Instant::now() + 2 * LEASE;
+    while Instant::now() < back {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before_return = machines.last_write().unwrap();
+    assert!(
+        before_return.0 - down_at < LEASE.as_secs_f64(),
+        "{leader} (token {token}) still writes {:.3}s after etcd went",
+        before_return.0 - down_at
+    );
+    machines
+        .node(0)
+        .expect_said("cluster: no quorum", Duration::from_secs(5));
+    assert!(machines.actives().is_empty(), "{:?}", machines.actives());
+    etcd.restart(0);
+    let back_at = monotonic();
+    let again = machines
+        .active_after(back_at, Duration::from_secs(20))
+        .expect("an active once etcd is back");
+    eprintln!(
+        "etcd down: last write {:.3}s after it went; active again {:.3}s after it returned ({} token {})",
+        before_return.0 - down_at,
+        again.0 - back_at,
+        again.1,
+        again.2
+    );
+    assert!(again.2 > token);
+    let excused = [(down_at, back_at + max_gap())];
+    check_active_log(&machines.log(), max_gap(), &excused).expect("the checker");
+}
+
+#[test]
+fn check_warns_of_an_unreachable_etcd_but_accepts_the_spec() {
+    let p = Project::new(&format!(
+        "[supervisor.cluster]\netcd = [\"http://127.0.0.1:{}\"]\nnode = \"a\"\n\
+         [services.db]\ncommand = \"sleep 1\"\nreplicas = 2\n\
+         [services.db.failover]\nmode = \"active-standby\"\nscope = \"cluster\"\n",
+        free_port()
+    ));
+    let ran = p.run(&["check"]);
+    ran.expect(0);
+    assert!(
+        ran.stderr
+            .contains("warning: etcd endpoint http://127.0.0.1:")
+            && ran.stderr.contains("does not answer"),
+        "{ran:#?}"
+    );
+    assert!(
+        ran.stdout
+            .contains("one active across the cluster (node a of /supervise"),
+        "{ran:#?}"
+    );
 }

@@ -163,6 +163,11 @@ invalid! {
     alert_two_targets: 8, "both `command` and `webhook`";
     alerts_not_array: 5, "expected an array of tables for `alerts`";
     bad_metrics: 3, "invalid address \"localhost\" in `metrics`";
+    // cluster
+    cluster_short_lease: 5, "`lease` must be whole seconds, at least 3s";
+    cluster_bad_node: 4, "`node` \"db_A\" is not a DNS label";
+    cluster_scope_without_cluster: 8, "`scope = \"cluster\"` needs a [supervisor.cluster] table";
+    cluster_https_endpoint: 3, "`etcd` endpoints are http://HOST:PORT URLs";
 }
 
 #[test]

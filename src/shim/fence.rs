@@ -87,7 +87,9 @@ impl<'c> Fence<'c> {
                     }
                 }
             }
-            Demote::Stop { kill_after_ms } => tree.stop_within(Duration::from_millis(*kill_after_ms)),
+            Demote::Stop { kill_after_ms } => {
+                tree.stop_within(Duration::from_millis(*kill_after_ms))
+            }
         }
         Some(order.token)
     }

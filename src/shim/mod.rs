@@ -428,7 +428,8 @@ fn run(config: ShimConfig) -> i32 {
     let mut generation = config.generation;
     let mut respawn = config.respawn.clone();
     loop {
-        if let Err(code) = supervise_tree(&mut tree, &mut output, &mut running, &signals, &mut fence)
+        if let Err(code) =
+            supervise_tree(&mut tree, &mut output, &mut running, &signals, &mut fence)
         {
             return code;
         }
@@ -488,10 +489,14 @@ fn supervise_tree(
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        let wait = [tree.wait(), running.wait(), fence.as_ref().and_then(|f| f.wait())]
-            .into_iter()
-            .flatten()
-            .min();
+        let wait = [
+            tree.wait(),
+            running.wait(),
+            fence.as_ref().and_then(|f| f.wait()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let Err(e) = poll(&mut fds, poll_timeout(wait))
             && e != Errno::EINTR
         {
@@ -606,14 +611,12 @@ impl Signals {
     fn stop_requested_within(&self, wait: Duration) -> bool {
         let mut fds = [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, poll_timeout(Some(wait)));
-        self.take()
-            .into_iter()
-            .any(|signal| {
-                !matches!(
-                    signal,
-                    Signal::SIGCHLD | Signal::SIGUSR2 | protocol::FENCE_SIGNAL
-                )
-            })
+        self.take().into_iter().any(|signal| {
+            !matches!(
+                signal,
+                Signal::SIGCHLD | Signal::SIGUSR2 | protocol::FENCE_SIGNAL
+            )
+        })
     }
 
     /// The signals that came since the last call; empties the self-pipe.

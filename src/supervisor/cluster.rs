@@ -65,7 +65,9 @@ pub(super) enum News {
         result: Result<Campaign, String>,
     },
     /// The watched key was deleted (or the watch ended): campaign again.
-    MayBeFree { service: String },
+    MayBeFree {
+        service: String,
+    },
 }
 
 /// Where this supervisor stands in one service's election.
@@ -79,7 +81,10 @@ pub(super) enum Stand {
     Held,
     /// It holds the key, created at `token`; `promoted` once its standby
     /// was made active (until then, no active is not a loss).
-    Leader { token: u64, promoted: bool },
+    Leader {
+        token: u64,
+        promoted: bool,
+    },
 }
 
 /// What the plan needs to know of a service's election.
@@ -182,9 +187,7 @@ impl Cluster {
                 promoted: false, ..
             } => Standing::Elected,
             Stand::Leader { .. } => Standing::Leads,
-            Stand::Free if self.lease.is_some() && !self.past_deadline() => {
-                Standing::MayCampaign
-            }
+            Stand::Free if self.lease.is_some() && !self.past_deadline() => Standing::MayCampaign,
             _ => Standing::Wait,
         }
     }
@@ -345,8 +348,7 @@ impl Supervisor {
                 cluster.renewal_failures += 1;
                 if cluster.no_quorum_since.is_none() {
                     cluster.no_quorum_since = Some(SystemTime::now());
-                    self.display
-                        .event(&format!("cluster: no quorum: {error}"));
+                    self.display.event(&format!("cluster: no quorum: {error}"));
                 }
             }
             News::Campaigned {
@@ -367,9 +369,7 @@ impl Supervisor {
 
     fn reachable(&mut self) {
         if let Some(since) = self.cluster.as_mut().and_then(|c| c.no_quorum_since.take()) {
-            let down = SystemTime::now()
-                .duration_since(since)
-                .unwrap_or_default();
+            let down = SystemTime::now().duration_since(since).unwrap_or_default();
             self.display.event(&format!(
                 "cluster: etcd answers again (after {})",
                 humantime::format_duration(Duration::from_millis(down.as_millis() as u64))
@@ -504,8 +504,7 @@ impl Supervisor {
             Err(error) => {
                 if cluster.no_quorum_since.is_none() {
                     cluster.no_quorum_since = Some(SystemTime::now());
-                    self.display
-                        .event(&format!("cluster: no quorum: {error}"));
+                    self.display.event(&format!("cluster: no quorum: {error}"));
                 }
             }
         }
@@ -532,10 +531,8 @@ impl Supervisor {
     pub(super) fn arm_fence(&mut self, id: &ReplicaId) -> Option<u64> {
         let cluster = self.cluster.as_mut()?;
         let token = cluster.token(&id.service)?;
-        if let Some(Stand::Leader { promoted, .. }) = cluster
-            .elections
-            .get_mut(&id.service)
-            .map(|e| &mut e.stand)
+        if let Some(Stand::Leader { promoted, .. }) =
+            cluster.elections.get_mut(&id.service).map(|e| &mut e.stand)
         {
             *promoted = true;
         }

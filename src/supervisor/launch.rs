@@ -12,11 +12,11 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
+use super::cluster;
 use super::replica::{ReplicaId, Role};
 use super::restart::{Ending, History};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
-use super::cluster;
 use crate::shim::protocol::{Demote, FenceConfig, LogConfig, Respawn, ShimConfig};
 use crate::shim::zygote::{StartError, Started, Zygote};
 use crate::spec::{self, Policy, Probe, Promote, Service};

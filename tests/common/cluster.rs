@@ -85,7 +85,11 @@ impl Etcd {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join(format!("{}.log", self.members[i].name)))
+            .open(
+                self.dir
+                    .path()
+                    .join(format!("{}.log", self.members[i].name)),
+            )
             .expect("etcd log");
         let m = &mut self.members[i];
         let child = Command::new("etcd")
@@ -103,7 +107,8 @@ impl Etcd {
     pub fn wait_healthy(&self, i: usize) {
         let client = &self.members[i].client;
         let ok = wait_until(Duration::from_secs(30), || {
-            http_post(client, "/v3/kv/range", r#"{"key":"AA=="}"#).is_some_and(|b| b.contains("header"))
+            http_post(client, "/v3/kv/range", r#"{"key":"AA=="}"#)
+                .is_some_and(|b| b.contains("header"))
         });
         assert!(ok, "etcd member {i} did not answer within 30s");
     }
@@ -323,6 +328,18 @@ demote_signal = "SIGUSR2"
         found
     }
 
+    /// `supervise <args>` against node `i`'s supervisor, to completion.
+    pub fn run(&self, i: usize, args: &[&str]) -> Ran {
+        let node = self.node(i);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_supervise"));
+        cmd.arg("--state-dir")
+            .arg(node.state_dir())
+            .args(args)
+            .current_dir(node.dir())
+            .env("NO_COLOR", "1");
+        run_bounded(cmd, COMMAND_TIMEOUT)
+    }
+
     /// Starts node `i` again (a new supervisor in the same directory).
     pub fn restart(&mut self, i: usize) {
         let again = match &self.nodes[i] {
@@ -365,7 +382,11 @@ pub struct Verdict {
 /// increase from one term to the next, and no gap between writes is longer
 /// than `max_gap` unless it overlaps one of the `excused` windows
 /// (monotonic seconds: etcd without quorum).
-pub fn check_active_log(path: &Path, max_gap: f64, excused: &[(f64, f64)]) -> Result<Verdict, String> {
+pub fn check_active_log(
+    path: &Path,
+    max_gap: f64,
+    excused: &[(f64, f64)],
+) -> Result<Verdict, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("no log: {e}"))?;
     let mut writes: Vec<(f64, String, u64)> = Vec::new();
     for line in text.lines() {

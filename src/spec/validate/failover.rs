@@ -29,7 +29,11 @@ impl Checker<'_> {
         }
         let scope = match t.get("scope") {
             Some(v) => self
-                .choice("scope", v, &[("local", Scope::Local), ("cluster", Scope::Cluster)])
+                .choice(
+                    "scope",
+                    v,
+                    &[("local", Scope::Local), ("cluster", Scope::Cluster)],
+                )
                 .unwrap_or(Scope::Local),
             None => Scope::Local,
         };
@@ -79,7 +83,9 @@ impl Checker<'_> {
                 "choose one: a command to run, or a signal for the replica",
             );
         }
-        command.map(Promote::Command).or(signal.map(Promote::Signal))
+        command
+            .map(Promote::Command)
+            .or(signal.map(Promote::Signal))
     }
 }
 
@@ -114,7 +120,10 @@ mod tests {
              scope = \"cluster\"\n",
         );
         assert_eq!(line, 5);
-        assert!(message.contains("needs a [supervisor.cluster] table"), "{message}");
+        assert!(
+            message.contains("needs a [supervisor.cluster] table"),
+            "{message}"
+        );
         let (line, message) = one_problem(
             "[services.a]\ncommand = [\"a\"]\n[services.a.failover]\nmode = \"active-standby\"\n\
              demote_signal = \"SIGUSR2\"\n",

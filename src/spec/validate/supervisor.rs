@@ -102,7 +102,10 @@ impl Checker<'_> {
                         Some(_) => cluster.etcd.push(url.trim_end_matches('/').to_string()),
                         None => self.error(
                             span,
-                            format!("`etcd` endpoints are http://HOST:PORT URLs, got {}", quote(url)),
+                            format!(
+                                "`etcd` endpoints are http://HOST:PORT URLs, got {}",
+                                quote(url)
+                            ),
                             "e.g. \"http://127.0.0.1:2379\" (etcd's v3 JSON gateway, no TLS)",
                         ),
                     }
@@ -152,7 +155,10 @@ impl Checker<'_> {
             } else {
                 self.error(
                     v.span(),
-                    format!("`prefix` must be a path like \"/supervise/prod\", got {}", quote(prefix)),
+                    format!(
+                        "`prefix` must be a path like \"/supervise/prod\", got {}",
+                        quote(prefix)
+                    ),
                     "start it with / and give it at least one name",
                 );
             }
@@ -167,7 +173,7 @@ impl Checker<'_> {
                         "`lease` must be whole seconds, at least {}",
                         humantime::format_duration(MIN_LEASE)
                     ),
-                    "the active is fenced a second before its lease ends, and keep-alives go out every third of it: use e.g. \"10s\"",
+                    "the active is fenced a second before its lease ends, and keep-alives go out every quarter of it: use e.g. \"10s\"",
                 );
             } else {
                 cluster.lease = lease;
@@ -224,7 +230,10 @@ mod tests {
         );
         let c = s.supervisor.cluster.unwrap();
         assert_eq!(c.etcd, ["http://10.0.0.1:2379", "http://e2:2379"]);
-        assert_eq!((c.node.as_str(), c.prefix.as_str()), ("db-a", "/supervise/prod"));
+        assert_eq!(
+            (c.node.as_str(), c.prefix.as_str()),
+            ("db-a", "/supervise/prod")
+        );
         assert_eq!(c.lease, Duration::from_secs(3));
         let found = problems(
             "[supervisor.cluster]\netcd = [\"https://e:2379\"]\nnode = \"Db_A\"\n\
