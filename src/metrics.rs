@@ -17,6 +17,12 @@
 //! - `supervise_failovers_total{service}`
 //! - `supervise_probe_duration_seconds{service}` (histogram)
 //! - `supervise_uptime_seconds`, `supervise_start_time_seconds`
+//! - cluster scope: `supervise_cluster_leader{service}`,
+//!   `supervise_cluster_token{service}`, `supervise_cluster_elections_total{service}`,
+//!   `supervise_cluster_fenced_total{service}`, `supervise_cluster_quorum`,
+//!   `supervise_cluster_lease_renewals_total`,
+//!   `supervise_cluster_lease_renewal_failures_total`,
+//!   `supervise_cluster_lease_renewal_seconds`
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -94,13 +100,30 @@ pub struct Metrics {
     restarts: Family<ReplicaLabels, Counter>,
     failovers: Family<ServiceLabels, Counter>,
     probe_duration: HistogramFamily,
+    cluster: ClusterSeries,
     /// Handles on the series of the last report, so that an update is a
     /// walk over the report with no label allocation for known replicas.
     seen: Mutex<Seen>,
 }
 
+/// Cluster-scope failover (docs/spec-file.md §14.5).
+#[derive(Default)]
+struct ClusterSeries {
+    leader: Family<ServiceLabels, Gauge>,
+    token: Family<ServiceLabels, Gauge>,
+    elections: Family<ServiceLabels, Counter>,
+    fenced: Family<ServiceLabels, Counter>,
+    quorum: Gauge,
+    renewals: Counter,
+    failures: Counter,
+    renewal_seconds: Gauge<f64, AtomicU64>,
+}
+
 #[derive(Default)]
 struct Seen {
+    /// The report's lease counts at the last update, to add only the delta.
+    renewals: u64,
+    failures: u64,
     /// Bumped by each update; a series not marked with the current one is
     /// gone from the report and is removed.
     epoch: u64,
@@ -139,6 +162,7 @@ impl Default for Metrics {
             restarts: Family::default(),
             failovers: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram as fn() -> Histogram),
+            cluster: ClusterSeries::default(),
             seen: Mutex::new(Seen::default()),
         };
         metrics.registered()
@@ -186,6 +210,47 @@ impl Metrics {
             "How long health probes took",
             self.probe_duration.clone(),
         );
+        let c = &self.cluster;
+        r.register(
+            "cluster_leader",
+            "1 while this supervisor holds the service's election key",
+            c.leader.clone(),
+        );
+        r.register(
+            "cluster_token",
+            "The fencing token of the service's leader, as last seen",
+            c.token.clone(),
+        );
+        r.register(
+            "cluster_elections",
+            "Elections this supervisor won",
+            c.elections.clone(),
+        );
+        r.register(
+            "cluster_fenced",
+            "Actives of this supervisor fenced (lease lost or past its deadline)",
+            c.fenced.clone(),
+        );
+        r.register(
+            "cluster_quorum",
+            "1 while etcd answers this supervisor",
+            c.quorum.clone(),
+        );
+        r.register(
+            "cluster_lease_renewals",
+            "Keep-alives that renewed this supervisor's lease",
+            c.renewals.clone(),
+        );
+        r.register(
+            "cluster_lease_renewal_failures",
+            "Lease grants and keep-alives no etcd member answered",
+            c.failures.clone(),
+        );
+        r.register(
+            "cluster_lease_renewal_seconds",
+            "Round trip of the last lease renewal",
+            c.renewal_seconds.clone(),
+        );
         r.register(
             "uptime_seconds",
             "Seconds since the supervisor started",
@@ -206,6 +271,29 @@ impl Metrics {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.epoch += 1;
         let epoch = seen.epoch;
+        if let Some(node) = &report.cluster {
+            let c = &self.cluster;
+            c.quorum.set(i64::from(node.no_quorum_since.is_none()));
+            c.renewals
+                .inc_by(node.lease_renewals.saturating_sub(seen.renewals));
+            c.failures
+                .inc_by(node.lease_renewal_failures.saturating_sub(seen.failures));
+            (seen.renewals, seen.failures) = (node.lease_renewals, node.lease_renewal_failures);
+            if let Some(s) = node.last_renewal_seconds {
+                c.renewal_seconds.set(s);
+            }
+        }
+        for svc in &report.services {
+            if let Some(status) = &svc.cluster {
+                let labels = ServiceLabels {
+                    service: svc.name.clone(),
+                };
+                let leads = status.role == "leader";
+                self.cluster.leader.get_or_create(&labels).set(i64::from(leads));
+                let token = status.token.map_or(0, |t| t as i64);
+                self.cluster.token.get_or_create(&labels).set(token);
+            }
+        }
         for svc in &report.services {
             let series = seen
                 .services
@@ -261,17 +349,23 @@ impl Metrics {
                 self.running.remove(&labels);
                 self.failovers.remove(&labels);
                 self.probe_duration.remove(&labels);
+                self.cluster.leader.remove(&labels);
+                self.cluster.token.remove(&labels);
             }
             keep
         });
     }
 
-    /// Counts what the status cannot show (failovers).
+    /// Counts what the status cannot show (failovers, elections, fencing).
     pub fn on_event(&self, event: &EventRecord) {
-        if event.event == "promoted"
-            && let Some(service) = &event.service
-        {
-            self.failovers
+        let family = match event.event.as_str() {
+            "promoted" => &self.failovers,
+            "elected" => &self.cluster.elections,
+            "fenced" => &self.cluster.fenced,
+            _ => return,
+        };
+        if let Some(service) = &event.service {
+            family
                 .get_or_create(&ServiceLabels {
                     service: service.clone(),
                 })
@@ -427,8 +521,10 @@ mod tests {
                     state: "running".into(),
                     desired,
                     replicas,
+                    cluster: None,
                 })
                 .collect(),
+            cluster: None,
         }
     }
 

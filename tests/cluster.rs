@@ -176,6 +176,8 @@ fn without_etcd_no_node_is_active_after_the_deadline_and_election_resumes_when_i
         .node(0)
         .expect_said("cluster: no quorum", Duration::from_secs(5));
     assert!(machines.actives().is_empty(), "{:?}", machines.actives());
+    let status = machines.run(0, &["status"]);
+    assert!(status.stdout.contains("cluster: no quorum since "), "{status:#?}");
     etcd.restart(0);
     let back_at = monotonic();
     let again = machines
@@ -214,4 +216,63 @@ fn check_warns_of_an_unreachable_etcd_but_accepts_the_spec() {
             .contains("one active across the cluster (node a of /supervise"),
         "{ran:#?}"
     );
+}
+
+#[test]
+fn status_events_and_metrics_say_who_leads_with_which_token() {
+    let (_etcd, machines, (_, leader, token)) = cluster(1, 2);
+    let i = index_of(&machines, &leader);
+    let other = 1 - i;
+    let elected = machines.node(i).expect("elected", "db");
+    assert!(
+        elected.detail.contains(&format!("elected on {leader} (token {token})")),
+        "{elected:?}"
+    );
+    let promoted = machines.node(i).expect("promoted", "db.0");
+    assert!(promoted.detail.contains(&format!("(token {token})")), "{promoted:?}");
+    let status = machines.node(i).status();
+    let c = &status["services"][0]["cluster"];
+    assert_eq!(
+        (c["role"].as_str(), c["leader"].as_str(), c["token"].as_u64()),
+        (Some("leader"), Some(leader.as_str()), Some(token)),
+        "{status:#}"
+    );
+    assert_eq!(status["cluster"]["node"], leader.as_str());
+    // The follower learns the leader from its lost campaign.
+    let ok = wait_until(SOON, || {
+        let s = machines.node(other).status();
+        s["services"][0]["cluster"]["leader"] == leader.as_str()
+    });
+    assert!(ok, "{:#}", machines.node(other).status());
+    let table = machines.run(other, &["status"]);
+    table.expect(0);
+    assert!(
+        table.stdout.contains(&format!(
+            "db: cluster leader {leader}, token {token}; this node ({}) is a follower",
+            machines.names[other]
+        )),
+        "{}",
+        table.stdout
+    );
+    let renewed = wait_until(SOON, || {
+        machines.node(i).status()["cluster"]["lease_renewals"].as_u64() > Some(1)
+    });
+    assert!(renewed);
+    let scrape = http(&machines.metrics[i], "GET", "/metrics", "").expect("a scrape");
+    for series in [
+        "supervise_cluster_leader{service=\"db\"} 1".to_string(),
+        format!("supervise_cluster_token{{service=\"db\"}} {token}"),
+        "supervise_cluster_elections_total{service=\"db\"} 1".to_string(),
+        "supervise_cluster_quorum 1".to_string(),
+    ] {
+        assert!(scrape.contains(&series), "no {series} in\n{scrape}");
+    }
+    assert!(scrape.contains("supervise_cluster_lease_renewals_total "), "{scrape}");
+    assert!(scrape.contains("supervise_cluster_lease_renewal_seconds "), "{scrape}");
+    // A stop resigns; the other node is elected with a greater token.
+    machines.run(i, &["stop", "db.0"]).expect(0);
+    let resigned = machines.node(i).expect("resigned", "db");
+    assert!(resigned.detail.contains(&format!("token {token}")), "{resigned:?}");
+    let next = machines.node(other).expect("elected", "db");
+    eprintln!("{} / {} / {}", elected.detail, resigned.detail, next.detail);
 }

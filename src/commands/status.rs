@@ -39,7 +39,7 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
         serde_json::to_string_pretty(&report).expect("a report always serialises")
     } else {
         let colour = colour_allowed(std::io::stdout().is_terminal());
-        table(&report, SystemTime::now(), colour)
+        table(&report, SystemTime::now(), colour) + &cluster_lines(&report)
     };
     emit(&mut std::io::stdout().lock(), text.trim_end())?;
     Ok(exit::OK)
@@ -84,6 +84,31 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; 9]> {
         }
     }
     rows
+}
+
+/// Below the table, for cluster-scope services: who leads, with which
+/// token, and whether etcd answers.
+fn cluster_lines(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut no_quorum = None;
+    for service in &report.services {
+        let Some(c) = &service.cluster else { continue };
+        let leader = match (&c.leader, c.token) {
+            (Some(node), Some(token)) if *node == c.node && c.role == "leader" => {
+                format!("this node ({node}) leads, token {token}")
+            }
+            (Some(node), Some(token)) => {
+                format!("leader {node}, token {token}; this node ({}) is a {}", c.node, c.role)
+            }
+            _ => format!("no leader known; this node ({}) is a {}", c.node, c.role),
+        };
+        out.push_str(&format!("{}: cluster {leader}\n", service.name));
+        no_quorum = no_quorum.or(c.no_quorum_since.clone());
+    }
+    if let Some(since) = no_quorum {
+        out.push_str(&format!("cluster: no quorum since {since}\n"));
+    }
+    out
 }
 
 fn table(report: &StatusReport, now: SystemTime, colour: bool) -> String {

@@ -31,7 +31,9 @@ use super::replica::{ReplicaId, Role};
 use super::{Message, Supervisor};
 use crate::etcd::{self, Campaign, Etcd};
 use crate::shim::protocol::{FENCE_SIGNAL, FenceOrder, boot_now, write_record};
-use crate::spec::ClusterSettings;
+use super::journal::rfc3339;
+use crate::control::protocol::{ClusterNode, ClusterStatus};
+use crate::spec::{ClusterSettings, Service};
 
 /// The shim demotes its replica this long before the lease can end at
 /// etcd: it covers the demotion itself (a fencing stop kills after half of
@@ -295,6 +297,44 @@ async fn keep(
 }
 
 impl Supervisor {
+    /// What `status` says of a cluster-scope service's election.
+    pub(super) fn cluster_status(&self, service: &Service) -> Option<ClusterStatus> {
+        service.failover.as_ref().filter(|f| f.is_cluster())?;
+        let cluster = self.cluster.as_ref()?;
+        let election = cluster.elections.get(&service.name);
+        let stand = election.map(|e| e.stand).unwrap_or_default();
+        let role = match stand {
+            Stand::Leader { .. } => "leader",
+            Stand::Campaigning => "campaigning",
+            Stand::Free | Stand::Held => "follower",
+        };
+        let (leader, token) = match (stand, election.and_then(|e| e.leader.clone())) {
+            (Stand::Leader { token, .. }, _) => (Some(cluster.settings.node.clone()), Some(token)),
+            (Stand::Held, Some((node, token))) => (Some(node), Some(token)),
+            _ => (None, None),
+        };
+        Some(ClusterStatus {
+            node: cluster.settings.node.clone(),
+            role: role.into(),
+            leader,
+            token,
+            no_quorum_since: cluster.no_quorum_since.map(rfc3339),
+        })
+    }
+
+    /// What `status` says of this node's lease.
+    pub(super) fn cluster_node(&self) -> Option<ClusterNode> {
+        let c = self.cluster.as_ref()?;
+        Some(ClusterNode {
+            node: c.settings.node.clone(),
+            lease: c.lease,
+            lease_renewals: c.renewals,
+            lease_renewal_failures: c.renewal_failures,
+            last_renewal_seconds: c.last_renewal.map(|d| d.as_secs_f64()),
+            no_quorum_since: c.no_quorum_since.map(rfc3339),
+        })
+    }
+
     /// Sets up cluster-scope failover, if the spec asks for it.
     pub(super) fn join_cluster(&mut self) -> Result<(), String> {
         let Some(settings) = self.spec.supervisor.cluster.clone() else {

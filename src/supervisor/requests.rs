@@ -235,6 +235,7 @@ impl Supervisor {
                     .into(),
                     desired: self.desired.replicas(service),
                     replicas: replicas.iter().map(|r| replica_status(r)).collect(),
+                    cluster: self.cluster_status(service),
                 }
             })
             .collect();
@@ -247,6 +248,7 @@ impl Supervisor {
                 state_dir: self.dir.root().display().to_string(),
             },
             services,
+            cluster: self.cluster_node(),
         }
     }
 }

@@ -175,13 +175,18 @@ impl Drop for Etcd {
 /// A bare HTTP/1.0 POST (the test needs no client library); the body of a
 /// 200 answer.
 pub fn http_post(base: &str, path: &str, body: &str) -> Option<String> {
+    http(base, "POST", path, body)
+}
+
+/// A bare HTTP/1.0 request; the body of a 200 answer.
+pub fn http(base: &str, method: &str, path: &str, body: &str) -> Option<String> {
     use std::io::Write;
-    let addr = base.strip_prefix("http://")?;
+    let addr = base.strip_prefix("http://").unwrap_or(base);
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         stream,
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -233,6 +238,8 @@ pub struct Machines {
     pub names: Vec<String>,
     pub shared: tempfile::TempDir,
     pub lease: Duration,
+    /// Each node's metrics address.
+    pub metrics: Vec<String>,
     specs: Vec<String>,
 }
 
@@ -249,11 +256,19 @@ impl Machines {
             .map(|e| format!("\"{e}\""))
             .collect();
         let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+        let metrics: Vec<String> = names
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let specs: Vec<String> = names
             .iter()
-            .map(|node| {
+            .zip(&metrics)
+            .map(|(node, metrics)| {
                 format!(
-                    r#"[supervisor.cluster]
+                    r#"[supervisor]
+metrics = "{metrics}"
+
+[supervisor.cluster]
 etcd = [{endpoints}]
 node = "{node}"
 prefix = "{prefix}"
@@ -284,6 +299,7 @@ demote_signal = "SIGUSR2"
             names,
             shared,
             lease,
+            metrics,
             specs,
         }
     }

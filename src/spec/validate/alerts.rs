@@ -19,6 +19,9 @@ const EVENTS: &[&str] = &[
     "failed",
     "scaled",
     "reloaded",
+    "elected",
+    "resigned",
+    "fenced",
 ];
 
 impl Checker<'_> {
