@@ -1,5 +1,5 @@
-//! A small client of etcd's v3 API through its JSON gateway (docs/design.md
-//! §9): leases, a create-if-absent transaction, a guarded delete, and a
+//! A small client of etcd's v3 API through its JSON gateway (docs/cluster.md
+//! §8): leases, a create-if-absent transaction, a guarded delete, and a
 //! watch, over the HTTP client the project already has. Keys and values are
 //! base64 in the gateway's JSON, and 64-bit integers are strings.
 //!

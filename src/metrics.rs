@@ -106,7 +106,7 @@ pub struct Metrics {
     seen: Mutex<Seen>,
 }
 
-/// Cluster-scope failover (docs/spec-file.md §14.5).
+/// Cluster-scope failover (docs/cluster.md §6).
 #[derive(Default)]
 struct ClusterSeries {
     leader: Family<ServiceLabels, Gauge>,
@@ -289,7 +289,10 @@ impl Metrics {
                     service: svc.name.clone(),
                 };
                 let leads = status.role == "leader";
-                self.cluster.leader.get_or_create(&labels).set(i64::from(leads));
+                self.cluster
+                    .leader
+                    .get_or_create(&labels)
+                    .set(i64::from(leads));
                 let token = status.token.map_or(0, |t| t as i64);
                 self.cluster.token.get_or_create(&labels).set(token);
             }

@@ -1,4 +1,4 @@
-//! Cluster-scope failover (docs/spec-file.md §14) against a real etcd:
+//! Cluster-scope failover (docs/cluster.md §10) against a real etcd:
 //! supervisors with their own state dirs and node names stand for
 //! machines; the replicas write to a shared log while they believe they
 //! are active, and `check_active_log` judges it.
@@ -177,7 +177,10 @@ fn without_etcd_no_node_is_active_after_the_deadline_and_election_resumes_when_i
         .expect_said("cluster: no quorum", Duration::from_secs(5));
     assert!(machines.actives().is_empty(), "{:?}", machines.actives());
     let status = machines.run(0, &["status"]);
-    assert!(status.stdout.contains("cluster: no quorum since "), "{status:#?}");
+    assert!(
+        status.stdout.contains("cluster: no quorum since "),
+        "{status:#?}"
+    );
     etcd.restart(0);
     let back_at = monotonic();
     let again = machines
@@ -225,15 +228,24 @@ fn status_events_and_metrics_say_who_leads_with_which_token() {
     let other = 1 - i;
     let elected = machines.node(i).expect("elected", "db");
     assert!(
-        elected.detail.contains(&format!("elected on {leader} (token {token})")),
+        elected
+            .detail
+            .contains(&format!("elected on {leader} (token {token})")),
         "{elected:?}"
     );
     let promoted = machines.node(i).expect("promoted", "db.0");
-    assert!(promoted.detail.contains(&format!("(token {token})")), "{promoted:?}");
+    assert!(
+        promoted.detail.contains(&format!("(token {token})")),
+        "{promoted:?}"
+    );
     let status = machines.node(i).status();
     let c = &status["services"][0]["cluster"];
     assert_eq!(
-        (c["role"].as_str(), c["leader"].as_str(), c["token"].as_u64()),
+        (
+            c["role"].as_str(),
+            c["leader"].as_str(),
+            c["token"].as_u64()
+        ),
         (Some("leader"), Some(leader.as_str()), Some(token)),
         "{status:#}"
     );
@@ -267,12 +279,21 @@ fn status_events_and_metrics_say_who_leads_with_which_token() {
     ] {
         assert!(scrape.contains(&series), "no {series} in\n{scrape}");
     }
-    assert!(scrape.contains("supervise_cluster_lease_renewals_total "), "{scrape}");
-    assert!(scrape.contains("supervise_cluster_lease_renewal_seconds "), "{scrape}");
+    assert!(
+        scrape.contains("supervise_cluster_lease_renewals_total "),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("supervise_cluster_lease_renewal_seconds "),
+        "{scrape}"
+    );
     // A stop resigns; the other node is elected with a greater token.
     machines.run(i, &["stop", "db.0"]).expect(0);
     let resigned = machines.node(i).expect("resigned", "db");
-    assert!(resigned.detail.contains(&format!("token {token}")), "{resigned:?}");
+    assert!(
+        resigned.detail.contains(&format!("token {token}")),
+        "{resigned:?}"
+    );
     let next = machines.node(other).expect("elected", "db");
     eprintln!("{} / {} / {}", elected.detail, resigned.detail, next.detail);
 }

@@ -98,7 +98,10 @@ fn cluster_lines(report: &StatusReport) -> String {
                 format!("this node ({node}) leads, token {token}")
             }
             (Some(node), Some(token)) => {
-                format!("leader {node}, token {token}; this node ({}) is a {}", c.node, c.role)
+                format!(
+                    "leader {node}, token {token}; this node ({}) is a {}",
+                    c.node, c.role
+                )
             }
             _ => format!("no leader known; this node ({}) is a {}", c.node, c.role),
         };

@@ -1,4 +1,4 @@
-//! The fencing deadline of a cluster-scope active (docs/spec-file.md §14.2),
+//! The fencing deadline of a cluster-scope active (docs/cluster.md §4.2),
 //! held here, in the replica's shim, because the shim outlives what can
 //! stall or die: the supervisor (`kill -9`, SIGSTOP, cut off from etcd).
 //!

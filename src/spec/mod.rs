@@ -46,7 +46,7 @@ pub struct SupervisorSettings {
     pub log_max_size: u64,
     pub log_keep: u32,
     pub metrics: Option<std::net::SocketAddr>,
-    /// `[supervisor.cluster]`: failover across supervisors (docs/spec-file.md §14).
+    /// `[supervisor.cluster]`: failover across supervisors (docs/cluster.md §2).
     pub cluster: Option<ClusterSettings>,
 }
 

@@ -1,4 +1,4 @@
-//! Cluster-scope failover (docs/spec-file.md §14): one active replica of a
+//! Cluster-scope failover (docs/cluster.md §3): one active replica of a
 //! service among every supervisor sharing a `[supervisor.cluster]` prefix,
 //! elected through etcd.
 //!
@@ -27,12 +27,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use super::journal::rfc3339;
 use super::replica::{ReplicaId, Role};
 use super::{Message, Supervisor};
+use crate::control::protocol::{ClusterNode, ClusterStatus};
 use crate::etcd::{self, Campaign, Etcd};
 use crate::shim::protocol::{FENCE_SIGNAL, FenceOrder, boot_now, write_record};
-use super::journal::rfc3339;
-use crate::control::protocol::{ClusterNode, ClusterStatus};
 use crate::spec::{ClusterSettings, Service};
 
 /// The shim demotes its replica this long before the lease can end at
@@ -340,7 +340,7 @@ impl Supervisor {
         let Some(settings) = self.spec.supervisor.cluster.clone() else {
             return Ok(());
         };
-        if self.spec.cluster_services().next().is_none() {
+        if self.cluster.is_some() || self.spec.cluster_services().next().is_none() {
             return Ok(());
         }
         let mut cluster =

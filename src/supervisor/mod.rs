@@ -493,12 +493,14 @@ impl Supervisor {
         let catches = |pid, signal| procfs::survives(pid, signal);
         let cluster = self.cluster.as_ref();
         let standing = |service: &str| {
-            cluster.map_or(cluster::Standing::Local, |c| {
-                match self.spec.service(service).and_then(|s| s.failover.as_ref()) {
-                    Some(f) if f.is_cluster() => c.standing(service),
-                    _ => cluster::Standing::Local,
+            match self.spec.service(service).and_then(|s| s.failover.as_ref()) {
+                // Without an etcd client (it could not be set up) nothing
+                // is ever elected.
+                Some(f) if f.is_cluster() => {
+                    cluster.map_or(cluster::Standing::Wait, |c| c.standing(service))
                 }
-            })
+                _ => cluster::Standing::Local,
+            }
         };
         let plan = plan::plan(
             &plan::View {

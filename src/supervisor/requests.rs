@@ -183,6 +183,12 @@ impl Supervisor {
         };
         // The state dir holds our lock and socket: it cannot move under us.
         new.supervisor.state_dir = self.spec.supervisor.state_dir.clone();
+        // Nor can the cluster this supervisor campaigns in (docs/cluster.md §5).
+        let joined = self.cluster.as_ref().map(|c| c.settings.clone());
+        let cluster_kept = joined.is_some() && joined != new.supervisor.cluster;
+        if let Some(settings) = joined {
+            new.supervisor.cluster = Some(settings);
+        }
         let plan = reload_plan(&self.spec, &new, !dry_run);
         if dry_run {
             return Reply::ok(Reply_::Reload(plan));
@@ -206,6 +212,13 @@ impl Supervisor {
             }
         }
         self.spec = new;
+        if cluster_kept {
+            self.display
+                .event("[supervisor.cluster] changed: it takes effect at the next `up`");
+        }
+        if let Err(e) = self.join_cluster() {
+            self.display.event(&e);
+        }
         self.desired.prune(&self.spec.services);
         self.save_checkpoint();
         let detail = format!(

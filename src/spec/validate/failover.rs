@@ -44,7 +44,7 @@ impl Checker<'_> {
             self.error(
                 v.span(),
                 "`scope = \"cluster\"` needs a [supervisor.cluster] table",
-                "add [supervisor.cluster] with etcd = [\"http://127.0.0.1:2379\"] (docs/spec-file.md §14)",
+                "add [supervisor.cluster] with etcd = [\"http://127.0.0.1:2379\"] (docs/cluster.md §2)",
             );
         }
         let promote = self.hook(&t, "promote", "promote_signal");
