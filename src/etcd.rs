@@ -57,41 +57,50 @@ impl Etcd {
         })
     }
 
-    /// POSTs `body` to `path` of the first endpoint that answers.
-    async fn call(&self, path: &str, body: &Value) -> Result<Value, Error> {
+    /// POSTs `body` to `path` of the first endpoint that answers, within
+    /// `timeout` (None: the client's); the answer's head, and the endpoint.
+    async fn send(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<(reqwest::Response, usize), Error> {
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..self.endpoints.len() {
             let index = (start + i) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[index]);
-            let sent = self.client.post(&url).body(body.to_string()).send().await;
-            let response = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("{}: {}", self.endpoints[index], reason(&e));
-                    continue;
-                }
-            };
-            let status = response.status();
-            let text = match response.text().await {
-                Ok(t) => t,
-                Err(e) => {
-                    last = format!("{}: {}", self.endpoints[index], reason(&e));
-                    continue;
-                }
-            };
-            self.current.store(index, Ordering::Relaxed);
-            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if !status.is_success() {
-                let message = value["message"]
-                    .as_str()
-                    .or(value["error"].as_str())
-                    .unwrap_or(&text);
-                return Err(Error::Refused(format!("{status}: {}", message.trim())));
+            let mut request = self.client.post(&url).body(body.to_string());
+            if let Some(timeout) = timeout {
+                request = request.timeout(timeout);
             }
-            return Ok(value);
+            match request.send().await {
+                Ok(response) => return Ok((response, index)),
+                Err(e) => last = format!("{}: {}", self.endpoints[index], reason(&e)),
+            }
         }
         Err(Error::Unreachable(last))
+    }
+
+    /// POSTs `body` to `path` of the first endpoint that answers. A
+    /// request is not sent again to another endpoint once one answered:
+    /// a transaction must not run twice.
+    async fn call(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        let (response, index) = self.send(path, body, None).await?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| {
+            Error::Unreachable(format!("{}: {}", self.endpoints[index], reason(&e)))
+        })?;
+        self.current.store(index, Ordering::Relaxed);
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value["message"]
+                .as_str()
+                .or(value["error"].as_str())
+                .unwrap_or(&text);
+            return Err(Error::Refused(format!("{status}: {}", message.trim())));
+        }
+        Ok(value)
     }
 
     /// A lease of `ttl`; its id.
@@ -136,9 +145,15 @@ impl Etcd {
             return Ok(Campaign::Won { token: revision });
         }
         let kv = &answer["responses"][0]["response_range"]["kvs"][0];
+        let token = int(&kv["create_revision"]).unwrap_or(0) as u64;
+        if int(&kv["lease"]) == Some(lease) {
+            // Created by an earlier attempt of ours whose answer was lost
+            // (a member that stalled, then ran it): ours all the same.
+            return Ok(Campaign::Won { token });
+        }
         Ok(Campaign::Held {
             holder: decode(&kv["value"]),
-            token: int(&kv["create_revision"]).unwrap_or(0) as u64,
+            token,
             revision,
         })
     }
@@ -159,10 +174,7 @@ impl Etcd {
         let body = json!({ "create_request": {
             "key": B64.encode(key), "start_revision": (revision + 1).to_string()
         }});
-        let index = self.current.load(Ordering::Relaxed) % self.endpoints.len();
-        let url = format!("{}/v3/watch", self.endpoints[index]);
-        let request = self.client.post(url).body(body.to_string()).timeout(wait);
-        let Ok(mut response) = request.send().await else {
+        let Ok((mut response, _)) = self.send("/v3/watch", &body, Some(wait)).await else {
             // Do not spin on an endpoint that refuses at once.
             tokio::time::sleep(self.timeout).await;
             return;

@@ -297,3 +297,236 @@ fn status_events_and_metrics_say_who_leads_with_which_token() {
     let next = machines.node(other).expect("elected", "db");
     eprintln!("{} / {} / {}", elected.detail, resigned.detail, next.detail);
 }
+
+/// What the chaos run does to the cluster, one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Chaos {
+    /// `kill -9` of the active node's supervisor (its shims live on),
+    /// then a new supervisor there, which adopts them.
+    KillSupervisor,
+    /// SIGSTOP of the active node's supervisor for 2x the lease.
+    FreezeSupervisor,
+    /// `supervise stop db.0` on the active node, then `start`.
+    StopActive,
+    /// `down` of the active node, then `up` again.
+    DownNode,
+    /// `kill -9` of the active replica itself.
+    KillActiveReplica,
+    /// SIGSTOP of one etcd member for half a lease (quorum holds).
+    FreezeEtcdMember,
+    /// `kill -9` of the etcd leader, started again after half a lease.
+    KillEtcdLeader,
+    /// Every etcd member gone for 2x the lease (no quorum).
+    EtcdDown,
+}
+
+impl Chaos {
+    /// Does the event take the role from the active (so a new term must follow)?
+    fn fails_over(self) -> bool {
+        !matches!(
+            self,
+            Chaos::FreezeEtcdMember | Chaos::KillEtcdLeader | Chaos::EtcdDown
+        )
+    }
+}
+
+/// A deck with each event kind as often as its weight: the quick ones
+/// more often, so that 30 events stay within a minute and a half.
+const DECK: &[(Chaos, usize)] = &[
+    (Chaos::KillSupervisor, 2),
+    (Chaos::FreezeSupervisor, 1),
+    (Chaos::StopActive, 3),
+    (Chaos::DownNode, 2),
+    (Chaos::KillActiveReplica, 3),
+    (Chaos::FreezeEtcdMember, 2),
+    (Chaos::KillEtcdLeader, 2),
+    (Chaos::EtcdDown, 1),
+];
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The first write of the term after `token`, waiting for it.
+fn next_term(machines: &Machines, token: u64, timeout: Duration) -> Option<(f64, String, u64)> {
+    let ok = wait_until(timeout, || {
+        machines.last_write().is_some_and(|(_, _, t)| t > token)
+    });
+    if !ok {
+        return None;
+    }
+    let text = std::fs::read_to_string(machines.log()).ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.parse::<f64>().ok()?,
+                p.next()?.to_string(),
+                p.next()?.parse::<u64>().ok()?,
+            ))
+        })
+        .filter(|(_, _, t)| *t > token)
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// The current active, once one writes (its last write is fresh).
+#[track_caller]
+fn current(machines: &Machines) -> (f64, String, u64) {
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        found = machines
+            .last_write()
+            .filter(|(t, _, _)| monotonic() - t < 0.1);
+        found.is_some()
+    });
+    assert!(ok, "no active writes: last {:?}", machines.last_write());
+    found.unwrap()
+}
+
+fn pause(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `events` chaos events in a seeded random order against a
+/// three-member etcd and three supervisors; the checker and the sampler
+/// judge the whole run. Prints the seed, the counts and the failover times.
+fn chaos(seed: u64, events: usize) {
+    eprintln!("cluster chaos: seed {seed}, {events} events (CLUSTER_CHAOS_SEED={seed} to repeat)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut etcd = Etcd::start(3);
+    let mut machines = Machines::start(&etcd, 3, 1, LEASE);
+    let sampler = Sampler::start(&machines);
+    let mut excused = Vec::new();
+    let mut times: std::collections::BTreeMap<Chaos, Vec<f64>> = Default::default();
+    let mut deck = Vec::new();
+    for n in 0..events {
+        if deck.is_empty() {
+            deck = DECK
+                .iter()
+                .flat_map(|&(kind, weight)| std::iter::repeat_n(kind, weight))
+                .collect();
+            rng.shuffle(&mut deck);
+        }
+        let kind = deck.pop().unwrap();
+        let (_, leader, token) = current(&machines);
+        let i = index_of(&machines, &leader);
+        let at = monotonic();
+        eprintln!("event {n}: {kind:?} (active: {leader}, token {token})");
+        match kind {
+            Chaos::KillSupervisor => {
+                sampler.set(i, None);
+                machines.nodes[i].as_mut().unwrap().kill9();
+            }
+            Chaos::FreezeSupervisor => {
+                sampler.set(i, None);
+                machines.node(i).signal(Signal::SIGSTOP);
+            }
+            Chaos::StopActive => {
+                machines.run(i, &["stop", "db.0"]).expect(0);
+            }
+            Chaos::DownNode => {
+                sampler.set(i, None);
+                machines.run(i, &["down"]).expect(0);
+            }
+            Chaos::KillActiveReplica => {
+                let pid = machines.node(i).replica("db", 0)["pid"].as_i64().unwrap();
+                kill9(pid as i32);
+            }
+            Chaos::FreezeEtcdMember => {
+                let m = rng.usize(0..3);
+                etcd.freeze(m, true);
+                pause(LEASE / 2);
+                etcd.freeze(m, false);
+            }
+            Chaos::KillEtcdLeader => {
+                let m = etcd.leader().unwrap_or(0);
+                etcd.kill(m);
+                pause(LEASE / 2);
+                etcd.restart(m);
+            }
+            Chaos::EtcdDown => {
+                for m in 0..3 {
+                    etcd.kill(m);
+                }
+                pause(2 * LEASE);
+                let quiet = machines.last_write().unwrap();
+                assert!(
+                    quiet.0 - at < LEASE.as_secs_f64(),
+                    "seed {seed}: an active wrote {:.3}s after etcd went",
+                    quiet.0 - at
+                );
+                etcd.restart_all();
+                excused.push((at, monotonic() + max_gap()));
+            }
+        }
+        if kind.fails_over() {
+            let (t, node, new) = next_term(&machines, token, Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("seed {seed}: no new active after {kind:?}"));
+            eprintln!("  {node} active with token {new} after {:.3}s", t - at);
+            times.entry(kind).or_default().push(t - at);
+        }
+        match kind {
+            Chaos::KillSupervisor | Chaos::DownNode => {
+                machines.nodes[i].as_mut().unwrap().wait_exit(SOON);
+                machines.restart(i);
+                sampler.set(i, Some(machines.node(i).state_dir()));
+            }
+            Chaos::FreezeSupervisor => {
+                pause((2 * LEASE).saturating_sub(Duration::from_secs_f64(monotonic() - at)));
+                machines.node(i).signal(Signal::SIGCONT);
+                sampler.set(i, Some(machines.node(i).state_dir()));
+            }
+            Chaos::StopActive => {
+                machines.run(i, &["start", "db.0"]).expect(0);
+            }
+            _ => {}
+        }
+    }
+    let (sweeps, violations) = sampler.finish();
+    let verdict = check_active_log(&machines.log(), max_gap(), &excused)
+        .unwrap_or_else(|e| panic!("seed {seed}: checker: {e}"));
+    let mut all: Vec<f64> = times.values().flatten().copied().collect();
+    all.sort_by(f64::total_cmp);
+    for (kind, t) in &mut times {
+        t.sort_by(f64::total_cmp);
+        eprintln!(
+            "  {kind:?}: {} failovers, p50 {:.3}s, max {:.3}s",
+            t.len(),
+            percentile(t, 0.5),
+            t[t.len() - 1]
+        );
+    }
+    eprintln!(
+        "cluster chaos: seed {seed}: {events} events, {} terms, {} log lines, longest gap outside no-quorum {:.3}s; failover p50 {:.3}s p99 {:.3}s over {}; sampler: {sweeps} sweeps, {} violations; checker OK",
+        verdict.terms.len(),
+        verdict.lines,
+        verdict.longest_gap,
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        all.len(),
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "seed {seed}: sampler: {violations:#?}"
+    );
+}
+
+/// CI's run: 30 events, a fresh seed each time (printed);
+/// `scripts/cluster-chaos N` runs more.
+#[test]
+fn chaos_a_seeded_random_run_never_has_two_actives_or_a_long_gap() {
+    let seed = std::env::var("CLUSTER_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let events = std::env::var("CLUSTER_CHAOS_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    chaos(seed, events);
+}

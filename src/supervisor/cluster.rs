@@ -536,7 +536,10 @@ impl Supervisor {
                 election.leader = Some((holder, token));
                 let service = service.to_string();
                 let task = tokio::spawn(async move {
-                    etcd.watch_for_delete(&key, revision, ttl).await;
+                    // Not longer than half a lease: a watch on a member
+                    // that stalled says nothing, and the campaign that
+                    // follows asks again.
+                    etcd.watch_for_delete(&key, revision, ttl / 2).await;
                     let _ = messages.send(Message::Cluster(News::MayBeFree { service }));
                 });
                 election.watch = Some(Task(task.abort_handle()));

@@ -22,6 +22,9 @@ use super::restart::Ending;
 
 impl Supervisor {
     pub(super) fn on_call(&mut self, call: Call) {
+        // A supervisor resumed from a stop past its fencing deadline must
+        // not answer as the leader it no longer is.
+        self.check_lease();
         let answer = match call.request {
             Request::Status => Answer::Reply(Reply::ok(Reply_::Status(self.status_report()))),
             Request::Events { follow } => Answer::Events {

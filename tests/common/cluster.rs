@@ -135,6 +135,16 @@ impl Etcd {
         self.wait_healthy(i);
     }
 
+    /// Starts every member again (none answers before a quorum is up).
+    pub fn restart_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.launch(i);
+        }
+        for i in 0..self.members.len() {
+            self.wait_healthy(i);
+        }
+    }
+
     pub fn freeze(&mut self, i: usize, frozen: bool) {
         if let Some(pid) = self.pid(i) {
             let signal = if frozen {
@@ -241,6 +251,8 @@ pub struct Machines {
     /// Each node's metrics address.
     pub metrics: Vec<String>,
     specs: Vec<String>,
+    /// Supervisors replaced by [`Machines::restart`].
+    retired: Vec<Supervise>,
 }
 
 impl Machines {
@@ -301,6 +313,7 @@ demote_signal = "SIGUSR2"
             lease,
             metrics,
             specs,
+            retired: Vec::new(),
         }
     }
 
@@ -357,12 +370,16 @@ demote_signal = "SIGUSR2"
     }
 
     /// Starts node `i` again (a new supervisor in the same directory).
+    /// The old supervisor is kept until the end: dropping it would kill
+    /// (by its marker) the replicas the new one adopts.
     pub fn restart(&mut self, i: usize) {
         let again = match &self.nodes[i] {
             Some(old) => old.another().start(),
             None => Supervise::start(&self.specs[i]),
         };
-        self.nodes[i] = Some(again);
+        if let Some(old) = self.nodes[i].replace(again) {
+            self.retired.push(old);
+        }
     }
 }
 
@@ -448,4 +465,76 @@ pub fn check_active_log(
         longest_gap,
         lines: writes.len(),
     })
+}
+
+/// The sampler: apart from the replicas' own log, asks every supervisor
+/// that can answer (not frozen, not killed) for its roles every 50 ms. Two
+/// nodes that both say they hold an active in two sweeps in a row are a
+/// violation (one sweep may straddle a hand-over).
+pub struct Sampler {
+    /// The state dirs to ask; None for a node that cannot answer now.
+    pub dirs: Arc<Mutex<Vec<Option<PathBuf>>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Sampler {
+    pub fn start(machines: &Machines) -> Sampler {
+        let dirs: Vec<Option<PathBuf>> = machines
+            .nodes
+            .iter()
+            .map(|n| n.as_ref().map(Supervise::state_dir))
+            .collect();
+        let dirs = Arc::new(Mutex::new(dirs));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (d, s) = (Arc::clone(&dirs), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut sweeps = 0;
+            let mut violations = Vec::new();
+            let mut previous: Vec<usize> = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let now: Vec<Option<PathBuf>> = d.lock().unwrap().clone();
+                let active: Vec<usize> = now
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, dir)| {
+                        dir.as_ref()
+                            .and_then(|dir| socket_status(dir))
+                            .is_some_and(|st| {
+                                st["services"][0]["replicas"]
+                                    .as_array()
+                                    .is_some_and(|rs| rs.iter().any(|r| r["role"] == "active"))
+                            })
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                if active.len() > 1 && previous.len() > 1 {
+                    violations.push(format!(
+                        "at {:.3} nodes {active:?} all report an active (and {previous:?} before)",
+                        monotonic()
+                    ));
+                }
+                previous = active;
+                sweeps += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sweeps, violations)
+        });
+        Sampler {
+            dirs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Node `i` can (`Some(dir)`) or cannot be asked.
+    pub fn set(&self, i: usize, dir: Option<PathBuf>) {
+        self.dirs.lock().unwrap()[i] = dir;
+    }
+
+    /// Sweeps made and violations seen.
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
 }

@@ -16,6 +16,8 @@ mod events;
 mod project;
 mod supervise;
 
+// Only tests/cluster.rs uses it.
+#[allow(unused_imports)]
 pub use cluster::*;
 pub use events::*;
 pub use project::*;
