@@ -229,15 +229,22 @@ impl Cluster {
     }
 }
 
-/// Each request must fail in time for one more keep-alive before the
-/// deadline: keep-alives go every quarter of the TTL, the deadline is a
-/// margin (at least a third of a 3 s lease) before its end.
+/// A member that does not answer within a sixth of the lease is passed
+/// over for the next: a keep-alive that meets a stalled member and then
+/// one without a leader (an etcd election under way) still leaves time for
+/// more before the deadline, which is at least two thirds of a lease after
+/// the last success.
 fn request_timeout(lease: Duration) -> Duration {
-    lease / 4
+    lease / 6
 }
 
+/// After a failed keep-alive, the next one goes this soon: an etcd leader
+/// election lasts about a second, and the deadline does not wait.
+const RETRY: Duration = Duration::from_millis(200);
+
 /// The lease keeper: grants a lease, then renews it every quarter of its
-/// TTL, and says how each attempt went. A lease found gone is replaced.
+/// TTL (sooner after a failure), and says how each attempt went. A lease
+/// found gone is replaced.
 async fn keep(
     etcd: Arc<Etcd>,
     ttl: Duration,
@@ -255,7 +262,7 @@ async fn keep(
                 if !tell(News::Unreachable { epoch, error }) {
                     return;
                 }
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(RETRY).await;
                 continue;
             }
         };
@@ -266,8 +273,9 @@ async fn keep(
         }) {
             return;
         }
+        let mut wait = every;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(wait).await;
             let sent_ns = boot_now();
             let began = Instant::now();
             let news = match etcd.keep_alive(lease).await {
@@ -286,6 +294,10 @@ async fn keep(
                 },
             };
             let gone = matches!(news, News::LeaseGone { .. });
+            wait = match news {
+                News::Unreachable { .. } => RETRY,
+                _ => every,
+            };
             if !tell(news) {
                 return;
             }
