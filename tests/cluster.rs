@@ -72,6 +72,20 @@ fn kill9_of_the_active_nodes_supervisor_fences_its_active_before_another_takes_o
         "fenced before the lease ends"
     );
     assert!(t - killed_at < max_gap() + 1.0);
+    // A new supervisor there adopts the old active, and demotes it: it does
+    // not hold the key, whatever the checkpoint says.
+    machines.restart(i);
+    let fenced = machines.node(i).expect("fenced", "db.0");
+    assert!(
+        fenced.detail.contains("does not hold the election key"),
+        "{fenced:?}"
+    );
+    let status = machines.node(i).status();
+    assert_eq!(
+        status["services"][0]["replicas"][0]["role"], "standby",
+        "{status:#}"
+    );
+    check_active_log(&machines.log(), max_gap(), &[]).expect("the checker after the restart");
 }
 
 #[test]
@@ -562,4 +576,58 @@ fn a_three_member_etcd_keeps_the_active_through_a_frozen_member_and_a_killed_lea
         verdict.terms
     );
     assert_eq!(machines.actives(), [index_of(&machines, &leader)]);
+}
+
+/// Like `cluster`, with the spec's own way to demote.
+fn cluster_demoted_by(demote: &str) -> (Etcd, Machines, (f64, String, u64)) {
+    let etcd = Etcd::start(1);
+    let machines = Machines::demoted_by(&etcd, 2, 1, LEASE, demote);
+    let first = machines
+        .active_after(0.0, Duration::from_secs(30))
+        .expect("an active");
+    (etcd, machines, first)
+}
+
+#[test]
+fn without_a_demote_hook_the_shim_stops_the_active_at_its_deadline() {
+    let (_etcd, mut machines, (_, leader, _)) = cluster_demoted_by("");
+    let i = index_of(&machines, &leader);
+    let pid = machines.node(i).replica("db", 0)["pid"].as_i64().unwrap() as i32;
+    let killed_at = Instant::now();
+    machines.nodes[i].as_mut().unwrap().kill9();
+    let gone = wait_until(2 * LEASE, || !is_alive(pid));
+    let after = killed_at.elapsed();
+    assert!(
+        gone,
+        "the active {pid} still runs {after:?} after its supervisor died"
+    );
+    eprintln!("the orphaned active was stopped by its shim {after:?} after the kill");
+    assert!(after < LEASE, "{after:?}");
+    let other = wait_until(Duration::from_secs(10), || {
+        machines.last_write().is_some_and(|(_, n, _)| n != leader)
+    });
+    assert!(other);
+    check_active_log(&machines.log(), max_gap(), &[]).expect("the checker");
+}
+
+#[test]
+fn a_demote_hook_runs_with_the_pid_and_token_when_the_deadline_passes() {
+    let hook = r#"demote = ["sh", "-c", "echo {token} > demoted.{pid} && kill -USR2 {pid}"]"#;
+    let (_etcd, mut machines, (_, leader, token)) = cluster_demoted_by(hook);
+    let i = index_of(&machines, &leader);
+    let pid = machines.node(i).replica("db", 0)["pid"].as_i64().unwrap();
+    let dir = machines.node(i).dir().to_path_buf();
+    machines.nodes[i].as_mut().unwrap().kill9();
+    let file = dir.join(format!("demoted.{pid}"));
+    let ran = wait_until(2 * LEASE, || file.exists());
+    assert!(ran, "no {}", file.display());
+    let written = wait_until(SOON, || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.trim() == token.to_string())
+    });
+    assert!(written, "{:?}", std::fs::read_to_string(&file));
+    assert!(
+        is_alive(pid as i32),
+        "a demote hook demotes; it does not stop"
+    );
+    check_active_log(&machines.log(), max_gap(), &[]).expect("the checker");
 }

@@ -257,6 +257,18 @@ pub struct Machines {
 
 impl Machines {
     pub fn start(etcd: &Etcd, count: usize, replicas: u32, lease: Duration) -> Machines {
+        Machines::demoted_by(etcd, count, replicas, lease, r#"demote_signal = "SIGUSR2""#)
+    }
+
+    /// As [`Machines::start`], with `demote` the spec's line of how an
+    /// active is demoted (empty: it is stopped).
+    pub fn demoted_by(
+        etcd: &Etcd,
+        count: usize,
+        replicas: u32,
+        lease: Duration,
+        demote: &str,
+    ) -> Machines {
         let shared = tempfile::tempdir().expect("a temp dir");
         let writer = shared.path().join("writer.py");
         std::fs::write(&writer, WRITER).unwrap();
@@ -296,7 +308,7 @@ env = {{ NODE = "{node}", ACTIVE_LOG = "{log}" }}
 mode = "active-standby"
 scope = "cluster"
 promote = ["sh", "-c", "echo {{token}} > token.{{pid}} && kill -USR1 {{pid}}"]
-demote_signal = "SIGUSR2"
+{demote}
 "#,
                     endpoints = endpoints.join(", "),
                     lease = lease.as_secs(),

@@ -6,6 +6,7 @@ use nix::sys::signal::Signal;
 use super::Checker;
 use super::read::{Placeholders, Table};
 use super::text::clip;
+use crate::spec::template;
 use crate::spec::{Failover, Promote, Scope};
 
 const FAILOVER_KEYS: &[&str] = &[
@@ -48,6 +49,19 @@ impl Checker<'_> {
             );
         }
         let promote = self.hook(&t, "promote", "promote_signal");
+        let uses_token = |arg: &String| {
+            template::pieces(arg).is_ok_and(|p| p.contains(&template::Piece::Placeholder("token")))
+        };
+        if scope == Scope::Local
+            && let (Some(v), Some(Promote::Command(argv))) = (t.get("promote"), &promote)
+            && argv.iter().any(uses_token)
+        {
+            self.error(
+                v.span(),
+                "`{token}` is only given with scope = \"cluster\"",
+                "a local promotion has no fencing token; remove it or set scope = \"cluster\"",
+            );
+        }
         let demote = self.hook(&t, "demote", "demote_signal");
         if scope == Scope::Local
             && let Some((k, _)) = t.entry("demote").or(t.entry("demote_signal"))
@@ -137,6 +151,14 @@ mod tests {
         );
         let failover = s.services[0].failover.clone().unwrap();
         assert!(failover.is_cluster());
+        let (line, message) = one_problem(
+            "[services.a]\ncommand = [\"a\"]\n[services.a.failover]\nmode = \"active-standby\"\n\
+             promote = [\"p\", \"{token}\"]\n",
+        );
+        assert_eq!(
+            (line, message.as_str()),
+            (5, "`{token}` is only given with scope = \"cluster\"")
+        );
         assert_eq!(failover.demote, Some(Promote::Signal(Signal::SIGUSR2)));
     }
 }
