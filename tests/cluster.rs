@@ -551,9 +551,18 @@ fn chaos_a_seeded_random_run_never_has_two_actives_or_a_long_gap() {
     chaos(seed, events);
 }
 
+/// Above the time a loaded etcd takes to elect a leader (a 3 s lease leaves
+/// 2 s, which an election on a busy 2-core machine can take: the active is
+/// then fenced, safely, and elected again).
+const ROOMY_LEASE: Duration = Duration::from_secs(6);
+
 #[test]
 fn a_three_member_etcd_keeps_the_active_through_a_frozen_member_and_a_killed_leader() {
-    let (mut etcd, machines, (_, leader, token)) = cluster(3, 3);
+    let mut etcd = Etcd::start(3);
+    let machines = Machines::start(&etcd, 3, 1, ROOMY_LEASE);
+    let (_, leader, token) = machines
+        .active_after(0.0, Duration::from_secs(30))
+        .expect("an active");
     let start = monotonic();
     for round in 0..2 {
         let m = (round + 1) % 3;
@@ -567,7 +576,8 @@ fn a_three_member_etcd_keeps_the_active_through_a_frozen_member_and_a_killed_lea
         eprintln!("round {round}: froze member {m}, killed the etcd leader {l}");
     }
     let (_, node, now) = current(&machines);
-    let verdict = check_active_log(&machines.log(), max_gap(), &[]).expect("the checker");
+    let verdict = check_active_log(&machines.log(), ROOMY_LEASE.as_secs_f64() + 1.0, &[])
+        .expect("the checker");
     let after: Vec<&Term> = verdict.terms.iter().filter(|t| t.to > start).collect();
     assert_eq!(
         (node.as_str(), now, after.len()),
@@ -630,4 +640,23 @@ fn a_demote_hook_runs_with_the_pid_and_token_when_the_deadline_passes() {
         "a demote hook demotes; it does not stop"
     );
     check_active_log(&machines.log(), max_gap(), &[]).expect("the checker");
+}
+
+#[test]
+fn a_planned_stop_of_the_active_takes_its_stop_timeout_not_the_fencing_kill() {
+    let (_etcd, machines, (_, leader, _)) = cluster_demoted_by("");
+    let i = index_of(&machines, &leader);
+    std::fs::write(machines.node(i).dir().join("linger"), "1.0").unwrap();
+    let pid = machines.node(i).replica("db", 0)["pid"].as_i64().unwrap() as i32;
+    let asked = Instant::now();
+    machines.run(i, &["stop", "db.0"]).expect(0);
+    let took = asked.elapsed();
+    assert!(!is_alive(pid));
+    let status = machines.node(i).status();
+    let exit = &status["services"][0]["replicas"][0]["last_exit"];
+    eprintln!("stop took {took:?}; last exit {exit}");
+    // The fencing stop kills after half a second; a planned one waits
+    // for the replica (stop_timeout is 2s), which exits after 1s.
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert_eq!(exit["code"], 0, "{status:#}");
 }

@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 
 use super::Supervisor;
 use super::plan::RECHECK;
-use super::replica::{ReplicaId, Role};
+use super::replica::{Phase, ReplicaId, Role};
 use crate::procfs;
 use crate::spec::{self, Promote};
 
@@ -72,8 +72,9 @@ impl Supervisor {
     }
 
     /// Takes the active role away from a replica that can no longer hold it.
-    /// In cluster scope its shim demotes it now, and the key is given up
-    /// (if this supervisor holds it) for another node to take.
+    /// In cluster scope its shim demotes it now (unless it is being
+    /// stopped: the stop is its demotion, with its own stop timeout), and
+    /// the key is given up (if this supervisor holds it) for another node.
     pub(super) fn demote(&mut self, id: &ReplicaId) {
         let Some(run) = self.replicas.get_mut(id).and_then(|r| r.run_mut()) else {
             return;
@@ -91,7 +92,9 @@ impl Supervisor {
             return;
         }
         let token = self.cluster.as_ref().and_then(|c| c.token(&id.service));
-        self.fence_now(id, token);
+        if !matches!(self.replicas[id].phase, Phase::Stopping { .. }) {
+            self.fence_now(id, token);
+        }
         if token.is_some() {
             self.resign(&id.service, &format!("{id} is no longer active"));
         } else {

@@ -211,7 +211,8 @@ pub fn http(base: &str, method: &str, path: &str, body: &str) -> Option<String> 
 /// The replica of the cluster tests: while it believes it is active (from
 /// its promote hook's SIGUSR1, with the token the hook left, until SIGUSR2
 /// or its end) it appends `monotonic-time node token` to the shared log
-/// every 10 ms, with O_APPEND.
+/// every 10 ms, with O_APPEND. SIGTERM ends it (after the seconds in the
+/// file `linger`, if there is one).
 pub const WRITER: &str = r#"
 import os, signal, sys, time
 node, log = os.environ["NODE"], os.environ["ACTIVE_LOG"]
@@ -223,6 +224,9 @@ def demote(*_):
     state["token"] = None
 def stop(*_):
     state["token"] = None
+    # A slow stopper, when a test asks for one: it lingers before exiting.
+    if os.path.exists("linger"):
+        time.sleep(float(open("linger").read()))
     sys.exit(0)
 signal.signal(signal.SIGUSR1, promote)
 signal.signal(signal.SIGUSR2, demote)
