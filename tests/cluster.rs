@@ -264,6 +264,27 @@ fn status_events_and_metrics_say_who_leads_with_which_token() {
         "{status:#}"
     );
     assert_eq!(status["cluster"]["node"], leader.as_str());
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(c),
+        ["leader", "no_quorum_since", "node", "role", "token"],
+        "docs/commands.md §8.1"
+    );
+    assert_eq!(
+        keys(&status["cluster"]),
+        [
+            "last_renewal_seconds",
+            "lease",
+            "lease_renewal_failures",
+            "lease_renewals",
+            "no_quorum_since",
+            "node"
+        ]
+    );
     // The follower learns the leader from its lost campaign.
     let ok = wait_until(SOON, || {
         let s = machines.node(other).status();

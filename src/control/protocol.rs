@@ -198,8 +198,9 @@ pub struct StatusReport {
     pub supervisor: SupervisorInfo,
     /// In start order.
     pub services: Vec<ServiceStatus>,
-    /// With cluster-scope services: this node's lease.
-    #[serde(default)]
+    /// With cluster-scope services: this node's lease. Absent otherwise,
+    /// so a spec without them has the report it always had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterNode>,
 }
 
@@ -221,8 +222,8 @@ pub struct ServiceStatus {
     /// Desired replica count (after `scale`).
     pub desired: u32,
     pub replicas: Vec<ReplicaStatus>,
-    /// Cluster-scope failover services only.
-    #[serde(default)]
+    /// Cluster-scope failover services only (absent for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
 }
 
