@@ -681,3 +681,37 @@ fn a_planned_stop_of_the_active_takes_its_stop_timeout_not_the_fencing_kill() {
     assert!(took >= Duration::from_secs(1), "{took:?}");
     assert_eq!(exit["code"], 0, "{status:#}");
 }
+
+#[test]
+fn a_reload_that_brings_the_first_cluster_scope_service_joins_the_election() {
+    let etcd = Etcd::start(1);
+    let spec = |scope: &str| {
+        format!(
+            "[supervisor.cluster]\netcd = [\"{}\"]\nnode = \"solo\"\nprefix = \"/reload-{:x}\"\n\
+             lease = \"3s\"\n[services.db]\ncommand = \"sleep 600\"\nreplicas = 2\n\
+             [services.db.failover]\nmode = \"active-standby\"\nscope = \"{scope}\"\n",
+            etcd.endpoints()[0],
+            std::process::id()
+        )
+    };
+    let sup = Supervise::start(&spec("local"));
+    let active = |sup: &Supervise| {
+        socket_status(&sup.state_dir()).is_some_and(|s| {
+            s["services"][0]["replicas"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().any(|r| r["role"] == "active"))
+        })
+    };
+    assert!(wait_until(SOON, || active(&sup)), "a local active first");
+    assert!(sup.status().get("cluster").is_none(), "no etcd client yet");
+    std::fs::write(sup.spec_path(), spec("cluster")).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_supervise"));
+    cmd.arg("--state-dir").arg(sup.state_dir()).arg("reload");
+    run_bounded(cmd, COMMAND_TIMEOUT).expect(0);
+    // Changed definition: the replicas restart as standbys, and only an
+    // election makes one active again.
+    let elected = sup.expect("elected", "db");
+    assert!(elected.detail.contains("elected on solo"), "{elected:?}");
+    let promoted = sup.expect_after(&elected, "promoted", "db");
+    assert!(promoted.detail.contains("(token "), "{promoted:?}");
+}

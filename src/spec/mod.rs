@@ -341,10 +341,14 @@ impl Service {
     /// environment, directory, user, group and stop settings (not health or
     /// restart policy, which the supervisor applies as they are now). Kept
     /// with each incarnation, so that a supervisor resuming after a crash
-    /// can tell a replica started from a definition since edited.
+    /// can tell a replica started from a definition since edited. Cluster
+    /// scope is part of it, as its shim holds the fencing deadline and the
+    /// demotion (a replica started without them must not be adopted into
+    /// an election); it is added only then, so other services keep the
+    /// fingerprints of earlier versions.
     pub fn fingerprint(&self, spec_dir: &Path, index: u32) -> String {
         let plan = self.replica(spec_dir, index);
-        let definition = serde_json::json!([
+        let mut definition = serde_json::json!([
             plan.argv,
             plan.env,
             plan.cwd,
@@ -353,6 +357,16 @@ impl Service {
             self.stop_signal as i32,
             self.stop_timeout.as_millis() as u64,
         ]);
+        if let Some(failover) = self.failover.as_ref().filter(|f| f.is_cluster())
+            && let Some(parts) = definition.as_array_mut()
+        {
+            let demote = match &failover.demote {
+                Some(Promote::Command(argv)) => serde_json::json!(argv),
+                Some(Promote::Signal(signal)) => serde_json::json!(*signal as i32),
+                None => serde_json::Value::Null,
+            };
+            parts.push(serde_json::json!(["cluster", demote]));
+        }
         // FNV-1a: the same value from every build (std's hasher may change
         // between Rust releases, and a resume may run a newer binary).
         let hash = definition
@@ -381,4 +395,30 @@ impl Spec {
 /// Reads and validates a spec file, reporting every problem at once.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     validate::load(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_scope_and_its_demotion_are_part_of_the_fingerprint_and_nothing_else_changed() {
+        let dir = Path::new("/srv");
+        let mut s = Service::with_defaults("db", vec!["db".into()]);
+        let plain = s.fingerprint(dir, 0);
+        let mut failover = Failover {
+            promote: None,
+            scope: Scope::Local,
+            demote: None,
+        };
+        s.failover = Some(failover.clone());
+        assert_eq!(s.fingerprint(dir, 0), plain, "local scope adds nothing");
+        failover.scope = Scope::Cluster;
+        s.failover = Some(failover.clone());
+        let cluster = s.fingerprint(dir, 0);
+        assert_ne!(cluster, plain);
+        failover.demote = Some(Promote::Signal(Signal::SIGUSR2));
+        s.failover = Some(failover);
+        assert_ne!(s.fingerprint(dir, 0), cluster);
+    }
 }
