@@ -129,6 +129,32 @@ impl Etcd {
 
     /// Creates `key` = `value` under `lease` if no one holds it.
     pub async fn campaign(&self, key: &str, value: &str, lease: i64) -> Result<Campaign, Error> {
+        match self.try_campaign(key, value, lease).await? {
+            // Created under our lease by an attempt whose answer was lost (a
+            // member that stalled, then ran it), or left by a resignation
+            // not yet through: never taken up again, as its token may
+            // have served a term already. It goes, and a new key (with a
+            // new token) is tried for.
+            Err(stale) => {
+                self.resign(key, stale).await?;
+                match self.try_campaign(key, value, lease).await? {
+                    Ok(campaign) => Ok(campaign),
+                    Err(_) => Err(Error::Refused(format!(
+                        "{key} is still held under our lease"
+                    ))),
+                }
+            }
+            Ok(campaign) => Ok(campaign),
+        }
+    }
+
+    /// One campaign transaction; `Err(token)`: the key is held under `lease`.
+    async fn try_campaign(
+        &self,
+        key: &str,
+        value: &str,
+        lease: i64,
+    ) -> Result<Result<Campaign, u64>, Error> {
         let k = B64.encode(key);
         let body = json!({
             "compare": [{ "target": "CREATE", "key": k, "create_revision": "0" }],
@@ -142,20 +168,18 @@ impl Etcd {
         if answer["succeeded"].as_bool() == Some(true) {
             // The put is the transaction's only write: the key was created
             // at the revision the transaction made.
-            return Ok(Campaign::Won { token: revision });
+            return Ok(Ok(Campaign::Won { token: revision }));
         }
         let kv = &answer["responses"][0]["response_range"]["kvs"][0];
         let token = int(&kv["create_revision"]).unwrap_or(0) as u64;
         if int(&kv["lease"]) == Some(lease) {
-            // Created by an earlier attempt of ours whose answer was lost
-            // (a member that stalled, then ran it): ours all the same.
-            return Ok(Campaign::Won { token });
+            return Ok(Err(token));
         }
-        Ok(Campaign::Held {
+        Ok(Ok(Campaign::Held {
             holder: decode(&kv["value"]),
             token,
             revision,
-        })
+        }))
     }
 
     /// Deletes `key` if it is still the one created at `token`.

@@ -451,7 +451,7 @@ fn chaos(seed: u64, events: usize) {
         let (_, leader, token) = current(&machines);
         let i = index_of(&machines, &leader);
         let at = monotonic();
-        eprintln!("event {n}: {kind:?} (active: {leader}, token {token})");
+        eprintln!("event {n} at {at:.3}: {kind:?} (active: {leader}, token {token})");
         match kind {
             Chaos::KillSupervisor => {
                 sampler.set(i, None);
@@ -714,4 +714,47 @@ fn a_reload_that_brings_the_first_cluster_scope_service_joins_the_election() {
     assert!(elected.detail.contains("elected on solo"), "{elected:?}");
     let promoted = sup.expect_after(&elected, "promoted", "db");
     assert!(promoted.detail.contains("(token "), "{promoted:?}");
+}
+
+#[test]
+fn a_key_found_under_its_own_lease_is_never_taken_up_again_with_its_old_token() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (etcd, machines, (_, _, token)) = cluster(1, 1);
+    machines.run(0, &["stop", "db.0"]).expect(0);
+    let resigned = machines.node(0).expect("resigned", "db");
+    // What a campaign whose answer was lost, run late by a stalled member,
+    // or a resignation not through yet, leaves: the key under our lease.
+    let lease = machines.node(0).status()["cluster"]["lease"]
+        .as_i64()
+        .unwrap();
+    let key = format!("{}/services/db/leader", machines.prefix);
+    let put = format!(
+        r#"{{"key":"{}","value":"{}","lease":"{lease}"}}"#,
+        b64(&key),
+        b64("n0")
+    );
+    let answer = http_post(&etcd.endpoints()[0], "/v3/kv/put", &put).expect("a put");
+    let stale: u64 =
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["header"]["revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    machines.run(0, &["start", "db.0"]).expect(0);
+    let elected = machines.node(0).expect_after(&resigned, "elected", "db");
+    eprintln!("first term {token}, stale key {stale}: {}", elected.detail);
+    assert!(
+        !elected.detail.contains(&format!("(token {stale})")),
+        "the stale key's token was taken up again: {elected:?}"
+    );
+    let new: u64 = elected
+        .detail
+        .rsplit("token ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    assert!(new > stale, "{new} after {stale}");
 }

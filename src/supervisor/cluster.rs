@@ -158,10 +158,14 @@ impl Cluster {
     /// (Re)starts the lease keeper, with a lease of its own.
     pub(super) fn start(&mut self, messages: &mpsc::UnboundedSender<Message>) {
         if let Some(lease) = self.lease.take() {
-            // Whatever keys it still holds go with it; best effort, as a
-            // lease that cannot be revoked expires anyway.
+            // Whatever keys it still holds go with it, as soon as etcd
+            // answers: left to expire, they could be held a whole TTL
+            // more, as etcd renews every lease when it elects a leader.
             let etcd = Arc::clone(&self.etcd);
-            tokio::spawn(async move { etcd.revoke(lease).await });
+            tokio::spawn(until_answered(move || {
+                let etcd = Arc::clone(&etcd);
+                async move { etcd.revoke(lease).await }
+            }));
         }
         self.deadline_ns = None;
         self.epoch += 1;
@@ -241,6 +245,20 @@ fn request_timeout(lease: Duration) -> Duration {
 /// After a failed keep-alive, the next one goes this soon: an etcd leader
 /// election lasts about a second, and the deadline does not wait.
 const RETRY: Duration = Duration::from_millis(200);
+
+/// Runs `op` until etcd answers it (a refusal is an answer too). Both
+/// uses are safe however late they land: a revoke of a lease long gone is
+/// refused, and a resignation deletes the key only if it is still the one
+/// created at its token.
+async fn until_answered<F, R>(op: F)
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = Result<(), etcd::Error>>,
+{
+    while let Err(etcd::Error::Unreachable(_)) = op().await {
+        tokio::time::sleep(RETRY).await;
+    }
+}
 
 /// The lease keeper: grants a lease, then renews it every quarter of its
 /// TTL (sooner after a failure), and says how each attempt went. A lease
@@ -576,7 +594,12 @@ impl Supervisor {
         };
         cluster.election(service).stand = Stand::Free;
         let (etcd, key) = (Arc::clone(&cluster.etcd), cluster.key(service));
-        tokio::spawn(async move { etcd.resign(&key, token).await });
+        // Until etcd answers: a key left behind would keep every other
+        // node from campaigning while this one renews its lease.
+        tokio::spawn(until_answered(move || {
+            let (etcd, key) = (Arc::clone(&etcd), key.clone());
+            async move { etcd.resign(&key, token).await }
+        }));
         let detail = format!("{service}: resigned ({why}; token {token})");
         self.emit_for_service("resigned", service, detail);
     }

@@ -254,6 +254,8 @@ pub struct Machines {
     pub lease: Duration,
     /// Each node's metrics address.
     pub metrics: Vec<String>,
+    /// The specs' `prefix`.
+    pub prefix: String,
     specs: Vec<String>,
     /// Supervisors replaced by [`Machines::restart`].
     retired: Vec<Supervise>,
@@ -328,6 +330,7 @@ promote = ["sh", "-c", "echo {{token}} > token.{{pid}} && kill -USR1 {{pid}}"]
             shared,
             lease,
             metrics,
+            prefix,
             specs,
             retired: Vec::new(),
         }
