@@ -27,6 +27,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod control;
+pub mod etcd;
 pub mod exit;
 pub mod export;
 pub mod http;

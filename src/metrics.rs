@@ -21,10 +21,16 @@
 //!   `supervise_replica_memory_bytes{service,replica}`: sampled at the
 //!   scrape (from the replica's cgroup, else `/proc`), not before
 //! - `supervise_replica_oom_kills_total{service,replica}`
+//! - cluster scope: `supervise_cluster_leader{service}`,
+//!   `supervise_cluster_token{service}`, `supervise_cluster_elections_total{service}`,
+//!   `supervise_cluster_fenced_total{service}`, `supervise_cluster_quorum`,
+//!   `supervise_cluster_lease_renewals_total`,
+//!   `supervise_cluster_lease_renewal_failures_total`,
+//!   `supervise_cluster_lease_renewal_seconds`
 //!
 //! The same listener serves the read-only status page (`GET /`, see
-//! status_page.rs) and `GET /status.json`, from the last report and events
-//! the loop handed over.
+//! status_page.rs) and `GET /status.json`: a report asked of the loop at
+//! each request, and the last events it handed over.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -115,6 +121,7 @@ pub struct Metrics {
     cpu: Family<ReplicaLabels, Counter<f64, AtomicU64>>,
     memory: Family<ReplicaLabels, Gauge>,
     oom_kills: Family<ReplicaLabels, Counter>,
+    cluster: ClusterSeries,
     /// Handles on the series of the last report, so that an update is a
     /// walk over the report with no label allocation for known replicas.
     seen: Mutex<Seen>,
@@ -128,8 +135,24 @@ struct Page {
     events: VecDeque<EventRecord>,
 }
 
+/// Cluster-scope failover (docs/cluster.md §6).
+#[derive(Default)]
+struct ClusterSeries {
+    leader: Family<ServiceLabels, Gauge>,
+    token: Family<ServiceLabels, Gauge>,
+    elections: Family<ServiceLabels, Counter>,
+    fenced: Family<ServiceLabels, Counter>,
+    quorum: Gauge,
+    renewals: Counter,
+    failures: Counter,
+    renewal_seconds: Gauge<f64, AtomicU64>,
+}
+
 #[derive(Default)]
 struct Seen {
+    /// The report's lease counts at the last update, to add only the delta.
+    renewals: u64,
+    failures: u64,
     /// Bumped by each update; a series not marked with the current one is
     /// gone from the report and is removed.
     epoch: u64,
@@ -179,6 +202,7 @@ impl Default for Metrics {
             cpu: Family::default(),
             memory: Family::default(),
             oom_kills: Family::default(),
+            cluster: ClusterSeries::default(),
             seen: Mutex::new(Seen::default()),
             page: Mutex::new(Page::default()),
         };
@@ -227,6 +251,47 @@ impl Metrics {
             "How long health probes took",
             self.probe_duration.clone(),
         );
+        let c = &self.cluster;
+        r.register(
+            "cluster_leader",
+            "1 while this supervisor holds the service's election key",
+            c.leader.clone(),
+        );
+        r.register(
+            "cluster_token",
+            "The fencing token of the service's leader, as last seen",
+            c.token.clone(),
+        );
+        r.register(
+            "cluster_elections",
+            "Elections this supervisor won",
+            c.elections.clone(),
+        );
+        r.register(
+            "cluster_fenced",
+            "Actives of this supervisor fenced (lease lost or past its deadline)",
+            c.fenced.clone(),
+        );
+        r.register(
+            "cluster_quorum",
+            "1 while etcd answers this supervisor",
+            c.quorum.clone(),
+        );
+        r.register(
+            "cluster_lease_renewals",
+            "Keep-alives that renewed this supervisor's lease",
+            c.renewals.clone(),
+        );
+        r.register(
+            "cluster_lease_renewal_failures",
+            "Lease grants and keep-alives no etcd member answered",
+            c.failures.clone(),
+        );
+        r.register(
+            "cluster_lease_renewal_seconds",
+            "Round trip of the last lease renewal",
+            c.renewal_seconds.clone(),
+        );
         r.register(
             "replica_cpu_seconds",
             "CPU time the replica's processes used, user and system",
@@ -263,6 +328,32 @@ impl Metrics {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         seen.epoch += 1;
         let epoch = seen.epoch;
+        if let Some(node) = &report.cluster {
+            let c = &self.cluster;
+            c.quorum.set(i64::from(node.no_quorum_since.is_none()));
+            c.renewals
+                .inc_by(node.lease_renewals.saturating_sub(seen.renewals));
+            c.failures
+                .inc_by(node.lease_renewal_failures.saturating_sub(seen.failures));
+            (seen.renewals, seen.failures) = (node.lease_renewals, node.lease_renewal_failures);
+            if let Some(s) = node.last_renewal_seconds {
+                c.renewal_seconds.set(s);
+            }
+        }
+        for svc in &report.services {
+            if let Some(status) = &svc.cluster {
+                let labels = ServiceLabels {
+                    service: svc.name.clone(),
+                };
+                let leads = status.role == "leader";
+                self.cluster
+                    .leader
+                    .get_or_create(&labels)
+                    .set(i64::from(leads));
+                let token = status.token.map_or(0, |t| t as i64);
+                self.cluster.token.get_or_create(&labels).set(token);
+            }
+        }
         for svc in &report.services {
             let series = seen
                 .services
@@ -319,13 +410,15 @@ impl Metrics {
                 self.running.remove(&labels);
                 self.failovers.remove(&labels);
                 self.probe_duration.remove(&labels);
+                self.cluster.leader.remove(&labels);
+                self.cluster.token.remove(&labels);
             }
             keep
         });
     }
 
-    /// Counts what the status cannot show (failovers, OOM kills); keeps
-    /// the last events for the status page.
+    /// Counts what the status cannot show (failovers, OOM kills,
+    /// elections, fencing); keeps the last events for the status page.
     pub fn on_event(&self, event: &EventRecord) {
         let mut page = self.page();
         if page.events.len() == PAGE_EVENTS {
@@ -333,18 +426,25 @@ impl Metrics {
         }
         page.events.push_back(event.clone());
         drop(page);
-        match (event.event.as_str(), &event.service, event.replica) {
-            ("promoted", Some(service), _) => {
-                let labels = ServiceLabels {
+        let per_service = match event.event.as_str() {
+            "promoted" => &self.failovers,
+            "elected" => &self.cluster.elections,
+            "fenced" => &self.cluster.fenced,
+            "oom" => {
+                if let (Some(service), Some(index)) = (&event.service, event.replica) {
+                    let labels = ReplicaLabels::new(service, index);
+                    self.oom_kills.get_or_create(&labels).inc();
+                }
+                return;
+            }
+            _ => return,
+        };
+        if let Some(service) = &event.service {
+            per_service
+                .get_or_create(&ServiceLabels {
                     service: service.clone(),
-                };
-                self.failovers.get_or_create(&labels).inc();
-            }
-            ("oom", Some(service), Some(index)) => {
-                let labels = ReplicaLabels::new(service, index);
-                self.oom_kills.get_or_create(&labels).inc();
-            }
-            _ => {}
+                })
+                .inc();
         }
     }
 
@@ -622,8 +722,10 @@ mod tests {
                     state: "running".into(),
                     desired,
                     replicas,
+                    cluster: None,
                 })
                 .collect(),
+            cluster: None,
         }
     }
 

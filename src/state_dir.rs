@@ -73,6 +73,11 @@ impl StateDir {
         self.run().join(format!("{replica}.running"))
     }
 
+    /// A cluster-scope replica's fencing order (see `shim::fence`).
+    pub fn fence_order(&self, replica: &str) -> PathBuf {
+        self.run().join(format!("{replica}.fence"))
+    }
+
     /// The control socket (see `control::protocol`).
     pub fn socket(&self) -> PathBuf {
         self.root.join(crate::control::protocol::SOCKET_NAME)

@@ -169,6 +169,11 @@ invalid! {
     unknown_limit: 6, "unknown key `swap` in [services.api.limits]";
     memory_high_above_memory: 6, "`memory_high` (419430400 bytes) is above `memory` (268435456 bytes)";
     nofile_not_integer: 5, "expected an integer for `nofile`, found a string";
+    // cluster
+    cluster_short_lease: 5, "`lease` must be whole seconds, at least 3s";
+    cluster_bad_node: 4, "`node` \"db_A\" is not a DNS label";
+    cluster_scope_without_cluster: 8, "`scope = \"cluster\"` needs a [supervisor.cluster] table";
+    cluster_https_endpoint: 3, "`etcd` endpoints are http://HOST:PORT URLs";
 }
 
 #[test]

@@ -142,6 +142,15 @@ fn check(cli: &Cli, own: Option<&PathBuf>, strict: bool) -> Exit {
     if !cli.quiet {
         print!("{}", spec::render_plan(&spec));
     }
+    if let Some(cluster) = &spec.supervisor.cluster {
+        for endpoint in &cluster.etcd {
+            if let Err(e) = reachable(endpoint) {
+                // etcd may well be down while the spec is written: `up`
+                // keeps trying, so this is no reason to refuse the spec.
+                eprintln!("warning: etcd endpoint {endpoint} does not answer: {e}");
+            }
+        }
+    }
     Ok(exit::OK)
 }
 
@@ -160,6 +169,28 @@ fn limits_enforced(spec: &Spec, strict: bool, code: i32) -> Result<(), Failure> 
         return Err(Failure::quiet(code));
     }
     Ok(())
+}
+
+/// Whether a TCP connection to an `http://HOST:PORT` endpoint opens within a second.
+fn reachable(endpoint: &str) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let authority = endpoint.trim_start_matches("http://");
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut last = std::io::Error::other("no address");
+    for addr in with_port.to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Where the supervisor a command talks to keeps its state, and the one

@@ -175,8 +175,10 @@ pub(crate) mod tests {
                         .enumerate()
                         .map(|(i, s)| replica(i as u32, s))
                         .collect(),
+                    cluster: None,
                 })
                 .collect(),
+            cluster: None,
         }
     }
 

@@ -70,7 +70,7 @@ pub fn render(
     }
     Ok(match render {
         Render::Json => serde_json::to_string_pretty(&report).expect("a report always serialises"),
-        Render::Table { colour } => table(&report, now, colour),
+        Render::Table { colour } => table(&report, now, colour) + &cluster_lines(&report),
     })
 }
 
@@ -113,6 +113,34 @@ fn rows(report: &StatusReport, now: SystemTime) -> Vec<[String; COLUMNS]> {
         }
     }
     rows
+}
+
+/// Below the table, for cluster-scope services: who leads, with which
+/// token, and whether etcd answers.
+fn cluster_lines(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let mut no_quorum = None;
+    for service in &report.services {
+        let Some(c) = &service.cluster else { continue };
+        let leader = match (&c.leader, c.token) {
+            (Some(node), Some(token)) if *node == c.node && c.role == "leader" => {
+                format!("this node ({node}) leads, token {token}")
+            }
+            (Some(node), Some(token)) => {
+                format!(
+                    "leader {node}, token {token}; this node ({}) is a {}",
+                    c.node, c.role
+                )
+            }
+            _ => format!("no leader known; this node ({}) is a {}", c.node, c.role),
+        };
+        out.push_str(&format!("{}: cluster {leader}\n", service.name));
+        no_quorum = no_quorum.or(c.no_quorum_since.clone());
+    }
+    if let Some(since) = no_quorum {
+        out.push_str(&format!("cluster: no quorum since {since}\n"));
+    }
+    out
 }
 
 fn table(report: &StatusReport, now: SystemTime, colour: bool) -> String {

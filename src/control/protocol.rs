@@ -230,6 +230,10 @@ pub struct StatusReport {
     pub supervisor: SupervisorInfo,
     /// In start order.
     pub services: Vec<ServiceStatus>,
+    /// With cluster-scope services: this node's lease. Absent otherwise,
+    /// so a spec without them has the report it always had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterNode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +254,40 @@ pub struct ServiceStatus {
     /// Desired replica count (after `scale`).
     pub desired: u32,
     pub replicas: Vec<ReplicaStatus>,
+    /// Cluster-scope failover services only (absent for the others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// This supervisor's lease in the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub node: String,
+    /// The lease's id while it holds one.
+    pub lease: Option<i64>,
+    /// Keep-alives that renewed the lease, since the supervisor started.
+    pub lease_renewals: u64,
+    /// Keep-alives (and grants) that found no etcd member answering.
+    pub lease_renewal_failures: u64,
+    /// Round trip of the last renewal, in seconds.
+    pub last_renewal_seconds: Option<f64>,
+    /// RFC 3339 UTC: etcd has not answered since then; null while it does.
+    pub no_quorum_since: Option<String>,
+}
+
+/// Where this supervisor stands in a service's cluster election.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This supervisor's node name.
+    pub node: String,
+    /// leader | follower | campaigning
+    pub role: String,
+    /// The leader's node, as last seen; null when unknown.
+    pub leader: Option<String>,
+    /// The leader's fencing token, as last seen.
+    pub token: Option<u64>,
+    /// RFC 3339 UTC: etcd has not answered since then; null while it does.
+    pub no_quorum_since: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ use super::{
     Elsewhere, Export, ExportError, File, Part, Warnings, duration, parts, report_outside_services,
     uses, whole_seconds,
 };
-use crate::spec::{Dependency, Failover, Limits, Policy, RestartPolicy, Service, Spec};
+use crate::spec::{Dependency, Failover, Limits, Policy, RestartPolicy, Scope, Service, Spec};
 
 mod probes;
 
@@ -374,13 +374,53 @@ fn translate(
             ),
         );
     }
-    if let Some(Failover { promote: _ }) = failover {
-        warnings.add(
-            place,
-            "failover cannot be expressed in Kubernetes (every pod of a workload is equal); \
-             dropped (use leader election in the program)",
-        );
+    // Cluster scope: one active across machines becomes one pod at most,
+    // and a new pod only once the old one is gone.
+    let mut single = false;
+    match failover {
+        Some(Failover {
+            promote: _,
+            scope: Scope::Cluster,
+            demote: _,
+        }) if kind != Kind::Job => {
+            single = true;
+            let shape = match kind {
+                Kind::StatefulSet => "a StatefulSet of one replica",
+                _ => "a Deployment of one replica with strategy Recreate",
+            };
+            comments.push(format!(
+                "{spec_name} has cluster-scope failover: it is {shape}, so at most one pod runs \
+                 (an old pod is gone before a new one starts)."
+            ));
+            warnings.add(
+                place,
+                format!(
+                    "failover scope = \"cluster\" becomes {shape}; Kubernetes' own semantics \
+                     apply: no etcd election, token or fencing deadline, no standby (a new pod \
+                     starts after the old one is gone), and a pod on an unreachable node may run \
+                     on until Kubernetes evicts it"
+                ),
+            );
+        }
+        Some(Failover {
+            promote: _,
+            scope: _,
+            demote: _,
+        }) => {
+            warnings.add(
+                place,
+                "failover cannot be expressed in Kubernetes (every pod of a workload is equal); \
+                 dropped (use leader election in the program)",
+            );
+        }
+        None => {}
     }
+    let replicas = if single {
+        (*replicas).min(1)
+    } else {
+        *replicas
+    };
+    let replicas = &replicas;
 
     let labels = || {
         Map::default()
@@ -440,6 +480,10 @@ fn translate(
             "Deployment",
             Map::default()
                 .with("replicas", int(*replicas))
+                .maybe(
+                    "strategy",
+                    single.then(|| Map::default().with("type", string("Recreate")).node()),
+                )
                 .with(
                     "selector",
                     Map::default().with("matchLabels", labels()).node(),

@@ -125,6 +125,7 @@ pub(crate) fn report_outside_services(
         log_max_size,
         log_keep,
         metrics,
+        cluster,
     } = settings;
     let Elsewhere { target, .. } = elsewhere;
     // A key at its default means "the usual behaviour", which the target has
@@ -143,6 +144,11 @@ pub(crate) fn report_outside_services(
         ),
         ("log_keep", *log_keep != default.log_keep, elsewhere.logs),
         ("metrics", metrics.is_some(), elsewhere.metrics),
+        (
+            "cluster",
+            cluster.is_some(),
+            "there is no etcd election there; see the warnings of cluster-scope services",
+        ),
     ];
     for (key, _, instead) in changed.into_iter().filter(|(_, changed, _)| *changed) {
         warnings.add(

@@ -279,7 +279,12 @@ impl Unit<'_> {
         for dependency in depends_on {
             self.dependency(dependency, &mut unit, place, warnings);
         }
-        if let Some(Failover { promote: _ }) = failover {
+        if let Some(Failover {
+            promote: _,
+            scope: _,
+            demote: _,
+        }) = failover
+        {
             warnings.add(
                 place,
                 "failover cannot be expressed in systemd (every instance is equal); dropped",

@@ -21,9 +21,11 @@
 //! Requests come as signals: SIGTERM (or SIGINT/SIGHUP) = stop gracefully
 //! (stop signal to the whole tree, SIGKILL after the stop timeout), SIGUSR1 =
 //! kill the tree now, SIGUSR2 = give up the respawn leave (exit when the
-//! replica ends, as without one).
+//! replica ends, as without one), SIGWINCH = read the fencing order again
+//! (see [`fence`]).
 
 mod clone;
+mod fence;
 mod logfile;
 pub mod protocol;
 mod spawn;
@@ -144,6 +146,17 @@ impl<'l> Tree<'l> {
         }
     }
 
+    /// Fencing: the stop signal now, SIGKILL after `kill_after` at most
+    /// (the fencing margin), whatever the stop timeout.
+    fn stop_within(&mut self, kill_after: Duration) {
+        if let Phase::Running = self.phase {
+            self.stop();
+            if let Phase::Stopping { deadline, .. } = &mut self.phase {
+                *deadline = (*deadline).min(Instant::now() + kill_after);
+            }
+        }
+    }
+
     /// SIGKILL to the tree: with a leaf, `cgroup.kill` (the kernel misses
     /// no fork in flight), once; without, a sweep now and at every tick.
     fn kill(&mut self) {
@@ -175,7 +188,7 @@ impl<'l> Tree<'l> {
 
     fn on_signal(&mut self, signal: Signal) {
         match signal {
-            Signal::SIGCHLD => {}
+            Signal::SIGCHLD | protocol::FENCE_SIGNAL => {}
             Signal::SIGUSR2 => self.leave_revoked = true,
             Signal::SIGUSR1 => {
                 self.asked_to_stop = true;
@@ -464,7 +477,9 @@ fn run(config: ShimConfig) -> i32 {
         child,
         &Status::Started { pid: child },
     );
-    if config.ready_pattern.is_none() && config.respawn.is_none() {
+    let mut fence = config.fence.as_ref().map(fence::Fence::new);
+    // A fenced replica is said on it.
+    if config.ready_pattern.is_none() && config.respawn.is_none() && fence.is_none() {
         close_status_pipe();
     }
     let mut tree = Tree::new(&config, child, leaf.as_ref());
@@ -480,7 +495,9 @@ fn run(config: ShimConfig) -> i32 {
     let mut generation = config.generation;
     let mut respawn = config.respawn.clone();
     loop {
-        if let Err(code) = supervise_tree(&mut tree, &mut output, &mut running, &signals) {
+        if let Err(code) =
+            supervise_tree(&mut tree, &mut output, &mut running, &signals, &mut fence)
+        {
             return code;
         }
         output.finish(&config.replica);
@@ -534,6 +551,7 @@ fn supervise_tree(
     output: &mut Output,
     running: &mut Running,
     signals: &Signals,
+    fence: &mut Option<fence::Fence>,
 ) -> Result<(), i32> {
     loop {
         let mut fds = vec![PollFd::new(signals.wake.as_fd(), PollFlags::POLLIN)];
@@ -545,10 +563,14 @@ fn supervise_tree(
         for pipe in output.pipes.iter().flatten() {
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
         }
-        let wait = match (tree.wait(), running.wait()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wait = [
+            tree.wait(),
+            running.wait(),
+            fence.as_ref().and_then(|f| f.wait()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if let Err(e) = poll(&mut fds, poll_timeout(wait))
             && e != Errno::EINTR
         {
@@ -569,7 +591,13 @@ fn supervise_tree(
         // poll leaves no readiness behind, and a stop or revoke that came
         // with the replica's death must be seen before it is respawned.
         for signal in signals.take() {
+            if let (protocol::FENCE_SIGNAL, Some(fence)) = (signal, fence.as_mut()) {
+                fence.reload();
+            }
             tree.on_signal(signal);
+        }
+        if let Some(token) = fence.as_mut().and_then(|f| f.act_if_due(tree)) {
+            report(&Status::Fenced { token });
         }
         let gone = tree.reap();
         output.on_ready(&ready[pipes..]);
@@ -639,13 +667,14 @@ fn claim(config: &ShimConfig) -> Result<Flock<File>, String> {
 }
 
 /// The signals the shim acts on.
-const WATCHED: [Signal; 6] = [
+const WATCHED: [Signal; 7] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
+    protocol::FENCE_SIGNAL,
 ];
 
 /// The shim's signals, caught: each handler sets its flag and writes a byte
@@ -663,9 +692,12 @@ impl Signals {
     fn stop_requested_within(&self, wait: Duration) -> bool {
         let mut fds = [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, poll_timeout(Some(wait)));
-        self.take()
-            .into_iter()
-            .any(|signal| !matches!(signal, Signal::SIGCHLD | Signal::SIGUSR2))
+        self.take().into_iter().any(|signal| {
+            !matches!(
+                signal,
+                Signal::SIGCHLD | Signal::SIGUSR2 | protocol::FENCE_SIGNAL
+            )
+        })
     }
 
     /// The signals that came since the last call; empties the self-pipe.

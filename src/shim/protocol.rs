@@ -13,7 +13,7 @@
 //! heard of a replica still finds it when it resumes.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,51 @@ pub struct ShimConfig {
     /// the replica's rlimits whether or not it has a leaf.
     #[serde(default)]
     pub limits: crate::spec::Limits,
+    /// Cluster-scope failover: the deadline the shim demotes the replica
+    /// at by itself (see `shim::fence`).
+    #[serde(default)]
+    pub fence: Option<FenceConfig>,
+}
+
+/// Where a shim finds its fencing deadline, and what it does at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FenceConfig {
+    /// A [`FenceOrder`], rewritten by the supervisor, which then sends
+    /// [`FENCE_SIGNAL`] to the shim.
+    pub path: PathBuf,
+    pub demote: Demote,
+}
+
+/// How a shim demotes its replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Demote {
+    /// Sent to the main process.
+    Signal(i32),
+    /// Run (expanded already) in `cwd`.
+    Command { argv: Vec<String>, cwd: PathBuf },
+    /// The replica is stopped: the stop signal, SIGKILL after `kill_after_ms`.
+    Stop { kill_after_ms: u64 },
+}
+
+/// The supervisor's word to a shim of a cluster-scope replica: it is active
+/// under `token` until `deadline_ns`, on `CLOCK_BOOTTIME` (which, unlike
+/// the monotonic clock, counts a suspended machine's sleep, as etcd's lease
+/// timer on another machine does). A deadline in the past fences at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FenceOrder {
+    pub token: u64,
+    pub deadline_ns: u64,
+}
+
+/// Tells a shim to read its [`FenceOrder`] again.
+pub const FENCE_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGWINCH;
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds.
+pub fn boot_now() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| Duration::from(t).as_nanos() as u64)
+        .unwrap_or_default()
 }
 
 /// The supervisor's leave for a shim to start its command again, at once,
@@ -110,6 +155,11 @@ pub enum Status {
     },
     /// An output line matched `ready_pattern` (sent at most once, after `Started`).
     Ready,
+    /// Cluster scope: the deadline of `token` passed, and the shim demoted
+    /// the replica (ran the demote hook, sent the signal, or began the stop).
+    Fenced {
+        token: u64,
+    },
     /// Under a [`Respawn`] leave: the command ended as said and was started
     /// again as `generation`, with `pid`.
     Respawned {

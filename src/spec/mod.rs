@@ -46,6 +46,22 @@ pub struct SupervisorSettings {
     pub log_max_size: u64,
     pub log_keep: u32,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[supervisor.cluster]`: failover across supervisors (docs/cluster.md §2).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Where the supervisors of a cluster meet: an etcd cluster, and this
+/// supervisor's name among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// `http://` URLs of etcd members, tried in order.
+    pub etcd: Vec<String>,
+    /// A DNS label; default: the host name.
+    pub node: String,
+    /// Keys live under it; no trailing `/`.
+    pub prefix: String,
+    /// TTL of this node's lease; at least 3 s.
+    pub lease: Duration,
 }
 
 impl SupervisorSettings {
@@ -58,6 +74,7 @@ impl SupervisorSettings {
             log_max_size: 10 << 20,
             log_keep: 5,
             metrics: None,
+            cluster: None,
         }
     }
 }
@@ -231,6 +248,25 @@ pub enum Promote {
 pub struct Failover {
     /// `None` = no hook: the role is only announced through `SUPERVISE_ROLE` and events.
     pub promote: Option<Promote>,
+    pub scope: Scope,
+    /// Cluster scope: how the active is told it lost the role. `None`: it
+    /// is stopped (and restarts as a standby).
+    pub demote: Option<Promote>,
+}
+
+/// Among whose replicas there is one active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This supervisor's.
+    Local,
+    /// Every supervisor's of the `[supervisor.cluster]` prefix.
+    Cluster,
+}
+
+impl Failover {
+    pub fn is_cluster(&self) -> bool {
+        self.scope == Scope::Cluster
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +331,7 @@ impl Service {
             replica: index,
             port,
             pid: None,
+            token: None,
         };
         let argv = self.command.iter().map(|a| expand(a, &vars)).collect();
         let mut env: Vec<(String, String)> = self
@@ -323,7 +360,11 @@ impl Service {
     /// environment, directory, user, group and stop settings (not health or
     /// restart policy, which the supervisor applies as they are now). Kept
     /// with each incarnation, so that a supervisor resuming after a crash
-    /// can tell a replica started from a definition since edited.
+    /// can tell a replica started from a definition since edited. Cluster
+    /// scope is part of it, as its shim holds the fencing deadline and the
+    /// demotion (a replica started without them must not be adopted into
+    /// an election); it is added only then, so other services keep the
+    /// fingerprints of earlier versions.
     pub fn fingerprint(&self, spec_dir: &Path, index: u32) -> String {
         let plan = self.replica(spec_dir, index);
         let mut definition = serde_json::json!([
@@ -351,6 +392,16 @@ impl Service {
                     l.core
                 ]));
         }
+        if let Some(failover) = self.failover.as_ref().filter(|f| f.is_cluster())
+            && let Some(parts) = definition.as_array_mut()
+        {
+            let demote = match &failover.demote {
+                Some(Promote::Command(argv)) => serde_json::json!(argv),
+                Some(Promote::Signal(signal)) => serde_json::json!(*signal as i32),
+                None => serde_json::Value::Null,
+            };
+            parts.push(serde_json::json!(["cluster", demote]));
+        }
         // FNV-1a: the same value from every build (std's hasher may change
         // between Rust releases, and a resume may run a newer binary).
         let hash = definition
@@ -367,9 +418,42 @@ impl Spec {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
+
+    /// The services whose active is elected across the cluster.
+    pub fn cluster_services(&self) -> impl Iterator<Item = &Service> {
+        self.services
+            .iter()
+            .filter(|s| s.failover.as_ref().is_some_and(Failover::is_cluster))
+    }
 }
 
 /// Reads and validates a spec file, reporting every problem at once.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     validate::load(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_scope_and_its_demotion_are_part_of_the_fingerprint_and_nothing_else_changed() {
+        let dir = Path::new("/srv");
+        let mut s = Service::with_defaults("db", vec!["db".into()]);
+        let plain = s.fingerprint(dir, 0);
+        let mut failover = Failover {
+            promote: None,
+            scope: Scope::Local,
+            demote: None,
+        };
+        s.failover = Some(failover.clone());
+        assert_eq!(s.fingerprint(dir, 0), plain, "local scope adds nothing");
+        failover.scope = Scope::Cluster;
+        s.failover = Some(failover.clone());
+        let cluster = s.fingerprint(dir, 0);
+        assert_ne!(cluster, plain);
+        failover.demote = Some(Promote::Signal(Signal::SIGUSR2));
+        s.failover = Some(failover);
+        assert_ne!(s.fingerprint(dir, 0), cluster);
+    }
 }

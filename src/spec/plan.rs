@@ -67,12 +67,29 @@ fn render_service(out: &mut Vec<String>, spec: &Spec, service: &Service) {
         out.push(field("health:", health(h)));
     }
     if let Some(f) = &service.failover {
-        let promote = match &f.promote {
-            Some(Promote::Command(argv)) => format!("promote runs {}", shell_words::join(argv)),
-            Some(Promote::Signal(s)) => format!("promote sends {}", s.as_str()),
-            None => "no promote hook".to_string(),
+        let hook = |hook: &Option<Promote>, verb: &str| match hook {
+            Some(Promote::Command(argv)) => format!("{verb} runs {}", shell_words::join(argv)),
+            Some(Promote::Signal(s)) => format!("{verb} sends {}", s.as_str()),
+            None => format!("no {verb} hook"),
         };
-        out.push(field("failover:", format!("active-standby, {promote}")));
+        let promote = hook(&f.promote, "promote");
+        let scope = match (&spec.supervisor.cluster, f.is_cluster()) {
+            (Some(c), true) => format!(
+                ", one active across the cluster (node {} of {}, lease {}), {}",
+                c.node,
+                c.prefix,
+                duration(c.lease),
+                match &f.demote {
+                    None => "demote stops it".to_string(),
+                    demote => hook(demote, "demote"),
+                }
+            ),
+            _ => String::new(),
+        };
+        out.push(field(
+            "failover:",
+            format!("active-standby, {promote}{scope}"),
+        ));
     }
     if let Some(u) = &service.user {
         out.push(field(
@@ -232,6 +249,8 @@ mod tests {
         api.health = Some(Health::with_defaults(Probe::Tcp("127.0.0.1:{port}".into())));
         api.failover = Some(Failover {
             promote: Some(Promote::Signal(Signal::SIGUSR1)),
+            scope: crate::spec::Scope::Local,
+            demote: None,
         });
         let spec = Spec {
             path: "s.toml".into(),

@@ -1,4 +1,5 @@
-//! Placeholders in spec strings: `{service}`, `{replica}`, `{port}`, `{pid}`.
+//! Placeholders in spec strings: `{service}`, `{replica}`, `{port}`, `{pid}`,
+//! `{token}`.
 //! `{{` and `}}` stand for literal braces. Validation (`check`) rejects
 //! unknown or misplaced placeholders, so expansion here cannot fail.
 
@@ -8,6 +9,8 @@ pub struct Vars<'a> {
     pub replica: u32,
     pub port: Option<u16>,
     pub pid: Option<u32>,
+    /// The fencing token of a cluster-scope promotion.
+    pub token: Option<u64>,
 }
 
 /// A piece of a template.
@@ -57,6 +60,7 @@ pub fn expand(template: &str, vars: &Vars) -> String {
         "replica" => Some(vars.replica.to_string()),
         "port" => vars.port.map(|p| p.to_string()),
         "pid" => vars.pid.map(|p| p.to_string()),
+        "token" => vars.token.map(|t| t.to_string()),
         _ => None,
     })
 }
@@ -94,6 +98,7 @@ mod tests {
             replica: 2,
             port: Some(8002),
             pid: None,
+            token: None,
         }
     }
 

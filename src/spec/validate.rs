@@ -103,6 +103,8 @@ struct Checker<'s> {
     /// `{port}` placeholders seen in the service being read, checked against its
     /// `port` once all its keys are read (`port` may come after its uses).
     port_uses: Vec<Span>,
+    /// `[supervisor.cluster]` is there (read before the services).
+    has_cluster: bool,
 }
 
 impl<'s> Checker<'s> {
@@ -113,6 +115,7 @@ impl<'s> Checker<'s> {
             src,
             found: Vec::new(),
             port_uses: Vec::new(),
+            has_cluster: false,
         }
     }
 

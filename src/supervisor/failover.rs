@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 
 use super::Supervisor;
 use super::plan::RECHECK;
-use super::replica::{ReplicaId, Role};
+use super::replica::{Phase, ReplicaId, Role};
 use crate::procfs;
 use crate::spec::{self, Promote};
 
@@ -72,11 +72,34 @@ impl Supervisor {
     }
 
     /// Takes the active role away from a replica that can no longer hold it.
+    /// In cluster scope its shim demotes it now (unless it is being
+    /// stopped: the stop is its demotion, with its own stop timeout), and
+    /// the key is given up (if this supervisor holds it) for another node.
     pub(super) fn demote(&mut self, id: &ReplicaId) {
-        if let Some(run) = self.replicas.get_mut(id).and_then(|r| r.run_mut())
-            && run.role == Some(Role::Active)
-        {
-            run.role = Some(Role::Standby);
+        let Some(run) = self.replicas.get_mut(id).and_then(|r| r.run_mut()) else {
+            return;
+        };
+        if run.role != Some(Role::Active) {
+            return;
+        }
+        run.role = Some(Role::Standby);
+        let cluster = self
+            .spec
+            .service(&id.service)
+            .and_then(|s| s.failover.as_ref())
+            .is_some_and(|f| f.is_cluster());
+        if !cluster {
+            return;
+        }
+        let token = self.cluster.as_ref().and_then(|c| c.token(&id.service));
+        if !matches!(self.replicas[id].phase, Phase::Stopping { .. }) {
+            self.fence_now(id, token);
+        }
+        if token.is_some() {
+            self.resign(&id.service, &format!("{id} is no longer active"));
+        } else {
+            let detail = format!("{id} fenced: this supervisor does not hold the election key");
+            self.emit("fenced", Some(id), None, detail);
         }
     }
 
@@ -88,6 +111,8 @@ impl Supervisor {
             run.role = Some(Role::Active);
         }
         self.save_checkpoint();
+        // Cluster scope: the shim holds the deadline before the replica is told.
+        let token = self.arm_fence(id);
         let service = self
             .spec
             .service(&id.service)
@@ -104,19 +129,21 @@ impl Supervisor {
                     replica: id.index,
                     port: service.port_of(id.index),
                     pid: Some(pid),
+                    token,
                 };
                 let argv: Vec<String> = argv.iter().map(|a| spec::expand(a, &vars)).collect();
-                self.run_hook(id, argv)
+                self.run_hook(id, argv, token)
             }
             None => String::new(),
         };
-        let detail = format!("promoted {id} to active (pid {pid}){hook}");
+        let term = token.map(|t| format!(" (token {t})")).unwrap_or_default();
+        let detail = format!("promoted {id} to active (pid {pid}){term}{hook}");
         self.emit("promoted", Some(id), Some(pid), detail);
     }
 
     /// Starts the promote hook without waiting for it: a slow hook must not
     /// delay supervision. Its failure is reported when it ends.
-    fn run_hook(&mut self, id: &ReplicaId, argv: Vec<String>) -> String {
+    fn run_hook(&mut self, id: &ReplicaId, argv: Vec<String>, token: Option<u64>) -> String {
         let Some((program, args)) = argv.split_first() else {
             return String::new();
         };
@@ -126,6 +153,9 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(token) = token {
+            cmd.env("SUPERVISE_FENCING_TOKEN", token.to_string());
+        }
         match self.reaper.spawn(&mut cmd) {
             Ok((child, exited)) => {
                 let pidfd = procfs::pidfd_open(child.id());

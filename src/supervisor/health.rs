@@ -295,6 +295,7 @@ fn target_for(
         replica: index,
         port: plan.port,
         pid: None,
+        token: None,
     };
     Some(match probe {
         Probe::Exec(argv) => Target::Exec {

@@ -12,13 +12,14 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::io::unix::AsyncFd;
 
+use super::cluster;
 use super::replica::{ReplicaId, Role};
 use super::restart::{Ending, History};
 use super::{Message, Report, Supervisor};
 use crate::procfs;
-use crate::shim::protocol::{LogConfig, Respawn, ShimConfig};
+use crate::shim::protocol::{Demote, FenceConfig, LogConfig, Respawn, ShimConfig};
 use crate::shim::zygote::{StartError, Started, Zygote};
-use crate::spec::{Policy, Probe, Service};
+use crate::spec::{self, Policy, Probe, Promote, Service};
 
 /// A live shim: whose it is, and the pidfd that signals it and says when it
 /// is gone (shared with the task that watches it).
@@ -96,8 +97,13 @@ impl Supervisor {
             definition: service.fingerprint(&self.spec.dir, id.index),
             cgroup: self.leaf(&name),
             limits: service.limits.clone(),
+            fence: self.fence_config(service, id),
         };
         let _ = std::fs::remove_file(&config.exit_record);
+        if let Some(fence) = &config.fence {
+            // A new incarnation is a standby until elected.
+            let _ = std::fs::remove_file(&fence.path);
+        }
         if role == Some(Role::Active) {
             // Checkpointed before it is told (see `failover`).
             self.save_checkpoint_telling(id, Role::Active);
@@ -115,6 +121,36 @@ impl Supervisor {
                 self.on_exit(id, Ending::SpawnFailed, now);
             }
         }
+    }
+
+    /// Cluster scope: where the shim finds its fencing order, and how it
+    /// demotes the replica (the hook's `{pid}` and `{token}` are filled in by
+    /// the shim when it runs it).
+    fn fence_config(&self, service: &Service, id: &ReplicaId) -> Option<FenceConfig> {
+        let failover = service.failover.as_ref().filter(|f| f.is_cluster())?;
+        let demote = match &failover.demote {
+            Some(Promote::Signal(signal)) => Demote::Signal(*signal as i32),
+            Some(Promote::Command(argv)) => {
+                let vars = spec::Vars {
+                    service: &service.name,
+                    replica: id.index,
+                    port: service.port_of(id.index),
+                    pid: None,
+                    token: None,
+                };
+                Demote::Command {
+                    argv: argv.iter().map(|a| spec::expand(a, &vars)).collect(),
+                    cwd: self.spec.dir.clone(),
+                }
+            }
+            None => Demote::Stop {
+                kill_after_ms: (cluster::MARGIN / 2).as_millis() as u64,
+            },
+        };
+        Some(FenceConfig {
+            path: self.dir.fence_order(&id.to_string()),
+            demote,
+        })
     }
 
     /// Has the zygote fork a shim, starting a zygote first if there is none

@@ -9,6 +9,7 @@
 //! only do I/O and send messages to the loop.
 
 mod checkpoint;
+mod cluster;
 mod desired;
 mod display;
 mod exits;
@@ -149,6 +150,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
     let notify_socket =
         notify::socket_name(dir.root()).map_err(|e| setup("name the notify socket", e))?;
     let mut sup = Supervisor::new(spec, dir, options, display, tx, metrics, notify_socket);
+    sup.join_cluster().map_err(RunError::Setup)?;
     if wants_notify(&sup.spec) {
         sup.listen_for_notify()
             .map_err(|e| setup("open the notify socket", e))?;
@@ -223,6 +225,7 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             }
         }
     }
+    sup.leave_cluster().await;
     sup.display.event(&format!("exiting with code {code}"));
     let _ = std::fs::remove_file(sup.dir.socket());
     if let Some(dir) = &sup.cgroup {
@@ -326,6 +329,7 @@ enum Message {
     ShimGone(Pid),
     /// A signal of [`catch_stray_signals`], by number.
     Signal(i32),
+    Cluster(cluster::News),
 }
 
 /// What a shim's status pipe said, tagged with the incarnation it is about.
@@ -386,6 +390,8 @@ struct Supervisor {
     kernel_memory: bool,
     /// When sampled memory limits were last checked.
     memory_checked: Instant,
+    /// Cluster-scope failover (see `cluster`).
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Supervisor {
@@ -433,6 +439,7 @@ impl Supervisor {
             cgroup,
             cpu_percent: Default::default(),
             memory_checked: Instant::now(),
+            cluster: None,
         }
     }
 
@@ -539,7 +546,19 @@ impl Supervisor {
         if self.shutdown.is_none() {
             self.ensure_replicas();
         }
+        self.check_lease();
         let catches = |pid, signal| procfs::survives(pid, signal);
+        let cluster = self.cluster.as_ref();
+        let standing = |service: &str| {
+            match self.spec.service(service).and_then(|s| s.failover.as_ref()) {
+                // Without an etcd client (it could not be set up) nothing
+                // is ever elected.
+                Some(f) if f.is_cluster() => {
+                    cluster.map_or(cluster::Standing::Wait, |c| c.standing(service))
+                }
+                _ => cluster::Standing::Local,
+            }
+        };
         let plan = plan::plan(
             &plan::View {
                 services: &self.spec.services,
@@ -547,13 +566,14 @@ impl Supervisor {
                 replicas: &self.replicas,
                 shutdown: self.shutdown.as_ref(),
                 catches: &catches,
+                standing: &standing,
             },
             now,
         );
         for action in plan.actions {
             self.act(action, now);
         }
-        plan.wake
+        earliest(plan.wake, self.cluster.as_ref().and_then(|c| c.wake()))
     }
 
     /// Carries out one planned action.
@@ -580,6 +600,8 @@ impl Supervisor {
             }
             Action::Demote(id) => self.demote(&id),
             Action::Promote(id) => self.promote(&id),
+            Action::Campaign(service) => self.campaign(&service),
+            Action::Resign(service) => self.resign(&service, "no standby is fit to take over"),
             Action::PassOver { id, signal } => self.pass_over(&id, signal, now),
             Action::Overdue(id) => self.watchdog_overdue(&id),
             Action::Kill => {
@@ -725,6 +747,7 @@ impl Supervisor {
             Message::Status(report) => self.on_report(report),
             Message::Probe(result) => self.on_probe(result),
             Message::Notify { pid, text } => self.on_notify(pid, &text),
+            Message::Cluster(news) => self.on_cluster(news),
             Message::ShimGone(shim) => {
                 if let Some(Shim { id, .. }) = self.shims.remove(&shim) {
                     self.display.unfollow(&id.to_string());
@@ -785,6 +808,7 @@ impl Supervisor {
                     *shown = Some(pid);
                 }
             }
+            (Some(Status::Fenced { token }), _) => self.shim_fenced(&report.id, token),
             (Some(Status::SpawnFailed { error }), _) => {
                 let detail = format!("{} could not be started: {error}", report.id);
                 self.emit("spawn_failed", Some(&report.id), None, detail);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::Shutdown;
+use super::cluster::Standing;
 use super::desired::Desired;
 use super::replica::{self, AfterStop, Phase, Replica, ReplicaId, Role, Verdict};
 use crate::exit;
@@ -37,6 +38,8 @@ pub(super) struct View<'a> {
     /// Does process `pid` catch (or ignore) `signal`? Asked only of a
     /// standby about to be promoted with `promote_signal` (it reads /proc).
     pub catches: &'a dyn Fn(u32, Signal) -> bool,
+    /// Where this supervisor stands in a service's cluster election.
+    pub standing: &'a dyn Fn(&str) -> Standing,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +76,11 @@ pub(super) enum Action {
         id: ReplicaId,
         signal: Signal,
     },
+    /// Cluster scope: a standby is fit; run for the service's key.
+    Campaign(String),
+    /// Cluster scope: elected, but no standby is fit any more (or the
+    /// active is gone): give the key up.
+    Resign(String),
     /// A notify replica missed its READY=1 or watchdog deadline.
     Overdue(ReplicaId),
     /// The shutdown timeout is reached: kill whatever is left.
@@ -228,22 +236,39 @@ impl<'a> Planner<'_, 'a> {
     /// fit: running and healthy, settled (`promotable_from`), and with
     /// `promote_signal`, catching it: a promotion never kills. Only one
     /// may be active: should two ever be, the lowest index keeps the role.
+    /// In cluster scope, only the elected supervisor promotes: one with a
+    /// fit standby campaigns, and an active where this supervisor does not
+    /// lead (adopted after a resume) is demoted.
     fn roles(&mut self) {
         let view = self.view;
         for service in view.services {
             let Some(failover) = &service.failover else {
                 continue;
             };
+            let standing = (view.standing)(&service.name);
             let holders: Vec<&Replica> = self
                 .replicas_of(&service.name)
                 .filter(|r| r.role() == Some(Role::Active) && !self.demoted.contains(&r.id))
                 .filter(|r| self.step(r) != Step::Gone)
                 .collect();
-            for extra in holders.iter().skip(1) {
+            let keep = match standing {
+                Standing::Local | Standing::Leads | Standing::Elected => 1,
+                Standing::MayCampaign | Standing::Wait => 0,
+            };
+            for extra in holders.iter().skip(keep) {
                 self.plan.actions.push(Action::Demote(extra.id.clone()));
             }
             if !holders.is_empty() {
                 continue;
+            }
+            match standing {
+                Standing::Wait => continue,
+                Standing::Leads => {
+                    // Its active is gone: a new term, with a new token.
+                    self.plan.actions.push(Action::Resign(service.name.clone()));
+                    continue;
+                }
+                _ => {}
             }
             let signal = match failover.promote {
                 Some(Promote::Signal(signal)) => Some(signal),
@@ -269,6 +294,9 @@ impl<'a> Planner<'_, 'a> {
                         id: r.id.clone(),
                         signal,
                     }
+                } else if standing == Standing::MayCampaign {
+                    promoted = true;
+                    Action::Campaign(service.name.clone())
                 } else {
                     promoted = true;
                     Action::Promote(r.id.clone())
@@ -278,8 +306,12 @@ impl<'a> Planner<'_, 'a> {
                     break;
                 }
             }
-            if let (Some(at), false) = (wake, promoted) {
-                self.wake_at(at);
+            match (wake, promoted) {
+                (Some(at), false) => self.wake_at(at),
+                (None, false) if standing == Standing::Elected => {
+                    self.plan.actions.push(Action::Resign(service.name.clone()));
+                }
+                _ => {}
             }
         }
     }
@@ -365,7 +397,10 @@ impl<'a> Planner<'_, 'a> {
     /// replica of its service is live (none is active, and no standby
     /// could take over), else standby. None for other services.
     fn role_at_spawn(&self, service: &Service, id: &ReplicaId) -> Option<Role> {
-        service.failover.as_ref()?;
+        if service.failover.as_ref()?.is_cluster() {
+            // Only an election makes an active.
+            return Some(Role::Standby);
+        }
         let others_live = self
             .replicas_of(&service.name)
             .any(|r| r.id != *id && self.step(r).live());

@@ -22,6 +22,9 @@ use super::restart::Ending;
 
 impl Supervisor {
     pub(super) fn on_call(&mut self, call: Call) {
+        // A supervisor resumed from a stop past its fencing deadline must
+        // not answer as the leader it no longer is.
+        self.check_lease();
         let answer = match call.request {
             Request::Status { services, render } => self.status_answer(&services, render),
             Request::Events { follow } => Answer::Events {
@@ -183,6 +186,12 @@ impl Supervisor {
         };
         // The state dir holds our lock and socket: it cannot move under us.
         new.supervisor.state_dir = self.spec.supervisor.state_dir.clone();
+        // Nor can the cluster this supervisor campaigns in (docs/cluster.md §5).
+        let joined = self.cluster.as_ref().map(|c| c.settings.clone());
+        let cluster_kept = joined.is_some() && joined != new.supervisor.cluster;
+        if let Some(settings) = joined {
+            new.supervisor.cluster = Some(settings);
+        }
         let plan = reload_plan(&self.spec, &new, !dry_run);
         if dry_run {
             return Reply::ok(Reply_::Reload(plan));
@@ -206,6 +215,13 @@ impl Supervisor {
             }
         }
         self.spec = new;
+        if cluster_kept {
+            self.display
+                .event("[supervisor.cluster] changed: it takes effect at the next `up`");
+        }
+        if let Err(e) = self.join_cluster() {
+            self.display.event(&e);
+        }
         self.desired.prune(&self.spec.services);
         self.save_checkpoint();
         let detail = format!(
@@ -285,6 +301,7 @@ impl Supervisor {
                     .into(),
                     desired: self.desired.replicas(service),
                     replicas: replicas.iter().map(|r| replica_status(r)).collect(),
+                    cluster: self.cluster_status(service),
                 }
             })
             .collect();
@@ -297,6 +314,7 @@ impl Supervisor {
                 state_dir: self.dir.root().display().to_string(),
             },
             services,
+            cluster: self.cluster_node(),
         }
     }
 }

@@ -12,11 +12,15 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod chromium;
+mod cluster;
 mod events;
 mod project;
 mod supervise;
 pub mod tmux;
 
+// Only tests/cluster.rs uses it.
+#[allow(unused_imports)]
+pub use cluster::*;
 pub use events::*;
 pub use project::*;
 pub use supervise::*;

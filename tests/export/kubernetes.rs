@@ -104,10 +104,17 @@ fn kubernetes_manifests_parse_back_and_carry_every_mapped_key() {
                     assert_eq!(completions, i64::from(service.replicas.max(1)), "{context}");
                 }
                 _ => {
-                    assert_eq!(
-                        integer(workload, "spec.replicas"),
-                        i64::from(service.replicas)
-                    );
+                    // Cluster scope: one pod at most, the old one gone first.
+                    let cluster = service.failover.as_ref().is_some_and(|f| f.is_cluster());
+                    let replicas = if cluster {
+                        service.replicas.min(1)
+                    } else {
+                        service.replicas
+                    };
+                    assert_eq!(integer(workload, "spec.replicas"), i64::from(replicas));
+                    if cluster && kind == "Deployment" {
+                        assert_eq!(string(workload, "spec.strategy.type"), "Recreate");
+                    }
                     let selector = "spec.selector.matchLabels.[app.kubernetes.io/name]";
                     assert_eq!(string(workload, selector), name, "{context}");
                 }

@@ -21,6 +21,9 @@ const EVENTS: &[&str] = &[
     "reloaded",
     "oom",
     "memory_limit",
+    "elected",
+    "resigned",
+    "fenced",
 ];
 
 impl Checker<'_> {

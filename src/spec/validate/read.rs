@@ -59,7 +59,8 @@ impl<'v, 'i> Table<'v, 'i> {
 pub(super) enum Placeholders {
     /// `{service}`, `{replica}`, `{port}`.
     Replica,
-    /// Hooks also get the `{pid}` of the replica they are about.
+    /// Hooks also get the `{pid}` of the replica they are about, and the
+    /// fencing `{token}` of a cluster-scope promotion.
     Hook,
 }
 
@@ -70,7 +71,7 @@ impl Placeholders {
                 "available placeholders are {service}, {replica} and {port}; write {{ or }} for a literal brace"
             }
             Placeholders::Hook => {
-                "available placeholders are {service}, {replica}, {port} and {pid}; write {{ or }} for a literal brace"
+                "available placeholders are {service}, {replica}, {port}, {pid} and {token}; write {{ or }} for a literal brace"
             }
         }
     }
@@ -317,13 +318,13 @@ impl Checker<'_> {
             match name {
                 "service" | "replica" => {}
                 "port" => self.port_uses.push(at),
-                "pid" if allowed == Placeholders::Hook => {}
-                "pid" => {
+                "pid" | "token" if allowed == Placeholders::Hook => {}
+                "pid" | "token" => {
                     ok = false;
                     self.error(
                         at,
-                        format!("`{{pid}}` is not available in `{key}`"),
-                        "only `promote` hooks get {pid}, the process id of the promoted replica",
+                        format!("`{{{name}}}` is not available in `{key}`"),
+                        "only `promote` hooks get {pid}, the process id of the promoted replica, and {token}",
                     );
                 }
                 _ => {

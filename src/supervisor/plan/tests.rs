@@ -4,7 +4,7 @@
 use nix::unistd::Pid;
 
 use super::*;
-use crate::spec::{Dependency, Failover};
+use crate::spec::{Dependency, Failover, Scope};
 use crate::supervisor::replica::Incarnation;
 use crate::supervisor::restart::Ending;
 use crate::supervisor::testing::service;
@@ -53,7 +53,11 @@ fn depends(mut s: Service, on: &str, condition: Condition) -> Service {
 }
 
 fn failover(mut s: Service, promote: Option<Promote>) -> Service {
-    s.failover = Some(Failover { promote });
+    s.failover = Some(Failover {
+        promote,
+        scope: Scope::Local,
+        demote: None,
+    });
     s
 }
 
@@ -85,6 +89,7 @@ impl Case {
             replicas: &self.replicas,
             shutdown: self.shutdown.as_ref(),
             catches: &catches,
+            standing: &|_| crate::supervisor::cluster::Standing::Local,
         };
         plan(&view, now)
     }
