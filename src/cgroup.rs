@@ -375,7 +375,7 @@ pub fn kill(path: &Path) -> std::io::Result<()> {
 
 /// The processes in the cgroup at `path` (none if it does not exist).
 pub fn processes(path: &Path) -> Vec<Pid> {
-    std::fs::read_to_string(path.join("cgroup.procs"))
+    crate::procfs::read_small(path.join("cgroup.procs"))
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
@@ -416,13 +416,13 @@ pub fn contains(path: &Path, pid: u32) -> bool {
 /// What the leaf at `path` uses: CPU from `cpu.stat` (present on any
 /// cgroup v2, controller or not), memory from `memory.current` or else the
 /// summed resident memory of its processes.
-pub fn usage(path: &Path) -> Usage {
+pub fn usage(path: &Path, memory_controller: bool) -> Usage {
     let procs = processes(path);
-    let cpu = std::fs::read_to_string(path.join("cpu.stat"))
-        .ok()
-        .and_then(|t| cpu_usage_in(&t));
-    let memory = std::fs::read_to_string(path.join("memory.current"))
-        .ok()
+    let cpu = crate::procfs::read_small(path.join("cpu.stat")).and_then(|t| cpu_usage_in(&t));
+    // Without the controller there is no `memory.current` to try.
+    let memory = memory_controller
+        .then(|| crate::procfs::read_small(path.join("memory.current")))
+        .flatten()
         .and_then(|t| t.trim().parse().ok())
         .or_else(|| Some(procs.iter().filter_map(|&p| rss(p)).sum()));
     Usage {

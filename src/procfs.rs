@@ -164,10 +164,26 @@ struct Stat {
     children_cpu: u64,
 }
 
+/// A small file of /proc or a cgroup, read with one `read` where it fits a
+/// page: such files hand over their whole content at once, and
+/// `read_to_string` costs a `statx` and a second read besides (a `status`
+/// reads several of them for each replica).
+pub fn read_small(path: impl AsRef<std::path::Path>) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut page = [0u8; 4096];
+    let n = file.read(&mut page).ok()?;
+    let mut bytes = page[..n].to_vec();
+    if n == page.len() {
+        file.read_to_end(&mut bytes).ok()?;
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// Fields are read after the last `)`, because the command name may itself
 /// contain spaces and parentheses.
 fn stat(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_small(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
     // After the command: state is field 3 of proc_pid_stat(5), ppid 4, starttime 22.
     Some(Stat {

@@ -22,7 +22,11 @@ pub struct Usage {
 /// Where a running replica's usage is read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    Leaf(PathBuf),
+    /// Its cgroup leaf; `memory.current` only with the memory controller.
+    Leaf {
+        path: PathBuf,
+        memory_controller: bool,
+    },
     /// No cgroup: the descendants of its shim.
     Shim(Pid),
 }
@@ -30,7 +34,10 @@ pub enum Source {
 impl Source {
     pub fn sample(&self) -> Usage {
         match self {
-            Source::Leaf(path) => crate::cgroup::usage(path),
+            Source::Leaf {
+                path,
+                memory_controller,
+            } => crate::cgroup::usage(path, *memory_controller),
             Source::Shim(shim) => crate::procfs::tree_usage(*shim),
         }
     }
@@ -38,7 +45,7 @@ impl Source {
 
 /// Resident memory of `pid`, in bytes (`/proc/<pid>/statm`, in pages).
 pub fn rss(pid: Pid) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let statm = crate::procfs::read_small(format!("/proc/{pid}/statm"))?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
 }

@@ -447,7 +447,10 @@ impl Supervisor {
     fn usage_source(&self, replica: &Replica) -> Option<crate::usage::Source> {
         let shim = replica.phase.shim()?;
         Some(match self.leaf(&replica.id.to_string()) {
-            Some(leaf) => crate::usage::Source::Leaf(leaf),
+            Some(path) => crate::usage::Source::Leaf {
+                path,
+                memory_controller: self.kernel_memory,
+            },
             None => crate::usage::Source::Shim(shim),
         })
     }

@@ -281,9 +281,11 @@ impl Supervisor {
                     .and_then(|cpu| self.cpu_percent.percent(&id.to_string(), cpu, now, started));
             }
         }
-        let replicas = &self.replicas;
-        self.cpu_percent
-            .retain(|name| replicas.keys().any(|id| id.to_string() == name));
+        // A set of names, not a scan of the replicas for each reading: at
+        // 100 replicas that was 10 000 names formatted per `status`.
+        let live: std::collections::HashSet<String> =
+            self.replicas.keys().map(ReplicaId::to_string).collect();
+        self.cpu_percent.retain(|name| live.contains(name));
     }
 
     pub(super) fn status_report(&self) -> StatusReport {
