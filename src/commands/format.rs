@@ -96,6 +96,20 @@ pub fn millis(rfc3339: &str) -> String {
     }
 }
 
+/// The headings of [`Cells`]' columns, in their order.
+pub const CELL_HEADINGS: [&str; 10] = [
+    "REPLICA",
+    "PID",
+    "STATE",
+    "HEALTH",
+    "ROLE",
+    "RESTARTS",
+    "UPTIME",
+    "CPU",
+    "MEM",
+    "LAST EXIT",
+];
+
 /// One replica's values as every table shows them (`status`, `top`, the
 /// status page): `-` for what is unknown or not measured.
 #[derive(Debug, Clone, PartialEq, Eq)]

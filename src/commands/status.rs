@@ -9,25 +9,22 @@ use crate::control::client::Rendered;
 use crate::control::protocol::{Render, StatusReport};
 use crate::exit;
 
-use super::format::{Cells, colour_allowed, paint, state_colour};
+use super::format::{CELL_HEADINGS, Cells, colour_allowed, paint, state_colour};
 use super::{Exit, Failure, context, emit, select};
 
 /// Columns of the table.
 const COLUMNS: usize = 11;
 
-const HEADER: [&str; COLUMNS] = [
-    "SERVICE",
-    "REPLICA",
-    "PID",
-    "STATE",
-    "HEALTH",
-    "ROLE",
-    "RESTARTS",
-    "UPTIME",
-    "CPU",
-    "MEM",
-    "LAST EXIT",
-];
+/// SERVICE, then the replica's cells.
+const HEADER: [&str; COLUMNS] = {
+    let mut header = ["SERVICE"; COLUMNS];
+    let mut i = 0;
+    while i < CELL_HEADINGS.len() {
+        header[i + 1] = CELL_HEADINGS[i];
+        i += 1;
+    }
+    header
+};
 /// Columns shown in colour (their text is a state).
 const STATE: usize = 3;
 const HEALTH: usize = 4;

@@ -13,18 +13,7 @@ use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, Wrap};
 use super::app::{App, Mode};
 use crate::commands::format::{Cells, age, compact, millis};
 
-const HEADER: [&str; 10] = [
-    "REPLICA",
-    "PID",
-    "STATE",
-    "HEALTH",
-    "ROLE",
-    "RESTARTS",
-    "UPTIME",
-    "CPU",
-    "MEM",
-    "LAST EXIT",
-];
+const HEADER: [&str; 10] = crate::commands::format::CELL_HEADINGS;
 
 /// Every key, as the help overlay lists them.
 pub const KEYS: [(&str, &str); 14] = [
