@@ -76,27 +76,34 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-/// The previous CPU reading of each replica, for the percentage over the
-/// interval since.
-#[derive(Default)]
-pub struct CpuPercent {
-    last: HashMap<String, (Instant, Duration)>,
+/// The previous CPU reading of each replica (by its key `K`), for the
+/// percentage over the interval since.
+pub struct CpuPercent<K> {
+    last: HashMap<K, (Instant, Duration)>,
 }
 
-impl CpuPercent {
+impl<K> Default for CpuPercent<K> {
+    fn default() -> Self {
+        CpuPercent {
+            last: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> CpuPercent<K> {
     /// Percent of one core that `replica` used since its previous reading,
     /// or, the first time, since `started` (with nothing used before it).
     /// None if its CPU time went back (a new cgroup): the next one says.
     pub fn percent(
         &mut self,
-        replica: &str,
+        replica: &K,
         cpu: Duration,
         now: Instant,
         started: Instant,
     ) -> Option<f64> {
         let (then, before) = self
             .last
-            .insert(replica.to_string(), (now, cpu))
+            .insert(replica.clone(), (now, cpu))
             .unwrap_or((started, Duration::ZERO));
         let used = cpu.checked_sub(before)?;
         let interval = now.checked_duration_since(then)?.as_secs_f64();
@@ -104,8 +111,8 @@ impl CpuPercent {
     }
 
     /// Forgets the replicas not in `live`.
-    pub fn retain(&mut self, live: impl Fn(&str) -> bool) {
-        self.last.retain(|name, _| live(name));
+    pub fn retain(&mut self, live: impl Fn(&K) -> bool) {
+        self.last.retain(|key, _| live(key));
     }
 }
 
@@ -130,20 +137,20 @@ mod tests {
         let at = |ms| start + Duration::from_millis(ms);
         // First reading: since the replica started.
         assert_eq!(
-            cpu.percent("a.0", Duration::from_millis(500), at(1000), start),
+            cpu.percent(&"a.0", Duration::from_millis(500), at(1000), start),
             Some(50.0)
         );
         assert_eq!(
-            cpu.percent("a.0", Duration::from_millis(2500), at(2000), start),
+            cpu.percent(&"a.0", Duration::from_millis(2500), at(2000), start),
             Some(200.0)
         );
         // A new leaf counts from 0 again: no figure this once.
         assert_eq!(
-            cpu.percent("a.0", Duration::from_millis(10), at(3000), start),
+            cpu.percent(&"a.0", Duration::from_millis(10), at(3000), start),
             None
         );
         assert_eq!(
-            cpu.percent("a.0", Duration::from_millis(10), at(4000), start),
+            cpu.percent(&"a.0", Duration::from_millis(10), at(4000), start),
             Some(0.0)
         );
     }

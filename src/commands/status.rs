@@ -45,30 +45,31 @@ pub fn run(cli: &Cli, args: &StatusArgs) -> Exit {
     };
     let text = match client::rendered_status(&ctx.state_dir, &args.services, render)? {
         Rendered::Text(text) => text,
-        Rendered::Report(report) => {
-            self::render(report, &args.services, render, SystemTime::now())?
+        Rendered::Report(mut report) => {
+            keep_only(&mut report, &args.services)?;
+            self::render(&report, render, SystemTime::now())
         }
     };
     emit(&mut std::io::stdout().lock(), text.trim_end())?;
     Ok(exit::OK)
 }
 
-/// `report` as `status` prints it, for the services named by `names` (all
-/// when empty; an unknown one is a usage error).
-pub fn render(
-    mut report: StatusReport,
-    names: &[String],
-    render: Render,
-    now: SystemTime,
-) -> Result<String, Failure> {
-    select::services(&report, names)?;
+/// Leaves in `report` only the services named by `names` (all when empty;
+/// an unknown one is a usage error).
+pub fn keep_only(report: &mut StatusReport, names: &[String]) -> Result<(), Failure> {
+    select::services(report, names)?;
     if !names.is_empty() {
         report.services.retain(|s| names.contains(&s.name));
     }
-    Ok(match render {
-        Render::Json => serde_json::to_string_pretty(&report).expect("a report always serialises"),
-        Render::Table { colour } => table(&report, now, colour) + &cluster_lines(&report),
-    })
+    Ok(())
+}
+
+/// `report` as `status` prints it.
+pub fn render(report: &StatusReport, render: Render, now: SystemTime) -> String {
+    match render {
+        Render::Json => serde_json::to_string_pretty(report).expect("a report always serialises"),
+        Render::Table { colour } => table(report, now, colour) + &cluster_lines(report),
+    }
 }
 
 /// One row per replica; a service without replicas gets one row showing

@@ -384,7 +384,7 @@ struct Supervisor {
     /// The cgroup under which each replica gets its leaf (None: no cgroups).
     cgroup: Option<std::path::PathBuf>,
     /// The previous CPU reading of each replica, for `status`'s percentage.
-    cpu_percent: crate::usage::CpuPercent,
+    cpu_percent: crate::usage::CpuPercent<ReplicaId>,
     /// The leaves have a memory controller: `limits.memory` is the
     /// kernel's to enforce, not ours to sample (see `memory`).
     kernel_memory: bool,

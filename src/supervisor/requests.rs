@@ -237,19 +237,24 @@ impl Supervisor {
     }
 
     /// The report, or with `render` the report as `status` prints it.
+    /// Only the services asked for are sampled.
     fn status_answer(&mut self, services: &[String], render: Option<Render>) -> Answer {
         let mut report = self.status_report();
+        if let Err(failure) = crate::commands::status::keep_only(&mut report, services) {
+            return Answer::Reply(Reply::error(
+                failure.code,
+                failure.message.unwrap_or_default(),
+            ));
+        }
         self.add_usage(&mut report);
         let Some(render) = render else {
             return Answer::Reply(Reply::ok(Reply_::Status(report)));
         };
-        match crate::commands::status::render(report, services, render, SystemTime::now()) {
-            Ok(text) => Answer::Text(text),
-            Err(failure) => Answer::Reply(Reply::error(
-                failure.code,
-                failure.message.unwrap_or_default(),
-            )),
-        }
+        Answer::Text(crate::commands::status::render(
+            &report,
+            render,
+            SystemTime::now(),
+        ))
     }
 
     /// Fills in what each replica with processes uses, sampled now: only a
@@ -262,14 +267,17 @@ impl Supervisor {
                     service: service.name.clone(),
                     index: shown.index,
                 };
-                let Some(source) = self.replicas.get(&id).and_then(|r| self.usage_source(r)) else {
+                let Some(replica) = self.replicas.get(&id) else {
+                    continue;
+                };
+                let Some(source) = self.usage_source(replica) else {
                     continue;
                 };
                 let usage = source.sample();
                 shown.cpu_seconds = usage.cpu.map(|cpu| cpu.as_secs_f64());
                 shown.memory_bytes = usage.memory;
                 shown.processes = usage.processes;
-                let started = self.replicas[&id]
+                let started = replica
                     .phase
                     .run()
                     .and_then(|run| run.started_at)
@@ -278,14 +286,11 @@ impl Supervisor {
                     .unwrap_or(now);
                 shown.cpu_percent = usage
                     .cpu
-                    .and_then(|cpu| self.cpu_percent.percent(&id.to_string(), cpu, now, started));
+                    .and_then(|cpu| self.cpu_percent.percent(&id, cpu, now, started));
             }
         }
-        // A set of names, not a scan of the replicas for each reading: at
-        // 100 replicas that was 10 000 names formatted per `status`.
-        let live: std::collections::HashSet<String> =
-            self.replicas.keys().map(ReplicaId::to_string).collect();
-        self.cpu_percent.retain(|name| live.contains(name));
+        let replicas = &self.replicas;
+        self.cpu_percent.retain(|id| replicas.contains_key(id));
     }
 
     pub(super) fn status_report(&self) -> StatusReport {
