@@ -667,7 +667,7 @@ fn claim(config: &ShimConfig) -> Result<Flock<File>, String> {
 }
 
 /// The signals the shim acts on.
-const WATCHED: [Signal; 7] = [
+pub(super) const WATCHED: [Signal; 7] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
