@@ -13,6 +13,7 @@
 //! `SUPERVISE_CGROUP=off` turns it all off: replicas are then tracked as
 //! without a cgroup (their shim is their subreaper; markers in `/proc`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsFd;
@@ -24,7 +25,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
-use crate::usage::{Usage, rss};
+use crate::usage::Usage;
 
 /// The environment switch: `SUPERVISE_CGROUP=off` uses no cgroup at all.
 pub const SWITCH: &str = "SUPERVISE_CGROUP";
@@ -413,23 +414,104 @@ pub fn contains(path: &Path, pid: u32) -> bool {
     processes(path).contains(&Pid::from_raw(pid as i32))
 }
 
-/// What the leaf at `path` uses: CPU from `cpu.stat` (present on any
-/// cgroup v2, controller or not), memory from `memory.current` or else the
-/// summed resident memory of its processes.
+/// What the leaf at `path` uses, read once (see [`UsageFiles`]); nothing
+/// but a process count of 0 if the leaf is gone.
 pub fn usage(path: &Path, memory_controller: bool) -> Usage {
-    let procs = processes(path);
-    let cpu = crate::procfs::read_small(path.join("cpu.stat")).and_then(|t| cpu_usage_in(&t));
-    // Without the controller there is no `memory.current` to try.
-    let memory = memory_controller
-        .then(|| crate::procfs::read_small(path.join("memory.current")))
-        .flatten()
-        .and_then(|t| t.trim().parse().ok())
-        .or_else(|| Some(procs.iter().filter_map(|&p| rss(p)).sum()));
-    Usage {
-        cpu,
-        memory,
-        processes: Some(procs.len() as u64),
+    UsageFiles::open(path, memory_controller)
+        .ok()
+        .and_then(|mut files| files.read())
+        .unwrap_or(Usage {
+            processes: Some(0),
+            ..Usage::default()
+        })
+}
+
+/// The files a leaf's usage is read from, kept open between readings:
+/// re-reading an open cgroup or /proc file costs a fifth of opening it
+/// again (BENCHMARKS.md), which a `status` pays for every replica. CPU from
+/// `cpu.stat` (present on any cgroup v2, controller or not), memory from
+/// `memory.current` or else the summed resident memory of its processes.
+pub struct UsageFiles {
+    cpu: File,
+    procs: File,
+    /// `memory.current`, with the memory controller.
+    memory: Option<File>,
+    /// `/proc/<pid>/statm` of each process, without it.
+    statm: HashMap<Pid, File>,
+}
+
+impl UsageFiles {
+    pub fn open(path: &Path, memory_controller: bool) -> std::io::Result<UsageFiles> {
+        Ok(UsageFiles {
+            cpu: File::open(path.join("cpu.stat"))?,
+            procs: File::open(path.join("cgroup.procs"))?,
+            memory: if memory_controller {
+                Some(File::open(path.join("memory.current"))?)
+            } else {
+                None
+            },
+            statm: HashMap::new(),
+        })
     }
+
+    /// How many descriptors these files hold.
+    pub fn descriptors(&self) -> usize {
+        2 + usize::from(self.memory.is_some()) + self.statm.len()
+    }
+
+    /// The usage now; None if the leaf was removed since the files were
+    /// opened (it may have been made again: open it anew).
+    pub fn read(&mut self) -> Option<Usage> {
+        let procs: Vec<Pid> = reread(&self.procs)?
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(Pid::from_raw)
+            .collect();
+        let cpu = reread(&self.cpu).and_then(|t| cpu_usage_in(&t));
+        let memory = match &self.memory {
+            Some(current) => reread(current).and_then(|t| t.trim().parse().ok()),
+            None => {
+                self.statm.retain(|pid, _| procs.contains(pid));
+                Some(procs.iter().filter_map(|&pid| self.rss(pid)).sum())
+            }
+        };
+        Some(Usage {
+            cpu,
+            memory,
+            processes: Some(procs.len() as u64),
+        })
+    }
+
+    /// Resident memory of `pid`, from its kept `statm` if it still reads
+    /// (a file of a process that is gone fails: the pid may be another's).
+    fn rss(&mut self, pid: Pid) -> Option<u64> {
+        if let Some(text) = self.statm.get(&pid).and_then(reread) {
+            return crate::usage::rss_in(&text);
+        }
+        let file = File::open(format!("/proc/{pid}/statm")).ok()?;
+        let text = reread(&file)?;
+        self.statm.insert(pid, file);
+        crate::usage::rss_in(&text)
+    }
+}
+
+/// The whole of an open cgroup or /proc file, read again from its start.
+/// These files fill the buffer given up to their end: a read short of it
+/// was the last (no second read to see the end, as for a regular file).
+fn reread(file: &File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = file.read_at(&mut bytes[len..], len as u64).ok()?;
+        len += n;
+        if len < bytes.len() {
+            break;
+        }
+        bytes.resize(len * 2, 0);
+    }
+    bytes.truncate(len);
+    String::from_utf8(bytes).ok()
 }
 
 /// `usage_usec` of a `cpu.stat` file.

@@ -313,10 +313,15 @@ pub fn survives(pid: u32, signal: Signal) -> bool {
 }
 
 /// This boot's id: process identities from another boot mean nothing.
+/// Read once per process (the checkpoint, built after every event, has it).
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        read_small("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 /// A pidfd for `pid`: it stays bound to that very process (never to a

@@ -43,11 +43,66 @@ impl Source {
     }
 }
 
-/// Resident memory of `pid`, in bytes (`/proc/<pid>/statm`, in pages).
+/// Resident memory of `pid`, in bytes (`/proc/<pid>/statm`).
 pub fn rss(pid: Pid) -> Option<u64> {
-    let statm = crate::procfs::read_small(format!("/proc/{pid}/statm"))?;
+    rss_in(&crate::procfs::read_small(format!("/proc/{pid}/statm"))?)
+}
+
+/// Resident memory, in bytes, from the text of a `statm` file (in pages).
+pub fn rss_in(statm: &str) -> Option<u64> {
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
+}
+
+/// The usage files of each replica's leaf, kept open from one `status` to
+/// the next, within a budget of descriptors (a quarter of the open-files
+/// limit: the supervisor needs the rest for its shims and clients). A
+/// replica past the budget, or without a leaf, is read as by
+/// [`Source::sample`].
+pub struct Sampler<K> {
+    files: HashMap<K, crate::cgroup::UsageFiles>,
+    budget: usize,
+}
+
+impl<K> Default for Sampler<K> {
+    fn default() -> Self {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        Sampler {
+            files: HashMap::new(),
+            budget: usize::try_from(soft / 4).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> Sampler<K> {
+    pub fn sample(&mut self, replica: &K, source: &Source) -> Usage {
+        let Source::Leaf {
+            path,
+            memory_controller,
+        } = source
+        else {
+            return source.sample();
+        };
+        if let Some(usage) = self.files.get_mut(replica).and_then(|f| f.read()) {
+            return usage;
+        }
+        self.files.remove(replica);
+        let Ok(mut files) = crate::cgroup::UsageFiles::open(path, *memory_controller) else {
+            return source.sample();
+        };
+        let usage = files.read().unwrap_or_else(|| source.sample());
+        let held: usize = self.files.values().map(|f| f.descriptors()).sum();
+        if held + files.descriptors() <= self.budget {
+            self.files.insert(replica.clone(), files);
+        }
+        usage
+    }
+
+    /// Closes the files of the replicas not in `live`.
+    pub fn retain(&mut self, live: impl Fn(&K) -> bool) {
+        self.files.retain(|key, _| live(key));
+    }
 }
 
 fn page_size() -> u64 {

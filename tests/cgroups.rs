@@ -236,6 +236,59 @@ time.sleep(1000)
     p.run(&["down"]).expect(0);
 }
 
+/// The supervisor keeps each leaf's usage files open from one `status` to
+/// the next: the figures must follow the replica when its process is
+/// replaced in the same leaf (a kill: the shim restarts it), when the leaf
+/// is removed and made again under the same name (a restart: a new shim),
+/// and when the replica forks.
+#[test]
+fn status_follows_a_replica_whose_process_and_leaf_are_replaced() {
+    needs_cgroups!();
+    let p = Project::new(
+        r#"
+[services.work]
+command = ["sh", "-c", "echo started; exec sleep 1000"]
+restart = { delay = "0s" }
+"#,
+    );
+    p.up(&[]);
+    let replica = |status: &serde_json::Value| status["services"][0]["replicas"][0].clone();
+    // A running replica with its usage read, and a pid other than `other`.
+    let running_other_than = |other: Option<i64>| {
+        let mut last = serde_json::Value::Null;
+        let found = wait_until(SOON, || {
+            last = replica(&p.status());
+            last["state"] == "running"
+                && last["pid"].as_i64() != other
+                && last["processes"] == 1
+                && last["memory_bytes"].as_u64().is_some_and(|m| m > 0)
+        });
+        assert!(found, "no running replica with its usage: {last}");
+        last
+    };
+    let first = running_other_than(None);
+    let first_pid = first["pid"].as_i64().unwrap();
+    kill9(first_pid as i32);
+    let second = running_other_than(Some(first_pid));
+    let second_pid = second["pid"].as_i64().unwrap();
+    p.run(&["restart", "work"]).expect(0);
+    let third = running_other_than(Some(second_pid));
+    assert!(third["cpu_seconds"].as_f64().is_some(), "{third}");
+    // A fork of the replica's own: counted as soon as it is there.
+    let pid = third["pid"].as_i64().unwrap() as i32;
+    let leaf = cgroup_of(pid).unwrap();
+    let mut forked = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(leaf.join("cgroup.procs"), forked.id().to_string()).unwrap();
+    let counted = wait_until(SOON, || replica(&p.status())["processes"] == 2);
+    let _ = forked.kill();
+    let _ = forked.wait();
+    assert!(counted, "{}", replica(&p.status()));
+    p.run(&["down"]).expect(0);
+}
+
 /// Whether the leaves get a memory controller here (the supervisor then
 /// leaves `limits.memory` to the kernel).
 fn memory_controller() -> bool {

@@ -385,6 +385,8 @@ struct Supervisor {
     cgroup: Option<std::path::PathBuf>,
     /// The previous CPU reading of each replica, for `status`'s percentage.
     cpu_percent: crate::usage::CpuPercent<ReplicaId>,
+    /// The open usage files of each running replica's leaf, for `status`.
+    sampler: crate::usage::Sampler<ReplicaId>,
     /// The leaves have a memory controller: `limits.memory` is the
     /// kernel's to enforce, not ours to sample (see `memory`).
     kernel_memory: bool,
@@ -438,6 +440,7 @@ impl Supervisor {
             }),
             cgroup,
             cpu_percent: Default::default(),
+            sampler: Default::default(),
             memory_checked: Instant::now(),
             cluster: None,
         }

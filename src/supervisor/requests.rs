@@ -273,7 +273,7 @@ impl Supervisor {
                 let Some(source) = self.usage_source(replica) else {
                     continue;
                 };
-                let usage = source.sample();
+                let usage = self.sampler.sample(&id, &source);
                 shown.cpu_seconds = usage.cpu.map(|cpu| cpu.as_secs_f64());
                 shown.memory_bytes = usage.memory;
                 shown.processes = usage.processes;
@@ -291,6 +291,8 @@ impl Supervisor {
         }
         let replicas = &self.replicas;
         self.cpu_percent.retain(|id| replicas.contains_key(id));
+        self.sampler
+            .retain(|id| replicas.get(id).is_some_and(|r| r.phase.shim().is_some()));
     }
 
     pub(super) fn status_report(&self) -> StatusReport {
