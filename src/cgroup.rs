@@ -414,18 +414,6 @@ pub fn contains(path: &Path, pid: u32) -> bool {
     processes(path).contains(&Pid::from_raw(pid as i32))
 }
 
-/// What the leaf at `path` uses, read once (see [`UsageFiles`]); nothing
-/// but a process count of 0 if the leaf is gone.
-pub fn usage(path: &Path, memory_controller: bool) -> Usage {
-    UsageFiles::open(path, memory_controller)
-        .ok()
-        .and_then(|mut files| files.read())
-        .unwrap_or(Usage {
-            processes: Some(0),
-            ..Usage::default()
-        })
-}
-
 /// The files a leaf's usage is read from, kept open between readings:
 /// re-reading an open cgroup or /proc file costs a fifth of opening it
 /// again (BENCHMARKS.md), which a `status` pays for every replica. CPU from
@@ -462,14 +450,14 @@ impl UsageFiles {
     /// The usage now; None if the leaf was removed since the files were
     /// opened (it may have been made again: open it anew).
     pub fn read(&mut self) -> Option<Usage> {
-        let procs: Vec<Pid> = reread(&self.procs)?
+        let procs: Vec<Pid> = crate::procfs::reread(&self.procs)?
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .map(Pid::from_raw)
             .collect();
-        let cpu = reread(&self.cpu).and_then(|t| cpu_usage_in(&t));
+        let cpu = crate::procfs::reread(&self.cpu).and_then(|t| cpu_usage_in(&t));
         let memory = match &self.memory {
-            Some(current) => reread(current).and_then(|t| t.trim().parse().ok()),
+            Some(current) => crate::procfs::reread(current).and_then(|t| t.trim().parse().ok()),
             None => {
                 self.statm.retain(|pid, _| procs.contains(pid));
                 Some(procs.iter().filter_map(|&pid| self.rss(pid)).sum())
@@ -485,33 +473,14 @@ impl UsageFiles {
     /// Resident memory of `pid`, from its kept `statm` if it still reads
     /// (a file of a process that is gone fails: the pid may be another's).
     fn rss(&mut self, pid: Pid) -> Option<u64> {
-        if let Some(text) = self.statm.get(&pid).and_then(reread) {
+        if let Some(text) = self.statm.get(&pid).and_then(crate::procfs::reread) {
             return crate::usage::rss_in(&text);
         }
         let file = File::open(format!("/proc/{pid}/statm")).ok()?;
-        let text = reread(&file)?;
+        let text = crate::procfs::reread(&file)?;
         self.statm.insert(pid, file);
         crate::usage::rss_in(&text)
     }
-}
-
-/// The whole of an open cgroup or /proc file, read again from its start.
-/// These files fill the buffer given up to their end: a read short of it
-/// was the last (no second read to see the end, as for a regular file).
-fn reread(file: &File) -> Option<String> {
-    use std::os::unix::fs::FileExt;
-    let mut bytes = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        let n = file.read_at(&mut bytes[len..], len as u64).ok()?;
-        len += n;
-        if len < bytes.len() {
-            break;
-        }
-        bytes.resize(len * 2, 0);
-    }
-    bytes.truncate(len);
-    String::from_utf8(bytes).ok()
 }
 
 /// `usage_usec` of a `cpu.stat` file.

@@ -162,6 +162,9 @@ struct Stat {
     /// children it has reaped.
     cpu: u64,
     children_cpu: u64,
+    threads: u64,
+    /// Resident pages.
+    rss: u64,
 }
 
 /// A small file of /proc or a cgroup, read with one `read` where it fits a
@@ -180,12 +183,35 @@ pub fn read_small(path: impl AsRef<std::path::Path>) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+fn stat(pid: i32) -> Option<Stat> {
+    stat_in(&read_small(format!("/proc/{pid}/stat"))?)
+}
+
+/// The whole of an open cgroup or /proc file, read again from its start.
+/// These files fill the buffer given up to their end: a read short of it
+/// was the last (no second read to see the end, as for a regular file).
+pub fn reread(file: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = file.read_at(&mut bytes[len..], len as u64).ok()?;
+        len += n;
+        if len < bytes.len() {
+            break;
+        }
+        bytes.resize(len * 2, 0);
+    }
+    bytes.truncate(len);
+    String::from_utf8(bytes).ok()
+}
+
 /// Fields are read after the last `)`, because the command name may itself
 /// contain spaces and parentheses.
-fn stat(pid: i32) -> Option<Stat> {
-    let text = read_small(format!("/proc/{pid}/stat"))?;
+fn stat_in(text: &str) -> Option<Stat> {
     let fields: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
-    // After the command: state is field 3 of proc_pid_stat(5), ppid 4, starttime 22.
+    // After the command: state is field 3 of proc_pid_stat(5), ppid 4,
+    // num_threads 20, starttime 22, rss 24.
     Some(Stat {
         state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
@@ -193,6 +219,8 @@ fn stat(pid: i32) -> Option<Stat> {
         start: fields.get(19)?.parse().ok()?,
         cpu: ticks(&fields, 11) + ticks(&fields, 12),
         children_cpu: ticks(&fields, 13) + ticks(&fields, 14),
+        threads: ticks(&fields, 17),
+        rss: ticks(&fields, 21),
     })
 }
 
@@ -200,30 +228,117 @@ fn ticks(fields: &[&str], at: usize) -> u64 {
     fields.get(at).and_then(|f| f.parse().ok()).unwrap_or(0)
 }
 
-/// What the processes under `shim` use, without a cgroup: the CPU time of
+/// What the processes under a shim use, without a cgroup: the CPU time of
 /// those alive and of the children they reaped, plus what the shim's
 /// reaped descendants used (as their subreaper it reaps every orphan), and
 /// their summed resident memory. Each ended process is counted once, by the
-/// one parent that reaped it.
-pub fn tree_usage(shim: Pid) -> crate::usage::Usage {
-    let procs = descendants(shim);
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+/// one parent that reaped it. The files are kept open between readings, as
+/// a leaf's are (`cgroup::UsageFiles`): each process's `stat` and, while
+/// it has one thread, that thread's `children`.
+pub struct TreeFiles {
+    shim: Pid,
+    processes: HashMap<i32, ProcessFiles>,
+}
+
+struct ProcessFiles {
+    stat: std::fs::File,
+    children: Option<std::fs::File>,
+}
+
+impl TreeFiles {
+    pub fn new(shim: Pid) -> TreeFiles {
+        TreeFiles {
+            shim,
+            processes: HashMap::new(),
+        }
+    }
+
+    /// The shim whose tree this is.
+    pub fn shim(&self) -> Pid {
+        self.shim
+    }
+
+    pub fn descriptors(&self) -> usize {
+        self.processes
+            .values()
+            .map(|p| 1 + usize::from(p.children.is_some()))
+            .sum()
+    }
+
+    /// The usage now; None if the shim is gone. Without children files
+    /// (a kernel without CONFIG_PROC_CHILDREN), the tree is found by a scan
+    /// of every process's parent.
+    pub fn read(&mut self) -> Option<crate::usage::Usage> {
+        let (shim, mut queue) = self.process(self.shim.as_raw())?;
+        let scanned = (!children_files()).then(|| Parents::scan().descendants(self.shim));
+        if let Some(all) = &scanned {
+            queue = all.iter().map(|p| p.as_raw()).collect();
+        }
+        let mut seen = vec![self.shim.as_raw()];
+        let (mut ticks, mut pages, mut live) = (shim.children_cpu, 0, 0);
+        while let Some(pid) = queue.pop() {
+            let Some((stat, children)) = self.process(pid) else {
+                continue;
+            };
+            seen.push(pid);
+            ticks += stat.cpu + stat.children_cpu;
+            // Like a leaf's `cgroup.procs`, the count leaves zombies out.
+            if !matches!(stat.state, 'Z' | 'X') {
+                live += 1;
+                pages += stat.rss;
+            }
+            if scanned.is_none() {
+                queue.extend(children);
+            }
+        }
+        self.processes.retain(|pid, _| seen.contains(pid));
+        Some(crate::usage::Usage {
+            cpu: Some(std::time::Duration::from_micros(
+                ticks * 1_000_000 / clock_ticks(),
+            )),
+            memory: Some(pages * crate::usage::page_size()),
+            processes: Some(live),
+        })
+    }
+
+    /// What `/proc/<pid>/stat` says of `pid`, and its children, from the
+    /// kept files if they still read (those of a process that is gone fail:
+    /// the pid may now be another's), else from files opened anew.
+    fn process(&mut self, pid: i32) -> Option<(Stat, Vec<i32>)> {
+        let kept = self.processes.get(&pid).and_then(|f| reread(&f.stat));
+        let text = match kept {
+            Some(text) => text,
+            None => {
+                let stat = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+                let text = reread(&stat);
+                let files = ProcessFiles {
+                    stat,
+                    children: None,
+                };
+                self.processes.insert(pid, files);
+                text?
+            }
+        };
+        let stat = stat_in(&text)?;
+        if stat.threads != 1 || !children_files() {
+            return Some((stat, children_of(pid)));
+        }
+        let files = self.processes.get_mut(&pid)?;
+        if files.children.is_none() {
+            files.children = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")).ok();
+        }
+        let list = files.children.as_ref().and_then(reread).unwrap_or_default();
+        let children = list.split_whitespace().filter_map(|c| c.parse().ok());
+        Some((stat, children.collect()))
+    }
+}
+
+/// Clock ticks per second, the unit of `stat`'s CPU times.
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .map_or(100, |t| t as u64);
-    let ticks: u64 = stat(shim.as_raw()).map_or(0, |s| s.children_cpu)
-        + procs
-            .iter()
-            .filter_map(|p| stat(p.as_raw()))
-            .map(|s| s.cpu + s.children_cpu)
-            .sum::<u64>();
-    crate::usage::Usage {
-        cpu: Some(std::time::Duration::from_micros(
-            ticks * 1_000_000 / per_second,
-        )),
-        memory: Some(procs.iter().filter_map(|&p| crate::usage::rss(p)).sum()),
-        processes: Some(procs.len() as u64),
-    }
+        .map_or(100, |t| t as u64)
 }
 
 fn parent_of(pid: i32) -> Option<i32> {

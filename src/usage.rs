@@ -32,20 +32,64 @@ pub enum Source {
 }
 
 impl Source {
+    /// The usage now, read once; nothing but a process count of 0 if the
+    /// leaf or the shim is gone.
     pub fn sample(&self) -> Usage {
-        match self {
-            Source::Leaf {
-                path,
-                memory_controller,
-            } => crate::cgroup::usage(path, *memory_controller),
-            Source::Shim(shim) => crate::procfs::tree_usage(*shim),
-        }
+        Kept::open(self)
+            .and_then(|mut kept| kept.read())
+            .unwrap_or(GONE)
     }
 }
 
-/// Resident memory of `pid`, in bytes (`/proc/<pid>/statm`).
-pub fn rss(pid: Pid) -> Option<u64> {
-    rss_in(&crate::procfs::read_small(format!("/proc/{pid}/statm"))?)
+/// The usage of a replica whose leaf or shim is gone.
+const GONE: Usage = Usage {
+    cpu: None,
+    memory: None,
+    processes: Some(0),
+};
+
+/// The open files a replica's usage is read from.
+enum Kept {
+    Leaf(crate::cgroup::UsageFiles),
+    Tree(crate::procfs::TreeFiles),
+}
+
+impl Kept {
+    fn open(source: &Source) -> Option<Kept> {
+        match source {
+            Source::Leaf {
+                path,
+                memory_controller,
+            } => crate::cgroup::UsageFiles::open(path, *memory_controller)
+                .ok()
+                .map(Kept::Leaf),
+            Source::Shim(shim) => Some(Kept::Tree(crate::procfs::TreeFiles::new(*shim))),
+        }
+    }
+
+    /// Are these the files of `source` (a new shim has a tree of its own)?
+    fn of(&self, source: &Source) -> bool {
+        match (self, source) {
+            (Kept::Leaf(_), Source::Leaf { .. }) => true,
+            (Kept::Tree(tree), Source::Shim(shim)) => tree.shim() == *shim,
+            _ => false,
+        }
+    }
+
+    /// None: what they were read from is gone.
+    fn read(&mut self) -> Option<Usage> {
+        match self {
+            Kept::Leaf(files) => files.read(),
+            Kept::Tree(files) => files.read(),
+        }
+    }
+
+    fn descriptors(&self) -> usize {
+        match self {
+            Kept::Leaf(files) => files.descriptors(),
+            Kept::Tree(files) => files.descriptors(),
+        }
+    }
 }
 
 /// Resident memory, in bytes, from the text of a `statm` file (in pages).
@@ -54,13 +98,12 @@ pub fn rss_in(statm: &str) -> Option<u64> {
     Some(pages * page_size())
 }
 
-/// The usage files of each replica's leaf, kept open from one `status` to
-/// the next, within a budget of descriptors (a quarter of the open-files
-/// limit: the supervisor needs the rest for its shims and clients). A
-/// replica past the budget, or without a leaf, is read as by
-/// [`Source::sample`].
+/// The usage files of each running replica, kept open from one `status`
+/// to the next, within a budget of descriptors (a quarter of the
+/// open-files limit: the supervisor needs the rest for its shims and
+/// clients). A replica past the budget is read as by [`Source::sample`].
 pub struct Sampler<K> {
-    files: HashMap<K, crate::cgroup::UsageFiles>,
+    files: HashMap<K, Kept>,
     budget: usize,
 }
 
@@ -77,24 +120,20 @@ impl<K> Default for Sampler<K> {
 
 impl<K: Eq + std::hash::Hash + Clone> Sampler<K> {
     pub fn sample(&mut self, replica: &K, source: &Source) -> Usage {
-        let Source::Leaf {
-            path,
-            memory_controller,
-        } = source
-        else {
-            return source.sample();
-        };
-        if let Some(usage) = self.files.get_mut(replica).and_then(|f| f.read()) {
+        let kept = self.files.get_mut(replica).filter(|kept| kept.of(source));
+        if let Some(usage) = kept.and_then(Kept::read) {
             return usage;
         }
         self.files.remove(replica);
-        let Ok(mut files) = crate::cgroup::UsageFiles::open(path, *memory_controller) else {
-            return source.sample();
+        let Some(mut kept) = Kept::open(source) else {
+            return GONE;
         };
-        let usage = files.read().unwrap_or_else(|| source.sample());
-        let held: usize = self.files.values().map(|f| f.descriptors()).sum();
-        if held + files.descriptors() <= self.budget {
-            self.files.insert(replica.clone(), files);
+        let Some(usage) = kept.read() else {
+            return GONE;
+        };
+        let held: usize = self.files.values().map(Kept::descriptors).sum();
+        if held + kept.descriptors() <= self.budget {
+            self.files.insert(replica.clone(), kept);
         }
         usage
     }
@@ -105,7 +144,7 @@ impl<K: Eq + std::hash::Hash + Clone> Sampler<K> {
     }
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     static SIZE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *SIZE.get_or_init(|| {
         nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)

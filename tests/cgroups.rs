@@ -236,57 +236,63 @@ time.sleep(1000)
     p.run(&["down"]).expect(0);
 }
 
-/// The supervisor keeps each leaf's usage files open from one `status` to
-/// the next: the figures must follow the replica when its process is
-/// replaced in the same leaf (a kill: the shim restarts it), when the leaf
-/// is removed and made again under the same name (a restart: a new shim),
-/// and when the replica forks.
-#[test]
-fn status_follows_a_replica_whose_process_and_leaf_are_replaced() {
-    needs_cgroups!();
+/// The supervisor keeps each replica's usage files open from one `status`
+/// to the next (its leaf's, or without cgroups each process's under its
+/// shim): the figures must follow the replica when its processes are
+/// replaced under the same shim (a kill: the shim restarts it), when a new
+/// shim makes a new leaf under the same name (a restart), and when one of
+/// its processes ends.
+fn status_follows_a_replica_whose_processes_are_replaced(cgroups: bool) {
     let p = Project::new(
         r#"
 [services.work]
-command = ["sh", "-c", "echo started; exec sleep 1000"]
+command = ["sh", "-c", "sleep 1000 & exec sleep 1001"]
 restart = { delay = "0s" }
 "#,
     );
-    p.up(&[]);
+    let mut up = p.command(&["up", "-d"]);
+    if !cgroups {
+        up.env(supervise::cgroup::SWITCH, "off");
+    }
+    assert!(up.status().unwrap().success());
     let replica = |status: &serde_json::Value| status["services"][0]["replicas"][0].clone();
-    // A running replica with its usage read, and a pid other than `other`.
-    let running_other_than = |other: Option<i64>| {
+    // The replica running with `processes` of its own, its usage read, and
+    // a pid other than `other`.
+    let running = |other: Option<i64>, processes: u64| {
         let mut last = serde_json::Value::Null;
         let found = wait_until(SOON, || {
             last = replica(&p.status());
             last["state"] == "running"
                 && last["pid"].as_i64() != other
-                && last["processes"] == 1
+                && last["processes"] == processes
                 && last["memory_bytes"].as_u64().is_some_and(|m| m > 0)
+                && last["cpu_seconds"].as_f64().is_some()
         });
-        assert!(found, "no running replica with its usage: {last}");
-        last
+        assert!(found, "not running with {processes} processes: {last}");
+        last["pid"].as_i64().unwrap()
     };
-    let first = running_other_than(None);
-    let first_pid = first["pid"].as_i64().unwrap();
-    kill9(first_pid as i32);
-    let second = running_other_than(Some(first_pid));
-    let second_pid = second["pid"].as_i64().unwrap();
+    let first = running(None, 2);
+    kill9(first as i32);
+    let second = running(Some(first), 2);
     p.run(&["restart", "work"]).expect(0);
-    let third = running_other_than(Some(second_pid));
-    assert!(third["cpu_seconds"].as_f64().is_some(), "{third}");
-    // A fork of the replica's own: counted as soon as it is there.
-    let pid = third["pid"].as_i64().unwrap() as i32;
-    let leaf = cgroup_of(pid).unwrap();
-    let mut forked = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .unwrap();
-    std::fs::write(leaf.join("cgroup.procs"), forked.id().to_string()).unwrap();
-    let counted = wait_until(SOON, || replica(&p.status())["processes"] == 2);
-    let _ = forked.kill();
-    let _ = forked.wait();
-    assert!(counted, "{}", replica(&p.status()));
+    let third = running(Some(second), 2);
+    let [background] = descendants(third as i32)[..] else {
+        panic!("not one child: {:?}", descendants(third as i32));
+    };
+    kill9(background);
+    running(None, 1);
     p.run(&["down"]).expect(0);
+}
+
+#[test]
+fn status_follows_a_replica_whose_processes_and_leaf_are_replaced() {
+    needs_cgroups!();
+    status_follows_a_replica_whose_processes_are_replaced(true);
+}
+
+#[test]
+fn without_cgroups_status_follows_a_replica_whose_processes_are_replaced() {
+    status_follows_a_replica_whose_processes_are_replaced(false);
 }
 
 /// Whether the leaves get a memory controller here (the supervisor then
