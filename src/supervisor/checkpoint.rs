@@ -191,13 +191,13 @@ impl super::Supervisor {
         };
         self.last_save = Some(Instant::now());
         if bytes == self.saved {
-            self.dirty = false;
+            self.on_disk();
             return;
         }
         match write_atomically(&self.dir.checkpoint(), &bytes) {
             Ok(()) => {
                 self.saved = bytes;
-                self.dirty = false;
+                self.on_disk();
             }
             Err(e) => {
                 // Supervision goes on with the state in memory; the write is
@@ -207,6 +207,32 @@ impl super::Supervisor {
                     self.dir.checkpoint().display()
                 ));
             }
+        }
+    }
+
+    /// The checkpoint just written (or found unchanged) was made from the
+    /// state as it is: its counts are on disk.
+    fn on_disk(&mut self) {
+        self.dirty = false;
+        for replica in self.replicas.values_mut() {
+            replica.checkpointed_restarts = replica.restarts;
+        }
+    }
+
+    /// Saves the checkpoint now if a restart count is not on it yet, before
+    /// `status` shows the counts: a resuming supervisor takes a count from
+    /// the checkpoint, or from a shim's record of a newer incarnation, which
+    /// may not be written yet (its shim is starting) or no longer there (its
+    /// exit record was read), so a count shown before the batched write
+    /// could go backwards across a `kill -9`. Only a `status` within a batch
+    /// of a restart pays for a write; the restart itself never waits for one.
+    pub(super) fn checkpoint_restarts(&mut self) {
+        if self
+            .replicas
+            .values()
+            .any(|r| r.restarts != r.checkpointed_restarts)
+        {
+            self.save_checkpoint();
         }
     }
 

@@ -195,7 +195,10 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
         // is not rewritten) and to the metrics.
         sup.dirty = true;
         if let Some(metrics) = &sup.metrics {
-            metrics.update(&sup.status_report(), |service, index| {
+            // The counts as counted: the metrics are this supervisor's own
+            // counters, and are updated after events, not after the
+            // batched checkpoint write.
+            metrics.update(&sup.status_report(|r| r.restarts), |service, index| {
                 let id = ReplicaId {
                     service: service.to_string(),
                     index,

@@ -224,6 +224,10 @@ pub struct Replica {
     /// Counts incarnations; stale reports from an earlier one are ignored.
     pub generation: u64,
     pub restarts: u32,
+    /// `restarts` as the last checkpoint written holds it: what `status`
+    /// shows, so that a count once shown survives a crash of the supervisor
+    /// (see `Supervisor::checkpoint_restarts`).
+    pub checkpointed_restarts: u32,
     pub history: History,
     pub last_exit: Option<(Ending, SystemTime)>,
     /// Marked with `stop`: stays down until `start`/`restart`.
@@ -237,6 +241,7 @@ impl Replica {
             phase: Phase::Pending,
             generation: 0,
             restarts: 0,
+            checkpointed_restarts: 0,
             history: History::default(),
             last_exit: None,
             stop_requested: false,

@@ -239,7 +239,10 @@ impl Supervisor {
     /// The report, or with `render` the report as `status` prints it.
     /// Only the services asked for are sampled.
     fn status_answer(&mut self, services: &[String], render: Option<Render>) -> Answer {
-        let mut report = self.status_report();
+        // Only counts on checkpoint are shown (while it cannot be written,
+        // the last it holds): a count once shown never goes backwards.
+        self.checkpoint_restarts();
+        let mut report = self.status_report(|r| r.checkpointed_restarts);
         if let Err(failure) = crate::commands::status::keep_only(&mut report, services) {
             return Answer::Reply(Reply::error(
                 failure.code,
@@ -295,7 +298,9 @@ impl Supervisor {
             .retain(|id| replicas.get(id).is_some_and(|r| r.phase.shim().is_some()));
     }
 
-    pub(super) fn status_report(&self) -> StatusReport {
+    /// What `status` reports, with each replica's restart count as
+    /// `restarts` reads it.
+    pub(super) fn status_report(&self, restarts: fn(&Replica) -> u32) -> StatusReport {
         let services = self
             .spec
             .services
@@ -309,7 +314,10 @@ impl Supervisor {
                     )
                     .into(),
                     desired: self.desired.replicas(service),
-                    replicas: replicas.iter().map(|r| replica_status(r)).collect(),
+                    replicas: replicas
+                        .iter()
+                        .map(|r| replica_status(r, restarts))
+                        .collect(),
                     cluster: self.cluster_status(service),
                 }
             })
@@ -381,7 +389,7 @@ fn shown_state(r: &Replica) -> &'static str {
     }
 }
 
-fn replica_status(r: &Replica) -> ReplicaStatus {
+fn replica_status(r: &Replica, restarts: fn(&Replica) -> u32) -> ReplicaStatus {
     ReplicaStatus {
         index: r.id.index,
         pid: r.phase.pid(),
@@ -393,7 +401,7 @@ fn replica_status(r: &Replica) -> ReplicaStatus {
         }
         .into(),
         role: r.role().map(|role| role.as_str().into()),
-        restarts: r.restarts,
+        restarts: restarts(r),
         started_at: r.phase.run().and_then(|run| run.started_at).map(rfc3339),
         last_exit: r.last_exit.as_ref().map(|(outcome, at)| LastExit {
             code: match outcome {

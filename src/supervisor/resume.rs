@@ -385,6 +385,7 @@ pub(super) fn catch_up(replica: &mut Replica, generation: u64) {
 fn restore(replica: &mut Replica, memo: &ReplicaMemo) {
     replica.generation = memo.generation;
     replica.restarts = memo.restarts;
+    replica.checkpointed_restarts = memo.restarts;
     replica.history.consecutive = memo.consecutive;
     replica.history.recent = memo.recent.iter().copied().map(since_wall).collect();
     replica.last_exit = memo.last_exit.clone();

@@ -467,6 +467,19 @@ restart = { delay = "50ms" }
     assert_eq!(replica["restarts"], 1);
 }
 
+/// Makes every checkpoint write of `state_dir` fail until the returned
+/// directory is removed: the temp file's name is taken by it.
+fn block_checkpoint(state_dir: &Path) -> std::path::PathBuf {
+    let blocker = state_dir.join("checkpoint.json.tmp");
+    // (A save may hold the name for a moment as a file of its own.)
+    assert!(
+        wait_until(SOON, || std::fs::create_dir(&blocker).is_ok()),
+        "cannot make {} a directory",
+        blocker.display()
+    );
+    blocker
+}
+
 #[test]
 fn a_checkpoint_that_cannot_be_written_is_reported_and_supervision_goes_on() {
     let sup = Supervise::start(
@@ -478,14 +491,7 @@ restart = { delay = "50ms" }
     );
     let first = sup.expect_spawned("web.0");
     let state_dir = sup.state_dir();
-    // The temp file's name taken by a directory: every write fails.
-    let blocker = state_dir.join("checkpoint.json.tmp");
-    // (A save may hold the name for a moment as a file of its own.)
-    assert!(
-        wait_until(SOON, || std::fs::create_dir(&blocker).is_ok()),
-        "cannot make {} a directory",
-        blocker.display()
-    );
+    let blocker = block_checkpoint(&state_dir);
     kill9(first);
     sup.expect_said(r"^checkpoint: cannot write .*; retrying$", SOON);
     sup.expect_restart("web.0", first);
@@ -498,6 +504,59 @@ restart = { delay = "50ms" }
         .is_ok_and(|t| t.contains("\"restarts\": 1"))),
         "the checkpoint was not written after the fault cleared"
     );
+}
+
+/// A restart count `status` has shown survives a `kill -9`, however far the
+/// checkpoint lags behind: here it cannot be written at all (the batch window
+/// made endless), and nothing of the restarted incarnation is left on record
+/// (its exit record was read and removed).
+#[test]
+fn a_restart_count_once_shown_survives_a_kill_9_before_the_checkpoint_has_it() {
+    let mut first = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done; exit 1"]
+restart = { delay = "10ms", limit = 1 }
+"#,
+    );
+    first.expect_spawned("job.0");
+    let state_dir = first.state_dir();
+    let blocker = block_checkpoint(&state_dir);
+    let go = first.dir().join("go");
+    std::fs::write(&go, "").unwrap();
+    // Restarted once, and failed at its second end (limit 1): settled.
+    first.expect("failed", "job.0");
+    let shown = first.replica("job", 0);
+    assert_eq!(shown["state"], "failed", "{shown:#}");
+    let shown = shown["restarts"].as_u64().unwrap();
+    first.kill9();
+    // The resumed run waits: whatever it shows is what it resumed with.
+    std::fs::remove_file(&go).unwrap();
+    std::fs::remove_dir(&blocker).unwrap();
+
+    let mut next = resume(&first);
+    let resumed = next.replica("job", 0)["restarts"].as_u64().unwrap();
+    assert!(
+        resumed >= shown,
+        "restarts went from {shown} to {resumed} across the kill -9\n{}",
+        next.transcript()
+    );
+    // With a checkpoint that can be written, a restart is shown as soon as
+    // it is told (within the batch window too), and is on disk by then.
+    std::fs::write(&go, "").unwrap();
+    let exited = next.expect("exited", "job.0");
+    next.expect_after(&exited, "restarted", "job.0");
+    let shown = next.restarts("job", 0);
+    assert_eq!(shown, resumed + 1, "{}", next.transcript());
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("checkpoint.json")).unwrap()).unwrap();
+    let on_disk = checkpoint["replicas"]["job.0"]["restarts"]
+        .as_u64()
+        .unwrap();
+    assert!(on_disk >= shown, "shown {shown}, on disk {on_disk}");
+    next.expect("failed", "job.0");
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
 }
 
 #[test]
