@@ -188,7 +188,14 @@ pub async fn run(spec: Spec, options: Options) -> Result<i32, RunError> {
             _ = sigterm.recv() => sup.on_stop_signal("SIGTERM"),
             _ = sighup.recv() => sup.on_hangup(),
             Some(message) = reports.recv() => sup.on_message(message),
-            Some(call) = calls.recv() => sup.on_call(call),
+            Some(call) = calls.recv() => {
+                sup.on_call(call);
+                // The connection's task writes the answer now, not after
+                // this turn's reconciling and checkpoint: the client waits
+                // for it, the rest does not. A next request is still read
+                // by this loop only after them.
+                tokio::task::yield_now().await;
+            }
             _ = timer => {}
         }
         // Whatever happened may matter to the checkpoint (an unchanged one
