@@ -65,6 +65,45 @@ EXITED = {}
 KEEP = set()  # --background processes: kept across phases, killed at exit
 
 
+def own_cgroup():
+    """This process's cgroup v2 directory (None without one)."""
+    try:
+        rel = next(l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::"))
+        mount = next(l.split()[4] for l in open("/proc/self/mountinfo")
+                     if l.split(" - ")[1].split()[0] == "cgroup2")
+    except (OSError, StopIteration, IndexError):
+        return None
+    return os.path.join(mount, rel.lstrip("/"))
+
+
+def supervise_cgroups():
+    base = own_cgroup()
+    if not base or not os.path.isdir(base):
+        return set()
+    return {os.path.join(base, d) for d in os.listdir(base) if d.startswith("supervise.")}
+
+
+# supervise's cgroups that were there before this run: never touched.
+CGROUPS_BEFORE = supervise_cgroups()
+
+
+def remove_left_cgroups():
+    """The cgroup directories of the supervisors this run SIGKILLed, once
+    empty (a kill -9 of everything leaves them, as it would for a user)."""
+    for instance in supervise_cgroups() - CGROUPS_BEFORE:
+        for leaf in os.listdir(instance):
+            path = os.path.join(instance, leaf)
+            if os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(instance)
+        except OSError:
+            pass
+
+
 def reap():
     """Reap every exited child (the harness is a subreaper)."""
     while True:
@@ -221,6 +260,7 @@ def kill_everything(reason=""):
         pids = descendants([ME]) - {ME} - KEEP
         if not pids:
             reap()
+            remove_left_cgroups()
             return
         # Freeze first so nothing respawns between the scan and the kill.
         for _ in range(3):
