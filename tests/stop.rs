@@ -279,3 +279,41 @@ stop_timeout = "30s"
         p.marked()
     );
 }
+
+/// The stop signal reaches each process of the replica once: the process
+/// group's signal, and a direct one only to those that left the group. A
+/// program that takes a second SIGTERM as "stop now" (as the cluster tests'
+/// slow stopper does) must not get one from a single stop.
+#[test]
+fn each_process_of_the_replica_gets_the_stop_signal_once() {
+    let mut sup = Supervise::start(
+        r#"
+[services.web]
+command = ["python3", "-c", '''
+import os, signal, sys, time
+if os.fork() == 0:
+    who = "child"
+else:
+    who = "main"
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(time.monotonic()))
+print(who, "ready", flush=True)
+while not got:
+    pass
+until = got[0] + 0.5
+while time.monotonic() < until:
+    pass
+print(who, "got", len(got), flush=True)
+sys.exit(0)
+''']
+stop_timeout = "10s"
+"#,
+    );
+    sup.expect_output("web.0", "^main ready$", SOON);
+    sup.expect_output("web.0", "^child ready$", SOON);
+    sup.signal(Signal::SIGINT);
+    sup.expect_output("web.0", "^main got 1$", SOON);
+    sup.expect_output("web.0", "^child got 1$", SOON);
+    assert_eq!(sup.expect_exit(SOON), 0);
+    sup.assert_nothing_left();
+}

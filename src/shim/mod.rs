@@ -173,14 +173,17 @@ impl<'l> Tree<'l> {
     /// escape a group signal, while a child forked during the scan of /proc
     /// would be missed by it (and live until stop_timeout). The group's id is
     /// the main process's pid, which cannot be reused before the shim reaps
-    /// it. Then every process of the tree, for those that left the group;
-    /// returns those.
+    /// it. Then every process of the tree that left the group (one still
+    /// in it had the signal once: a second can mean "stop now" to a program
+    /// that counts them); returns the whole tree.
     fn signal_all(&self, signal: Signal) -> HashSet<Pid> {
-        if self.main_status.is_none() {
-            let _ = killpg(self.main, signal);
-        }
+        let group = self.main.as_raw() as u32;
+        let grouped = self.main_status.is_none() && killpg(self.main, signal).is_ok();
         let tree: HashSet<Pid> = members(self.me, self.leaf).into_iter().collect();
         for &pid in &tree {
+            if grouped && procfs::process_group(pid.as_raw() as u32) == Some(group) {
+                continue;
+            }
             let _ = nix::sys::signal::kill(pid, signal);
         }
         tree
