@@ -167,20 +167,9 @@ struct Stat {
     rss: u64,
 }
 
-/// A small file of /proc or a cgroup, read with one `read` where it fits a
-/// page: such files hand over their whole content at once, and
-/// `read_to_string` costs a `statx` and a second read besides (a `status`
-/// reads several of them for each replica).
+/// A small file of /proc or a cgroup, opened and read (see [`reread`]).
 pub fn read_small(path: impl AsRef<std::path::Path>) -> Option<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut page = [0u8; 4096];
-    let n = file.read(&mut page).ok()?;
-    let mut bytes = page[..n].to_vec();
-    if n == page.len() {
-        file.read_to_end(&mut bytes).ok()?;
-    }
-    String::from_utf8(bytes).ok()
+    reread(&std::fs::File::open(path).ok()?)
 }
 
 fn stat(pid: i32) -> Option<Stat> {
@@ -189,20 +178,21 @@ fn stat(pid: i32) -> Option<Stat> {
 
 /// The whole of an open cgroup or /proc file, read again from its start.
 /// These files fill the buffer given up to their end: a read short of it
-/// was the last (no second read to see the end, as for a regular file).
+/// was the last (no second read to see the end, as for a regular file, and
+/// no `statx` as `read_to_string` makes). A `status` reads several for each
+/// replica: the first page is read on the stack.
 pub fn reread(file: &std::fs::File) -> Option<String> {
     use std::os::unix::fs::FileExt;
-    let mut bytes = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        let n = file.read_at(&mut bytes[len..], len as u64).ok()?;
-        len += n;
-        if len < bytes.len() {
+    let mut page = [0u8; 4096];
+    let n = file.read_at(&mut page, 0).ok()?;
+    let mut bytes = page[..n].to_vec();
+    while bytes.len() % page.len() == 0 && !bytes.is_empty() {
+        let n = file.read_at(&mut page, bytes.len() as u64).ok()?;
+        bytes.extend_from_slice(&page[..n]);
+        if n < page.len() {
             break;
         }
-        bytes.resize(len * 2, 0);
     }
-    bytes.truncate(len);
     String::from_utf8(bytes).ok()
 }
 
@@ -503,6 +493,25 @@ pub fn signal_descendants(root: Pid, signal: Signal) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_read_whole_across_pages_and_read_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 10, 4096, 8192, 10_000] {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, &text).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            assert_eq!(reread(&file).as_deref(), Some(text.as_str()), "{len} bytes");
+            assert_eq!(
+                reread(&file).as_deref(),
+                Some(text.as_str()),
+                "{len} bytes again"
+            );
+        }
+    }
 
     #[test]
     fn finds_grandchildren() {

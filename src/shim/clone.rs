@@ -94,7 +94,7 @@ pub fn spawn(
             (resource as libc::__rlimit_resource_t, limit)
         })
         .collect();
-    let handled: Vec<c_int> = super::WATCHED.iter().map(|&s| s as c_int).collect();
+    let handled = super::WATCHED.map(|s| s as c_int);
     let null = File::open("/dev/null")?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let child = Child {
