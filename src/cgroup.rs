@@ -13,7 +13,6 @@
 //! `SUPERVISE_CGROUP=off` turns it all off: replicas are then tracked as
 //! without a cgroup (their shim is their subreaper; markers in `/proc`).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsFd;
@@ -25,7 +24,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::Pid;
 
-use crate::usage::Usage;
+use crate::usage::{Usage, rss_in};
 
 /// The environment switch: `SUPERVISE_CGROUP=off` uses no cgroup at all.
 pub const SWITCH: &str = "SUPERVISE_CGROUP";
@@ -425,7 +424,7 @@ pub struct UsageFiles {
     /// `memory.current`, with the memory controller.
     memory: Option<File>,
     /// `/proc/<pid>/statm` of each process, without it.
-    statm: HashMap<Pid, File>,
+    statm: crate::procfs::ProcFiles,
 }
 
 impl UsageFiles {
@@ -438,13 +437,13 @@ impl UsageFiles {
             } else {
                 None
             },
-            statm: HashMap::new(),
+            statm: crate::procfs::ProcFiles::new(|pid| format!("/proc/{pid}/statm")),
         })
     }
 
     /// How many descriptors these files hold.
     pub fn descriptors(&self) -> usize {
-        2 + usize::from(self.memory.is_some()) + self.statm.len()
+        2 + usize::from(self.memory.is_some()) + self.statm.descriptors()
     }
 
     /// The usage now; None if the leaf was removed since the files were
@@ -459,8 +458,10 @@ impl UsageFiles {
         let memory = match &self.memory {
             Some(current) => crate::procfs::reread(current).and_then(|t| t.trim().parse().ok()),
             None => {
-                self.statm.retain(|pid, _| procs.contains(pid));
-                Some(procs.iter().filter_map(|&pid| self.rss(pid)).sum())
+                self.statm
+                    .retain(|pid| procs.contains(&Pid::from_raw(*pid)));
+                let statm = procs.iter().filter_map(|pid| self.statm.read(pid.as_raw()));
+                Some(statm.filter_map(|(text, _)| rss_in(&text)).sum())
             }
         };
         Some(Usage {
@@ -468,18 +469,6 @@ impl UsageFiles {
             memory,
             processes: Some(procs.len() as u64),
         })
-    }
-
-    /// Resident memory of `pid`, from its kept `statm` if it still reads
-    /// (a file of a process that is gone fails: the pid may be another's).
-    fn rss(&mut self, pid: Pid) -> Option<u64> {
-        if let Some(text) = self.statm.get(&pid).and_then(crate::procfs::reread) {
-            return crate::usage::rss_in(&text);
-        }
-        let file = File::open(format!("/proc/{pid}/statm")).ok()?;
-        let text = crate::procfs::reread(&file)?;
-        self.statm.insert(pid, file);
-        crate::usage::rss_in(&text)
     }
 }
 

@@ -227,19 +227,17 @@ fn ticks(fields: &[&str], at: usize) -> u64 {
 /// it has one thread, that thread's `children`.
 pub struct TreeFiles {
     shim: Pid,
-    processes: HashMap<i32, ProcessFiles>,
-}
-
-struct ProcessFiles {
-    stat: std::fs::File,
-    children: Option<std::fs::File>,
+    stat: ProcFiles,
+    /// While a process has one thread, that thread's `children`.
+    children: ProcFiles,
 }
 
 impl TreeFiles {
     pub fn new(shim: Pid) -> TreeFiles {
         TreeFiles {
             shim,
-            processes: HashMap::new(),
+            stat: ProcFiles::new(|pid| format!("/proc/{pid}/stat")),
+            children: ProcFiles::new(|pid| format!("/proc/{pid}/task/{pid}/children")),
         }
     }
 
@@ -249,10 +247,7 @@ impl TreeFiles {
     }
 
     pub fn descriptors(&self) -> usize {
-        self.processes
-            .values()
-            .map(|p| 1 + usize::from(p.children.is_some()))
-            .sum()
+        self.stat.descriptors() + self.children.descriptors()
     }
 
     /// The usage now; None if the shim is gone. Without children files
@@ -281,7 +276,8 @@ impl TreeFiles {
                 queue.extend(children);
             }
         }
-        self.processes.retain(|pid, _| seen.contains(pid));
+        self.stat.retain(|pid| seen.contains(pid));
+        self.children.retain(|pid| seen.contains(pid));
         Some(crate::usage::Usage {
             cpu: Some(std::time::Duration::from_micros(
                 ticks * 1_000_000 / clock_ticks(),
@@ -291,35 +287,64 @@ impl TreeFiles {
         })
     }
 
-    /// What `/proc/<pid>/stat` says of `pid`, and its children, from the
-    /// kept files if they still read (those of a process that is gone fail:
-    /// the pid may now be another's), else from files opened anew.
+    /// What `/proc/<pid>/stat` says of `pid`, and its children.
     fn process(&mut self, pid: i32) -> Option<(Stat, Vec<i32>)> {
-        let kept = self.processes.get(&pid).and_then(|f| reread(&f.stat));
-        let text = match kept {
-            Some(text) => text,
-            None => {
-                let stat = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-                let text = reread(&stat);
-                let files = ProcessFiles {
-                    stat,
-                    children: None,
-                };
-                self.processes.insert(pid, files);
-                text?
-            }
-        };
+        let (text, anew) = self.stat.read(pid)?;
+        if anew {
+            // Another process than the one whose `children` is kept (the
+            // file of a process that is gone reads empty, not as an error).
+            self.children.forget(pid);
+        }
         let stat = stat_in(&text)?;
         if stat.threads != 1 || !children_files() {
             return Some((stat, children_of(pid)));
         }
-        let files = self.processes.get_mut(&pid)?;
-        if files.children.is_none() {
-            files.children = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")).ok();
-        }
-        let list = files.children.as_ref().and_then(reread).unwrap_or_default();
-        let children = list.split_whitespace().filter_map(|c| c.parse().ok());
+        let list = self.children.read(pid).map(|(list, _)| list);
+        let children = list.unwrap_or_default();
+        let children = children.split_whitespace().filter_map(|c| c.parse().ok());
         Some((stat, children.collect()))
+    }
+}
+
+/// One /proc file of each of a set of processes, kept open between
+/// readings (see `cgroup::UsageFiles`). The file of a process that is gone
+/// fails to read (the pid may now be another's) and is opened anew.
+pub struct ProcFiles {
+    path: fn(i32) -> String,
+    files: HashMap<i32, std::fs::File>,
+}
+
+impl ProcFiles {
+    pub fn new(path: fn(i32) -> String) -> ProcFiles {
+        ProcFiles {
+            path,
+            files: HashMap::new(),
+        }
+    }
+
+    /// The file's text, and whether it was opened anew to read it.
+    pub fn read(&mut self, pid: i32) -> Option<(String, bool)> {
+        if let Some(text) = self.files.get(&pid).and_then(reread) {
+            return Some((text, false));
+        }
+        self.files.remove(&pid);
+        let file = std::fs::File::open((self.path)(pid)).ok()?;
+        let text = reread(&file)?;
+        self.files.insert(pid, file);
+        Some((text, true))
+    }
+
+    pub fn forget(&mut self, pid: i32) {
+        self.files.remove(&pid);
+    }
+
+    /// Closes the files of the processes not to `keep`.
+    pub fn retain(&mut self, keep: impl Fn(&i32) -> bool) {
+        self.files.retain(|pid, _| keep(pid));
+    }
+
+    pub fn descriptors(&self) -> usize {
+        self.files.len()
     }
 }
 
