@@ -31,6 +31,7 @@ import ctypes
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -872,6 +873,30 @@ def measure_raw_cold(stamps, n):
     return (max(seen.values()) - t0) / 1e9 if len(seen) == n else None
 
 
+def measure_build_pairs(builds, stamps, fsdir, n, rounds):
+    """Cold start of n, the builds of supervise only, `rounds` interleaved
+    rounds with the order reversed every other round: a few rounds among
+    the peers' cannot tell 10 % from 25 % on a busy 2-core machine."""
+    res = {t.name: [] for t in builds}
+    for rep in range(rounds):
+        for t in (builds if rep % 2 == 0 else builds[::-1]):
+            os.sync()
+            s = start_and_wait(t, stamps, fsdir / t.name, n)
+            kill_everything(f"after paired cold start of {t.name}")
+            shutil.rmtree(fsdir / t.name, ignore_errors=True)
+            if s is not None:
+                res[t.name].append(s)
+    return res
+
+
+def median_ratio_interval(xs, ys, draws=4000):
+    """The 95 % bootstrap interval of median(xs) / median(ys)."""
+    rng = random.Random(1)
+    rs = sorted(statistics.median(rng.choices(xs, k=len(xs))) / statistics.median(rng.choices(ys, k=len(ys)))
+                for _ in range(draws))
+    return rs[int(draws * 0.025)], rs[int(draws * 0.975) - 1]
+
+
 def steady_phase(tools, stamps, fsdir, n, idle_secs, status_rounds, settle, quick):
     t_phase = time.monotonic()
     """All tools with n children each: memory, idle, status; then kill -9 each."""
@@ -1148,6 +1173,26 @@ def report(results, tools):
                 label = t if t != "raw" else "(floor: N posix_spawn from the harness)"
                 lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(rats) + " |")
             lines.append("")
+        bp = r.get("build_pairs")
+        if bp:
+            secs = bp["seconds"]
+            first = next(iter(secs))
+            lines.append(f"Cold start of {bp['n']}, the builds of supervise alone, interleaved rounds "
+                         f"(order reversed every other round), ms:\n")
+            lines.append(f"| build | rounds | median (min–max) | {first} against it | 95 % interval |")
+            lines.append("|---|---|---|---|---|")
+            for t, xs in secs.items():
+                if not xs:
+                    continue
+                ms = [x * 1000 for x in xs]
+                rel, interval = "", ""
+                if t != first and secs[first]:
+                    rel = ratio(statistics.median(secs[first]), statistics.median(xs))
+                    lo, hi = median_ratio_interval(secs[first], xs)
+                    interval = f"{lo:.2f}–{hi:.2f}×"
+                lines.append(f"| {t} | {len(xs)} | {fmt_ms(statistics.median(ms))} "
+                             f"({fmt_ms(min(ms))}–{fmt_ms(max(ms))}) | {rel} | {interval} |")
+            lines.append("")
         st = r.get("steady", {})
         if st:
             n = r["steady_n"]
@@ -1246,6 +1291,9 @@ def main():
     ap.add_argument("--no-install", action="store_true", help="skip what is not installed")
     ap.add_argument("--kills", type=int, default=None, help="restart kills per tool (default 200)")
     ap.add_argument("--reps", type=int, default=None, help="cold-start repetitions (default 5)")
+    ap.add_argument("--build-pairs", type=int, default=None, metavar="ROUNDS",
+                    help="with --variant: cold start of the largest --cold-n, the supervise builds "
+                         "only, ROUNDS interleaved rounds, with the ratio's 95%% interval (default 30)")
     ap.add_argument("--idle", type=float, default=None, help="idle window in seconds (default 30)")
     ap.add_argument("--status-runs", type=int, default=None, help="status runs per tool (default 30)")
     ap.add_argument("--steady-n", type=int, default=None, help="children for memory/idle/status/kill -9 (100)")
@@ -1267,6 +1315,7 @@ def main():
     q = a.quick
     kills = a.kills or (3 if q else 200)
     reps = a.reps or (1 if q else 5)
+    build_pairs = a.build_pairs or (2 if q else 30)
     idle = a.idle if a.idle is not None else (2 if q else 30)
     status_runs = a.status_runs or (3 if q else 30)
     steady_n = a.steady_n or (10 if q else 100)
@@ -1285,7 +1334,7 @@ def main():
     if not a.no_install:
         skipped.update(install(tools_dir, [t for t in wanted if t != "supervise"]))
 
-    classes = {"supervise": lambda: Supervise(tools_dir, a.supervise), "runit": lambda: Runit(tools_dir),
+    classes = {"supervise": lambda: Supervise(tools_dir, os.path.abspath(a.supervise)), "runit": lambda: Runit(tools_dir),
                "s6": lambda: S6(tools_dir), "supervisord": lambda: Supervisord(tools_dir),
                "pm2": lambda: PM2(tools_dir), "horust": lambda: Horust(tools_dir)}
     variant_env = {}
@@ -1300,7 +1349,7 @@ def main():
         if not vname.startswith("supervise-") or not vpath:
             sys.exit(f"--variant {v}: want supervise-NAME=PATH")
         classes[vname] = (lambda n, p, e: lambda: Supervise(tools_dir, p, n, e))(
-            vname, vpath, variant_env.get(vname))
+            vname, os.path.abspath(vpath), variant_env.get(vname))
         wanted.append(vname)
     tools = []
     for name in wanted:
@@ -1331,7 +1380,7 @@ def main():
         "quick": q, "machine": machine(),
         "versions": {t.name: t.version() for t in tools},
         "skipped": skipped,
-        "params": {"background": a.background, "kills": kills, "restart_children": k, "batch": batch, "reps": reps, "idle_secs": idle,
+        "params": {"background": a.background, "kills": kills, "restart_children": k, "batch": batch, "reps": reps, "build_pairs": build_pairs, "idle_secs": idle,
                    "status_runs": status_runs, "steady_n": steady_n, "cold_n": cold_ns},
         "status_commands": {t.name: t.status_desc for t in tools},
         "fs": {},
@@ -1387,6 +1436,15 @@ def main():
                         cold["raw"][str(n)].append(x)
             r["cold"] = cold
             log(f"   ({time.monotonic() - t_ph:.0f} s)")
+
+            builds = [t for t in tools if isinstance(t, Supervise)]
+            if len(builds) > 1:
+                n = max(cold_ns)
+                log(f"-- cold start of {n}, supervise builds only: {build_pairs} rounds")
+                t_ph = time.monotonic()
+                pairs = measure_build_pairs(builds, stamps, root / "pairs", n, build_pairs)
+                r["build_pairs"] = {"n": n, "seconds": pairs}
+                log(f"   ({time.monotonic() - t_ph:.0f} s)")
 
             log(f"-- steady state at {steady_n} children: memory, idle {idle} s, status x{status_runs}, kill -9")
             r["steady"] = steady_phase(tools, stamps, root / "steady", steady_n, idle, status_runs, settle, q)
