@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::desired::Desired;
 use super::replica::{Phase, ReplicaId, Role};
 use super::restart::Ending;
+use crate::shim::protocol::{ExitRecord, read_record};
 
 pub const VERSION: u32 = 1;
 
@@ -59,6 +60,10 @@ pub struct ReplicaMemo {
     pub role: Option<Role>,
     #[serde(default)]
     pub healthy: bool,
+    /// The incarnation whose end this checkpoint has judged (0: none): its
+    /// exit record, if a crash left it behind, is not judged again.
+    #[serde(default)]
+    pub ended: u64,
 }
 
 /// The phases nothing more happens to without a request, as the
@@ -216,6 +221,12 @@ impl super::Supervisor {
         self.dirty = false;
         for replica in self.replicas.values_mut() {
             replica.checkpointed_restarts = replica.restarts;
+        }
+        // Not a newer incarnation's record, written since at the same path.
+        for (path, generation) in self.judged_records.drain(..) {
+            if read_record::<ExitRecord>(&path).map_or(true, |r| r.generation <= generation) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 

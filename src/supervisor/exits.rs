@@ -47,8 +47,8 @@ impl Supervisor {
     pub(super) fn on_shim_exit(&mut self, id: &ReplicaId) {
         let path = self.dir.exit_record(&id.to_string());
         let record: Option<ExitRecord> = read_record(&path).ok();
-        let _ = std::fs::remove_file(&path);
         let Some(replica) = self.replicas.get_mut(id) else {
+            let _ = std::fs::remove_file(&path);
             return;
         };
         // An adopted shim may have respawned once before it got our SIGUSR2.
@@ -81,6 +81,7 @@ impl Supervisor {
                 Ending::Unknown
             }
         };
+        self.judged_records.push((path, generation));
         self.on_exit(id, outcome, Instant::now());
     }
 
@@ -228,6 +229,7 @@ impl Supervisor {
         let replica = self.replica_mut(id);
         let pid = replica.phase.pid();
         replica.last_exit = Some((outcome.clone(), SystemTime::now()));
+        replica.ended = replica.generation;
         let since = match replica.phase {
             Phase::Stopping {
                 then: AfterStop::Judge(why),

@@ -230,6 +230,9 @@ pub struct Replica {
     pub checkpointed_restarts: u32,
     pub history: History,
     pub last_exit: Option<(Ending, SystemTime)>,
+    /// The incarnation whose end was judged last (0: none yet). Its exit
+    /// record, while still on disk, is not to be judged again.
+    pub ended: u64,
     /// Marked with `stop`: stays down until `start`/`restart`.
     pub stop_requested: bool,
 }
@@ -244,6 +247,7 @@ impl Replica {
             checkpointed_restarts: 0,
             history: History::default(),
             last_exit: None,
+            ended: 0,
             stop_requested: false,
         }
     }

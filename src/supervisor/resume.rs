@@ -121,6 +121,11 @@ impl Supervisor {
             || matches!(self.replicas[id].phase, Phase::Starting { .. });
         let replica = self.replica_mut(id);
         match exited {
+            // Its end is on the checkpoint already: the crash came between
+            // the checkpoint's write and the record's removal.
+            Some(record) if record.generation <= replica.ended => {
+                let _ = std::fs::remove_file(self.dir.exit_record(&name));
+            }
             // Newer than the checkpoint is fine: it may lag by one batch.
             Some(record) if record.generation >= replica.generation => {
                 catch_up(replica, record.generation);
@@ -389,6 +394,7 @@ fn restore(replica: &mut Replica, memo: &ReplicaMemo) {
     replica.history.consecutive = memo.consecutive;
     replica.history.recent = memo.recent.iter().copied().map(since_wall).collect();
     replica.last_exit = memo.last_exit.clone();
+    replica.ended = memo.ended;
     replica.phase = match (memo.settled, memo.backoff_until) {
         (Some(settled), _) => settled.phase(),
         (None, Some(until)) => {
@@ -428,6 +434,7 @@ impl Supervisor {
                 settled: Settled::of(&replica.phase),
                 role: replica.role(),
                 healthy: replica.health() == Verdict::Healthy,
+                ended: replica.ended,
             };
             checkpoint.replicas.insert(replica.id.to_string(), memo);
         }

@@ -753,3 +753,91 @@ command = ["sleep", "1000"]
     );
     assert!(second.marked().is_empty());
 }
+
+/// A replica that ended is not run again by the supervisor that resumes
+/// after a `kill -9`, however far the checkpoint lagged behind the end: its
+/// shim's exit record stays until a checkpoint that has the end is on disk.
+/// (Here the checkpoint cannot be written at all, so the end is only in the
+/// exit record.)
+#[test]
+fn a_job_that_ended_is_not_run_again_after_a_kill_9_before_the_checkpoint_has_it() {
+    let mut first = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "echo run >> runs; while [ ! -e go ]; do sleep 0.02; done; exit 0"]
+restart = { policy = "on-failure" }
+"#,
+    );
+    first.expect_spawned("job.0");
+    let state_dir = first.state_dir();
+    let blocker = block_checkpoint(&state_dir);
+    std::fs::write(first.dir().join("go"), "").unwrap();
+    first.expect("exited", "job.0");
+    first.kill9();
+    std::fs::remove_dir(&blocker).unwrap();
+
+    let mut next = resume(&first);
+    // Judged from the record the first supervisor left for that reason.
+    next.expect_said(
+        r"^resumed: 0 adopted, 1 exited while down, 0 unknown$",
+        SOON,
+    );
+    assert_eq!(
+        next.replica("job", 0)["state"],
+        "exited",
+        "{}",
+        next.transcript()
+    );
+    // A second run would append a line before its exit.
+    let runs = std::fs::read_to_string(first.dir().join("runs")).unwrap();
+    assert_eq!(runs, "run\n", "the job ran again\n{}", next.transcript());
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+}
+
+/// The other side of the same window: a crash after the checkpoint with the
+/// end was written, but before the exit record was removed. The record is
+/// not judged again (which would count the restart twice).
+#[test]
+fn an_exit_record_the_checkpoint_has_judged_is_not_judged_again_after_a_kill_9() {
+    let mut first = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done; exit 3"]
+restart = { delay = "1h" }
+"#,
+    );
+    first.expect_spawned("job.0");
+    let state_dir = first.state_dir();
+    let blocker = block_checkpoint(&state_dir);
+    std::fs::write(first.dir().join("go"), "").unwrap();
+    first.expect("exited", "job.0");
+    // Kept until a checkpoint has the end...
+    let record = state_dir.join("run/job.0.exit");
+    let kept = std::fs::read(&record).expect("the exit record is kept");
+    std::fs::remove_dir(&blocker).unwrap();
+    // ...and removed once one has.
+    assert!(
+        wait_until(SOON, || !record.exists()),
+        "the exit record stayed after the checkpoint was written\n{}",
+        first.transcript()
+    );
+    let before = first.replica("job", 0);
+    first.kill9();
+    std::fs::write(&record, kept).unwrap();
+
+    let next = resume(&first);
+    next.expect_said(
+        r"^resumed: 0 adopted, 0 exited while down, 0 unknown$",
+        SOON,
+    );
+    let after = next.replica("job", 0);
+    assert_eq!(after["state"], before["state"], "{}", next.transcript());
+    assert_eq!(
+        after["restarts"],
+        before["restarts"],
+        "{}",
+        next.transcript()
+    );
+    assert!(!record.exists(), "the judged record was left behind");
+}
