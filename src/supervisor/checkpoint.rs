@@ -223,7 +223,7 @@ impl super::Supervisor {
             replica.checkpointed_restarts = replica.restarts;
         }
         // Not a newer incarnation's record, written since at the same path.
-        for (path, generation) in self.judged_records.drain(..) {
+        for (path, generation) in self.judged_records.drain() {
             if read_record::<ExitRecord>(&path).map_or(true, |r| r.generation <= generation) {
                 let _ = std::fs::remove_file(&path);
             }

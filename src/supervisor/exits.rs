@@ -81,7 +81,7 @@ impl Supervisor {
                 Ending::Unknown
             }
         };
-        self.judged_records.push((path, generation));
+        self.judged_records.insert(path, generation);
         self.on_exit(id, outcome, Instant::now());
     }
 

@@ -374,10 +374,11 @@ struct Supervisor {
     /// The bytes last written, to skip writes that would change nothing.
     saved: Vec<u8>,
     /// Exit records judged since the last checkpoint written, with the
-    /// incarnation each was for: removed once a checkpoint has their ends,
-    /// so that until then a supervisor resuming after a crash still finds
-    /// them (and does not start again a replica that had ended).
-    judged_records: Vec<(std::path::PathBuf, u64)>,
+    /// latest incarnation each was for: removed once a checkpoint has their
+    /// ends, so that until then a supervisor resuming after a crash still
+    /// finds them (and does not start again a replica that had ended). One
+    /// entry per replica however long the checkpoint cannot be written.
+    judged_records: HashMap<std::path::PathBuf, u64>,
     /// Forks the shims; started with the first replica.
     zygote: Option<Zygote>,
     /// The open-files limit we started with, which the zygote restores.
@@ -436,7 +437,7 @@ impl Supervisor {
             reaper,
             last_save: None,
             saved: Vec::new(),
-            judged_records: Vec::new(),
+            judged_records: HashMap::new(),
             zygote: None,
             open_files: raise_open_files_limit(),
             options,

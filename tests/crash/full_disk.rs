@@ -53,6 +53,10 @@ restart = { delay = "2s" }
     // While they wait to restart, the disk fills up; web.0 starts as if for
     // the first time (no lock file yet).
     running("backoff");
+    // Their exit records go once the checkpoint has the ends: space that
+    // would be freed after the disk is full.
+    assert!(wait_until(SOON, || (0..2)
+        .all(|i| !run.join(format!("web.{i}.exit")).exists())));
     std::fs::remove_file(run.join("web.0.lock")).unwrap();
     let filler = disk.fill();
     let mut now = Vec::new();
