@@ -13,7 +13,7 @@ use crate::progress::Progress;
 
 use super::select::{self, Selected};
 use super::wait::{self, Deadline, Goal, Incarnation, Wanted};
-use super::{Exit, Failure, context, emit};
+use super::{Exit, Failure, context, emit, warn};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verb {
@@ -65,10 +65,11 @@ fn act(cli: &Cli, args: &ActArgs, verb: Verb) -> Exit {
         _ => HashMap::new(),
     };
     let affected = client::affected(dir, verb.request(args.targets.clone()))?;
+    warn(affected.warning.as_deref());
     if args.no_wait {
         if !cli.quiet {
             let mut out = std::io::stdout().lock();
-            for name in affected {
+            for name in affected.replicas {
                 emit(&mut out, &name)?;
             }
         }
@@ -136,12 +137,13 @@ pub fn rolling_restart(
     for (i, name) in names.iter().enumerate() {
         let one = std::slice::from_ref(name);
         let replaced = Incarnation::snapshot(&last, one)?;
-        client::affected(
+        let affected = client::affected(
             dir,
             Request::Restart {
                 targets: one.to_vec(),
             },
         )?;
+        warn(affected.warning.as_deref());
         let wanted = Wanted {
             targets: one,
             goal: Goal::Healthy,

@@ -258,6 +258,13 @@ pub fn valid_spec(cli: &Cli) -> Option<Spec> {
     }
 }
 
+/// A supervisor's warning about a request it carried out, on stderr.
+fn warn(warning: Option<&str>) {
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+}
+
 /// Writes one line to stdout. A closed stdout (`supervise logs | head`) is
 /// not an error worth a message: the command just ends, successfully.
 fn emit(out: &mut impl Write, line: &str) -> Result<(), Failure> {

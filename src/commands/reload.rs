@@ -9,7 +9,7 @@ use crate::control::protocol::ReloadPlan;
 use crate::exit;
 use crate::spec::{self, Located};
 
-use super::{Context, Exit, Failure, absolute, emit, spec_file};
+use super::{Context, Exit, Failure, absolute, emit, spec_file, warn};
 
 pub fn run(cli: &Cli, args: &ReloadArgs) -> Exit {
     client::set_reply_timeout(args.answer.timeout);
@@ -32,7 +32,8 @@ pub fn run(cli: &Cli, args: &ReloadArgs) -> Exit {
         },
     };
     let ctx = Context::new(cli, spec.as_ref().map(Located::of));
-    let plan = client::reload(&ctx.state_dir, path, args.dry_run)?;
+    let (plan, warning) = client::reload(&ctx.state_dir, path, args.dry_run)?;
+    warn(warning.as_deref());
     // -q silences the report of an applied reload; asked-for output (a dry
     // run, --json) is the result and still shows.
     if cli.quiet && !args.dry_run && !args.json {

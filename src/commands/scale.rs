@@ -5,13 +5,15 @@ use crate::control::client;
 use crate::control::protocol::Request;
 use crate::exit;
 
-use super::{Exit, context, emit};
+use super::{Exit, context, emit, warn};
 
 pub fn run(cli: &Cli, args: &ScaleArgs) -> Exit {
     client::set_reply_timeout(args.answer.timeout);
     let ctx = context(cli)?;
     let counts = args.counts.iter().cloned().collect();
-    let replicas = client::affected(&ctx.state_dir, Request::Scale { counts })?;
+    let client::Affected { replicas, warning } =
+        client::affected(&ctx.state_dir, Request::Scale { counts })?;
+    warn(warning.as_deref());
     let mut out = std::io::stdout().lock();
     if args.json {
         let json = serde_json::json!({ "replicas": replicas });

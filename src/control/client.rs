@@ -148,23 +148,32 @@ pub fn rendered_status(
     }
 }
 
-/// Sends a start/stop/restart/scale; the replicas whose desired state changed.
-pub fn affected(state_dir: &Path, request: Request) -> Result<Vec<String>, ClientError> {
-    match call(state_dir, request)? {
-        Outcome::Affected { replicas } => Ok(replicas),
-        other => Err(unexpected("the affected replicas", &other)),
+/// The answer to a start/stop/restart/scale.
+pub struct Affected {
+    /// The replicas whose desired state changed.
+    pub replicas: Vec<String>,
+    /// Done, but with something to tell (the change is not recorded yet).
+    pub warning: Option<String>,
+}
+
+/// Sends a start/stop/restart/scale.
+pub fn affected(state_dir: &Path, request: Request) -> Result<Affected, ClientError> {
+    match connect(state_dir)?.request_warned(request)? {
+        (Outcome::Affected { replicas }, warning) => Ok(Affected { replicas, warning }),
+        (other, _) => Err(unexpected("the affected replicas", &other)),
     }
 }
 
-/// Sends a reload; the plan (applied unless `dry_run`).
+/// Sends a reload; the plan (applied unless `dry_run`), and a warning if
+/// it was applied with something to tell.
 pub fn reload(
     state_dir: &Path,
     spec: Option<PathBuf>,
     dry_run: bool,
-) -> Result<ReloadPlan, ClientError> {
-    match call(state_dir, Request::Reload { spec, dry_run })? {
-        Outcome::Reload(plan) => Ok(plan),
-        other => Err(unexpected("a reload plan", &other)),
+) -> Result<(ReloadPlan, Option<String>), ClientError> {
+    match connect(state_dir)?.request_warned(Request::Reload { spec, dry_run })? {
+        (Outcome::Reload(plan), warning) => Ok((plan, warning)),
+        (other, _) => Err(unexpected("a reload plan", &other)),
     }
 }
 
@@ -198,6 +207,14 @@ impl Connection {
     /// [`ClientError::Rejected`]. The connection stays open for what follows
     /// (events, or the end of a `down`).
     pub fn request(&mut self, request: Request) -> Result<Outcome, ClientError> {
+        self.request_warned(request).map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::request`], with the reply's warning.
+    fn request_warned(
+        &mut self,
+        request: Request,
+    ) -> Result<(Outcome, Option<String>), ClientError> {
         let mut line = serde_json::to_vec(&Envelope {
             version: VERSION,
             request,
@@ -319,7 +336,7 @@ impl Connection {
     }
 }
 
-fn parse_reply(line: &str) -> Result<Outcome, ClientError> {
+fn parse_reply(line: &str) -> Result<(Outcome, Option<String>), ClientError> {
     let reply: Reply = serde_json::from_str(line)
         .map_err(|e| ClientError::Protocol(format!("a reply that does not parse ({e}): {line}")))?;
     if !reply.ok {
@@ -330,9 +347,10 @@ fn parse_reply(line: &str) -> Result<Outcome, ClientError> {
                 .unwrap_or_else(|| "the supervisor refused the request".into()),
         });
     }
-    reply
+    let outcome = reply
         .result
-        .ok_or_else(|| ClientError::Protocol("a successful reply without a result".into()))
+        .ok_or_else(|| ClientError::Protocol("a successful reply without a result".into()))?;
+    Ok((outcome, reply.warning))
 }
 
 #[cfg(test)]

@@ -113,6 +113,10 @@ pub struct Reply {
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Outcome>,
+    /// With `ok`: what the person who asked should know, though it was
+    /// done (a change that could not be recorded yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// On the wire, the variant's fields with a `"type"` key first (serde's
@@ -209,7 +213,12 @@ impl Reply {
             error: None,
             exit_code: None,
             result: Some(result),
+            warning: None,
         }
+    }
+
+    pub fn warned(self, warning: Option<String>) -> Reply {
+        Reply { warning, ..self }
     }
 
     pub fn error(exit_code: i32, error: impl Into<String>) -> Reply {
@@ -219,6 +228,7 @@ impl Reply {
             error: Some(error.into()),
             exit_code: Some(exit_code),
             result: None,
+            warning: None,
         }
     }
 }

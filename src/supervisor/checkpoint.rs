@@ -170,10 +170,22 @@ pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
 const BATCH: Duration = Duration::from_millis(20);
 
 impl super::Supervisor {
-    /// Saves the checkpoint now (desired-state changes, which a request
-    /// acknowledges, and shutdown).
+    /// Saves the checkpoint now (shutdown, a promotion).
     pub(super) fn save_checkpoint(&mut self) {
-        self.write_checkpoint(&self.checkpoint());
+        let _ = self.write_checkpoint(&self.checkpoint());
+    }
+
+    /// Saves a desired-state change before the request is answered; if it
+    /// cannot be written, what the answer warns of. The change holds all the
+    /// same (a `stop` is most needed when a replica's logs filled the disk),
+    /// and is written with the next batch that can be.
+    pub(super) fn record_desired(&mut self) -> Option<String> {
+        let e = self.write_checkpoint(&self.checkpoint()).err()?;
+        Some(format!(
+            "not recorded in {} ({e}): it holds while this supervisor runs and is written \
+             once the file can be; a supervisor killed before then would not keep it",
+            self.dir.checkpoint().display()
+        ))
     }
 
     /// Saves the checkpoint with `id`'s next incarnation in `role`, before
@@ -183,34 +195,33 @@ impl super::Supervisor {
         if let Some(memo) = checkpoint.replicas.get_mut(&id.to_string()) {
             memo.role = Some(role);
         }
-        self.write_checkpoint(&checkpoint);
+        let _ = self.write_checkpoint(&checkpoint);
     }
 
-    fn write_checkpoint(&mut self, checkpoint: &Checkpoint) {
-        let bytes = match serde_json::to_vec_pretty(checkpoint) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serialise the checkpoint");
-                return;
-            }
-        };
+    /// Err: why the checkpoint is not on disk (it is retried with the next
+    /// batch; supervision goes on with the state in memory).
+    fn write_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| {
+            tracing::error!(error = %e, "cannot serialise the checkpoint");
+            e.to_string()
+        })?;
         self.last_save = Some(Instant::now());
         if bytes == self.saved {
             self.on_disk();
-            return;
+            return Ok(());
         }
         match write_atomically(&self.dir.checkpoint(), &bytes) {
             Ok(()) => {
                 self.saved = bytes;
                 self.on_disk();
+                Ok(())
             }
             Err(e) => {
-                // Supervision goes on with the state in memory; the write is
-                // retried with the next batch.
                 self.display.event(&format!(
                     "checkpoint: cannot write {}: {e}; retrying",
                     self.dir.checkpoint().display()
                 ));
+                Err(e.to_string())
             }
         }
     }

@@ -82,12 +82,17 @@ impl Supervisor {
         Ok(found.into_iter().collect())
     }
 
-    /// Applies `change` to the replicas `targets` name, answering with them.
-    fn on_targets(&mut self, targets: &[String], change: fn(&mut Self, &[ReplicaId])) -> Reply {
+    /// Applies `change` to the replicas `targets` name, answering with them
+    /// (and with the warning `change` returns, if any).
+    fn on_targets(
+        &mut self,
+        targets: &[String],
+        change: fn(&mut Self, &[ReplicaId]) -> Option<String>,
+    ) -> Reply {
         match self.resolve(targets) {
             Ok(ids) => {
-                change(self, &ids);
-                Self::affected(&ids)
+                let warning = change(self, &ids);
+                Self::affected(&ids).warned(warning)
             }
             Err(e) => Reply::error(exit::USAGE, e),
         }
@@ -99,7 +104,9 @@ impl Supervisor {
         })
     }
 
-    fn mark_stopped(&mut self, ids: &[ReplicaId], stopped: bool) {
+    /// Marks (or unmarks) `ids` as stopped by request, recorded before the
+    /// answer (see `record_desired`).
+    fn mark_stopped(&mut self, ids: &[ReplicaId], stopped: bool) -> Option<String> {
         for id in ids {
             if let Some(r) = self.replicas.get_mut(id) {
                 r.stop_requested = stopped;
@@ -110,11 +117,11 @@ impl Supervisor {
                 self.desired.stopped.remove(&id.to_string());
             }
         }
-        self.save_checkpoint();
+        self.record_desired()
     }
 
-    fn start(&mut self, ids: &[ReplicaId]) {
-        self.mark_stopped(ids, false);
+    fn start(&mut self, ids: &[ReplicaId]) -> Option<String> {
+        let warning = self.mark_stopped(ids, false);
         for id in ids {
             if matches!(
                 self.replicas[id].phase,
@@ -123,19 +130,21 @@ impl Supervisor {
                 self.after_stop(id, AfterStop::Start);
             }
         }
+        warning
     }
 
     /// The stop itself is done by reconcile, like any other difference from
     /// desired state.
-    fn stop(&mut self, ids: &[ReplicaId]) {
-        self.mark_stopped(ids, true);
+    fn stop(&mut self, ids: &[ReplicaId]) -> Option<String> {
+        self.mark_stopped(ids, true)
     }
 
-    fn restart(&mut self, ids: &[ReplicaId]) {
-        self.mark_stopped(ids, false);
+    fn restart(&mut self, ids: &[ReplicaId]) -> Option<String> {
+        let warning = self.mark_stopped(ids, false);
         for id in ids {
             self.stop_replica(id, AfterStop::Start);
         }
+        warning
     }
 
     fn scale(&mut self, counts: Vec<(String, u32)>) -> Reply {
@@ -169,8 +178,8 @@ impl Supervisor {
         }
         // Stop marks of replicas scaled away do not come back with a later scale-up.
         self.desired.prune(&self.spec.services);
-        self.save_checkpoint();
-        Self::affected(&changed)
+        let warning = self.record_desired();
+        Self::affected(&changed).warned(warning)
     }
 
     pub(super) fn reload(&mut self, path: Option<PathBuf>, dry_run: bool) -> Reply {
@@ -223,7 +232,7 @@ impl Supervisor {
             self.display.event(&e);
         }
         self.desired.prune(&self.spec.services);
-        self.save_checkpoint();
+        let warning = self.record_desired();
         let detail = format!(
             "reloaded {}: {} added, {} removed, {} changed, {} unchanged",
             path.display(),
@@ -233,7 +242,7 @@ impl Supervisor {
             plan.unchanged.len()
         );
         self.emit("reloaded", None, None, detail);
-        Reply::ok(Reply_::Reload(plan))
+        Reply::ok(Reply_::Reload(plan)).warned(warning)
     }
 
     /// The report, or with `render` the report as `status` prints it.

@@ -170,3 +170,72 @@ restart = { policy = "never" }
     assert_eq!(temp_files(&state_dir), Vec::<String>::new());
     p.run(&["down"]).expect(0);
 }
+
+/// On a full disk, `scale`, `stop` and `reload` are carried out (a `stop`
+/// is what one reaches for when a replica's logs filled the disk), each
+/// saying on stderr that the change is not recorded yet; it is written once
+/// space returns.
+#[test]
+fn desired_state_changes_on_a_full_disk_are_carried_out_and_said_to_be_unrecorded() {
+    let p = Project::new(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    let state_dir = p.state_dir();
+    let Some(disk) = Tmpfs::mount(&state_dir, "1m") else {
+        return;
+    };
+    p.up(&[]);
+    let states = |wanted: &[&str]| {
+        let mut now = Vec::new();
+        let reached = wait_until(SOON, || {
+            now = p.replicas("web");
+            now.iter()
+                .map(|(_, _, s)| s.as_str())
+                .eq(wanted.iter().copied())
+        });
+        assert!(reached, "wanted {wanted:?}, have {now:?}");
+    };
+    states(&["running"]);
+    let filler = disk.fill();
+    let unrecorded = |ran: &Ran| {
+        assert!(
+            ran.stderr.contains("warning: not recorded in ")
+                && ran.stderr.contains("No space left on device"),
+            "{ran:#?}"
+        );
+    };
+
+    let ran = p.run(&["scale", "web=2"]);
+    ran.expect(0);
+    unrecorded(&ran);
+    states(&["running", "running"]);
+    let ran = p.run(&["stop", "--no-wait", "web.1"]);
+    ran.expect(0);
+    unrecorded(&ran);
+    states(&["running", "stopped"]);
+    let ran = p.run(&["reload"]);
+    ran.expect(0);
+    unrecorded(&ran);
+
+    std::fs::remove_file(filler).unwrap();
+    let checkpoint = state_dir.join("checkpoint.json");
+    let mut desired = serde_json::Value::Null;
+    assert!(
+        wait_until(SOON, || {
+            desired = std::fs::read(&checkpoint)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .map_or(serde_json::Value::Null, |c| c["desired"].clone());
+            desired["scaled"]["web"]["replicas"] == 2
+                && desired["stopped"] == serde_json::json!(["web.1"])
+        }),
+        "not written once space returned: {desired:#}"
+    );
+    let ran = p.run(&["scale", "web=1"]);
+    ran.expect(0);
+    assert!(!ran.stderr.contains("warning"), "{ran:#?}");
+    p.run(&["down"]).expect(0);
+}

@@ -215,9 +215,15 @@ fn spawn_action(dir: PathBuf, label: String, action: Action, tx: Sender<Msg>) {
     std::thread::spawn(move || {
         let result = match action {
             Action::Send(request) => client::affected(&dir, request)
-                .map(|replicas| match replicas.as_slice() {
-                    [] => format!("{label}: nothing to change"),
-                    names => format!("{label}: {}", names.join(", ")),
+                .map(|affected| {
+                    let done = match affected.replicas.as_slice() {
+                        [] => format!("{label}: nothing to change"),
+                        names => format!("{label}: {}", names.join(", ")),
+                    };
+                    match affected.warning {
+                        Some(warning) => format!("{done}; warning: {warning}"),
+                        None => done,
+                    }
                 })
                 .map_err(|e| format!("{label}: {e}")),
             Action::Rolling(targets) => {
