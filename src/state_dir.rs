@@ -150,6 +150,24 @@ impl StateDir {
         }
     }
 
+    /// Removes the exit records of replicas `keep` does not name (replicas
+    /// scaled away or removed from the spec before a crash), which would
+    /// otherwise be taken one day for the end of a new replica of that name.
+    pub fn remove_exit_records_except(&self, keep: impl Fn(&str) -> bool) {
+        for entry in std::fs::read_dir(self.run())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            if let Some(replica) = name.to_str().and_then(|n| n.strip_suffix(".exit"))
+                && !keep(replica)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Creates the directories (mode 0700: logs and records are private),
     /// checks that they are ours alone, and takes the supervisor lock,
     /// writing our pid into it for the next one who asks.

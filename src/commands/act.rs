@@ -115,25 +115,30 @@ fn print_states(cli: &Cli, selected: &[Selected]) -> Exit {
 fn rolling(cli: &Cli, args: &ActArgs) -> Exit {
     let ctx = context(cli)?;
     let mut progress = Progress::new(cli.quiet);
-    let last = rolling_restart(&ctx.state_dir, &args.targets, args.timeout, &mut progress)?;
+    let (last, warning) =
+        rolling_restart(&ctx.state_dir, &args.targets, args.timeout, &mut progress)?;
     progress.finish();
+    warn(warning.as_deref());
     print_states(cli, &select::replicas(&last, &args.targets)?)
 }
 
 /// Restarts the replicas `targets` names one at a time, each running and
-/// healthy (within `timeout`) before the next; the last status report.
+/// healthy (within `timeout`) before the next; the last status report, and
+/// the last warning the supervisor answered a restart with (for the
+/// caller to show: `top` owns the terminal).
 pub fn rolling_restart(
     dir: &Path,
     targets: &[String],
     timeout: Duration,
     progress: &mut Progress,
-) -> Result<StatusReport, Failure> {
+) -> Result<(StatusReport, Option<String>), Failure> {
     let report = client::status(dir)?;
     let names: Vec<String> = select::replicas(&report, targets)?
         .iter()
         .map(Selected::name)
         .collect();
     let mut last = report;
+    let mut warning = None;
     for (i, name) in names.iter().enumerate() {
         let one = std::slice::from_ref(name);
         let replaced = Incarnation::snapshot(&last, one)?;
@@ -143,7 +148,7 @@ pub fn rolling_restart(
                 targets: one.to_vec(),
             },
         )?;
-        warn(affected.warning.as_deref());
+        warning = affected.warning.or(warning);
         let wanted = Wanted {
             targets: one,
             goal: Goal::Healthy,
@@ -162,5 +167,5 @@ pub fn rolling_restart(
         })?;
         progress.note(&format!("restarted {name} ({}/{})", i + 1, names.len()));
     }
-    Ok(last)
+    Ok((last, warning))
 }

@@ -235,7 +235,7 @@ impl super::Supervisor {
         }
         // Not a newer incarnation's record, written since at the same path.
         for (path, generation) in self.judged_records.drain() {
-            if read_record::<ExitRecord>(&path).map_or(true, |r| r.generation <= generation) {
+            if read_record::<ExitRecord>(&path).is_ok_and(|r| r.generation <= generation) {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -244,8 +244,9 @@ impl super::Supervisor {
     /// Saves the checkpoint now if a restart count is not on it yet, before
     /// `status` shows the counts: a resuming supervisor takes a count from
     /// the checkpoint, or from a shim's record of a newer incarnation, which
-    /// may not be written yet (its shim is starting) or no longer there (its
-    /// exit record was read), so a count shown before the batched write
+    /// may not be written yet (its shim is starting) or no longer there (the
+    /// next incarnation's start removed its exit record), so a count shown
+    /// before the batched write
     /// could go backwards across a `kill -9`. Only a `status` within a batch
     /// of a restart pays for a write; the restart itself never waits for one.
     pub(super) fn checkpoint_restarts(&mut self) {

@@ -81,7 +81,20 @@ impl Supervisor {
                 Ending::Unknown
             }
         };
-        self.judged_records.insert(path, generation);
+        // An end we asked for (a stop, or the stop of a restart) is not
+        // judged by the policy: after a crash, desired state (written before
+        // the request was answered) says what follows, as with no record.
+        // Any other end waits on disk for the checkpoint that has it.
+        let asked = matches!(
+            self.replicas[id].phase,
+            Phase::Stopping { then, .. } if !matches!(then, AfterStop::Judge(_))
+        );
+        if asked {
+            let _ = std::fs::remove_file(&path);
+        } else {
+            self.judged_records.insert(path, generation);
+        }
+        self.replica_mut(id).ended = generation;
         self.on_exit(id, outcome, Instant::now());
     }
 
@@ -229,7 +242,6 @@ impl Supervisor {
         let replica = self.replica_mut(id);
         let pid = replica.phase.pid();
         replica.last_exit = Some((outcome.clone(), SystemTime::now()));
-        replica.ended = replica.generation;
         let since = match replica.phase {
             Phase::Stopping {
                 then: AfterStop::Judge(why),

@@ -63,6 +63,10 @@ impl Supervisor {
         // (their shim was killed while we were down) must not live on.
         found.swept = self.sweep_strays();
         self.dir.remove_leftover_temp_files();
+        let replicas: std::collections::HashSet<String> =
+            self.replicas.keys().map(ToString::to_string).collect();
+        self.dir
+            .remove_exit_records_except(|name| replicas.contains(name));
         if checkpoint.is_some() || found.adopted + found.exited + found.unknown > 0 {
             self.display.event(&format!(
                 "resumed: {} adopted, {} exited while down, {} unknown{}",
@@ -129,7 +133,10 @@ impl Supervisor {
             // Newer than the checkpoint is fine: it may lag by one batch.
             Some(record) if record.generation >= replica.generation => {
                 catch_up(replica, record.generation);
-                let _ = std::fs::remove_file(self.dir.exit_record(&name));
+                replica.ended = record.generation;
+                // Kept until a checkpoint has the end, as in `on_shim_exit`.
+                self.judged_records
+                    .insert(self.dir.exit_record(&name), record.generation);
                 let _ = std::fs::remove_file(self.dir.running_record(&name));
                 found.exited += 1;
                 let outcome = Ending::of_record(&record);

@@ -797,7 +797,7 @@ restart = { policy = "on-failure" }
 
 /// The other side of the same window: a crash after the checkpoint with the
 /// end was written, but before the exit record was removed. The record is
-/// not judged again (which would count the restart twice).
+/// not judged again (another failure, which would move the backoff).
 #[test]
 fn an_exit_record_the_checkpoint_has_judged_is_not_judged_again_after_a_kill_9() {
     let mut first = Supervise::start(
@@ -827,17 +827,150 @@ restart = { delay = "1h" }
     std::fs::write(&record, kept).unwrap();
 
     let next = resume(&first);
+    // Judged again, it would be another failure: a new backoff deadline.
+    let after = next.replica("job", 0);
+    assert_eq!(after["state"], "backoff", "{}", next.transcript());
+    let due = |replica: &serde_json::Value| {
+        humantime::parse_rfc3339(replica["restart_at"].as_str().expect("restart_at"))
+            .expect("an RFC 3339 time")
+    };
+    let moved = due(&after)
+        .duration_since(due(&before))
+        .unwrap_or_else(|earlier| earlier.duration());
+    assert!(
+        moved < Duration::from_secs(1),
+        "the backoff deadline moved from {} to {}\n{}",
+        before["restart_at"],
+        after["restart_at"],
+        next.transcript()
+    );
+    assert_eq!(after["restarts"], before["restarts"]);
     next.expect_said(
         r"^resumed: 0 adopted, 0 exited while down, 0 unknown$",
         SOON,
     );
-    let after = next.replica("job", 0);
-    assert_eq!(after["state"], before["state"], "{}", next.transcript());
+    assert!(!record.exists(), "the judged record was left behind");
+}
+
+/// An incarnation its shim started again by itself (a restart with no
+/// delay) is running, not ended: when it ends while no supervisor runs, the
+/// next one judges its exit record instead of starting it once more.
+#[test]
+fn a_job_its_shim_restarted_that_ends_while_down_is_judged_by_its_record() {
+    let mut first = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "echo run >> runs; if [ ! -e failed ]; then touch failed; exit 1; fi; while [ ! -e go ]; do sleep 0.02; done; exit 0"]
+restart = { policy = "on-failure", delay = "0s" }
+"#,
+    );
+    first.expect("restarted", "job.0");
+    let state_dir = first.state_dir();
+    // The checkpoint has the second incarnation.
+    let checkpoint = state_dir.join("checkpoint.json");
+    assert!(
+        wait_until(SOON, || {
+            std::fs::read(&checkpoint)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|c| c["replicas"]["job.0"]["generation"] == 2)
+        }),
+        "{}",
+        first.transcript()
+    );
+    first.kill9();
+    std::fs::write(first.dir().join("go"), "").unwrap();
+    let record = state_dir.join("run/job.0.exit");
+    assert!(wait_until(SOON, || record.exists()), "no exit record");
+
+    let mut next = resume(&first);
+    next.expect_said(
+        r"^resumed: 0 adopted, 1 exited while down, 0 unknown$",
+        SOON,
+    );
     assert_eq!(
-        after["restarts"],
-        before["restarts"],
+        next.replica("job", 0)["state"],
+        "exited",
         "{}",
         next.transcript()
     );
-    assert!(!record.exists(), "the judged record was left behind");
+    let runs = std::fs::read_to_string(first.dir().join("runs")).unwrap();
+    assert_eq!(runs, "run\nrun\n", "{}", next.transcript());
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+}
+
+/// A replica stopped by request whose end is not on the checkpoint yet when
+/// the supervisor is killed stays stopped after the resume: the end of a
+/// stop is not judged by the restart policy (`never` would make it failed).
+#[test]
+fn a_replica_stopped_by_request_stays_stopped_after_a_kill_9_before_the_checkpoint_has_it() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sh", "-c", "trap 'while [ ! -e go ]; do sleep 0.02; done; exit 0' TERM; while :; do sleep 0.05; done"]
+restart = { policy = "never" }
+"#,
+    );
+    first.expect_spawned("web.0");
+    let state_dir = first.state_dir();
+    let stop = std::process::Command::new(env!("CARGO_BIN_EXE_supervise"))
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .args(["stop", "--no-wait", "web.0"])
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{stop:?}");
+    // The stop mark is on disk; what follows the stop is not.
+    let blocker = block_checkpoint(&state_dir);
+    std::fs::write(first.dir().join("go"), "").unwrap();
+    first.expect("stopped", "web.0");
+    first.kill9();
+    std::fs::remove_dir(&blocker).unwrap();
+
+    let mut next = resume(&first);
+    let stopped = |next: &Supervise| next.replica("web", 0)["state"] == "stopped";
+    assert!(wait_until(SOON, || stopped(&next)), "{}", next.transcript());
+    assert!(
+        !next.said().iter().any(|l| l.contains("failed")),
+        "{}",
+        next.transcript()
+    );
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+}
+
+/// The exit record of a replica the spec no longer has (here the spec was
+/// edited while the supervisor was down) is removed on resume, not left for
+/// a new replica of the same name to be judged by one day.
+#[test]
+fn the_exit_record_of_a_replica_no_longer_in_the_spec_is_removed_on_resume() {
+    let mut first = Supervise::start(
+        r#"
+[services.job]
+command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done; exit 0"]
+restart = { policy = "on-failure" }
+[services.web]
+command = ["sleep", "1000"]
+"#,
+    );
+    first.expect_spawned("job.0");
+    let state_dir = first.state_dir();
+    let blocker = block_checkpoint(&state_dir);
+    std::fs::write(first.dir().join("go"), "").unwrap();
+    first.expect("exited", "job.0");
+    let record = state_dir.join("run/job.0.exit");
+    assert!(record.exists(), "the exit record is kept");
+    first.kill9();
+    std::fs::remove_dir(&blocker).unwrap();
+    std::fs::write(
+        first.spec_path(),
+        "[services.web]\ncommand = [\"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+
+    let mut next = resume(&first);
+    assert!(!record.exists(), "{}", next.transcript());
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
 }

@@ -211,6 +211,14 @@ fn spawn_signals(tx: Sender<Msg>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What an action did, with the supervisor's warning about it if any.
+fn warned(done: String, warning: Option<String>) -> String {
+    match warning {
+        Some(warning) => format!("{done}; warning: {warning}"),
+        None => done,
+    }
+}
+
 fn spawn_action(dir: PathBuf, label: String, action: Action, tx: Sender<Msg>) {
     std::thread::spawn(move || {
         let result = match action {
@@ -220,15 +228,12 @@ fn spawn_action(dir: PathBuf, label: String, action: Action, tx: Sender<Msg>) {
                         [] => format!("{label}: nothing to change"),
                         names => format!("{label}: {}", names.join(", ")),
                     };
-                    match affected.warning {
-                        Some(warning) => format!("{done}; warning: {warning}"),
-                        None => done,
-                    }
+                    warned(done, affected.warning)
                 })
                 .map_err(|e| format!("{label}: {e}")),
             Action::Rolling(targets) => {
                 act::rolling_restart(&dir, &targets, ROLLING_TIMEOUT, &mut Progress::new(true))
-                    .map(|_| format!("{label}: done"))
+                    .map(|(_, warning)| warned(format!("{label}: done"), warning))
                     .map_err(|f| format!("{label}: {}", f.message.unwrap_or_default()))
             }
         };
