@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::desired::Desired;
 use super::replica::{Phase, ReplicaId, Role};
 use super::restart::Ending;
-use crate::shim::protocol::{ExitRecord, read_record};
+use crate::shim::protocol::read_record;
 
 pub const VERSION: u32 = 1;
 
@@ -233,9 +233,26 @@ impl super::Supervisor {
         for replica in self.replicas.values_mut() {
             replica.checkpointed_restarts = replica.restarts;
         }
-        // Not a newer incarnation's record, written since at the same path.
-        for (path, generation) in self.judged_records.drain() {
-            if read_record::<ExitRecord>(&path).is_ok_and(|r| r.generation <= generation) {
+        let judged: Vec<(String, u64)> = self.judged_records.drain().collect();
+        for (replica, generation) in judged {
+            self.remove_records(&replica, generation);
+        }
+    }
+
+    /// Removes `replica`'s exit and running records of incarnations up to
+    /// `generation`: not a newer incarnation's, written since at the same
+    /// paths, nor one that cannot be read.
+    pub(super) fn remove_records(&self, replica: &str, generation: u64) {
+        /// What both records begin with.
+        #[derive(Deserialize)]
+        struct Of {
+            generation: u64,
+        }
+        for path in [
+            self.dir.exit_record(replica),
+            self.dir.running_record(replica),
+        ] {
+            if read_record::<Of>(&path).is_ok_and(|r| r.generation <= generation) {
                 let _ = std::fs::remove_file(&path);
             }
         }

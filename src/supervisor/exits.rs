@@ -45,10 +45,10 @@ impl Supervisor {
 
     /// A shim is gone: its exit record says how its replica ended.
     pub(super) fn on_shim_exit(&mut self, id: &ReplicaId) {
-        let path = self.dir.exit_record(&id.to_string());
-        let record: Option<ExitRecord> = read_record(&path).ok();
+        let name = id.to_string();
+        let record: Option<ExitRecord> = read_record(&self.dir.exit_record(&name)).ok();
         let Some(replica) = self.replicas.get_mut(id) else {
-            let _ = std::fs::remove_file(&path);
+            self.remove_records(&name, u64::MAX);
             return;
         };
         // An adopted shim may have respawned once before it got our SIGUSR2.
@@ -85,17 +85,24 @@ impl Supervisor {
         // judged by the policy: after a crash, desired state (written before
         // the request was answered) says what follows, as with no record.
         // Any other end waits on disk for the checkpoint that has it.
-        let asked = matches!(
-            self.replicas[id].phase,
-            Phase::Stopping { then, .. } if !matches!(then, AfterStop::Judge(_))
-        );
-        if asked {
-            let _ = std::fs::remove_file(&path);
-        } else {
-            self.judged_records.insert(path, generation);
+        let then = match self.replicas[id].phase {
+            Phase::Stopping { then, .. } => Some(then),
+            _ => None,
+        };
+        match then {
+            Some(AfterStop::Judge(_)) | None => {
+                self.judged_records.insert(name, generation);
+            }
+            Some(_) => self.remove_records(&name, generation),
         }
         self.replica_mut(id).ended = generation;
         self.on_exit(id, outcome, Instant::now());
+        if matches!(then, Some(AfterStop::Judge(_))) {
+            // Why we stopped it (unhealthy, over its memory limit) is in no
+            // record: on disk now, or a crash would leave only the stop
+            // signal's exit to judge.
+            self.save_checkpoint();
+        }
     }
 
     /// A shim that was killed could not stop its replica's tree, which lives

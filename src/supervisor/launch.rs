@@ -101,7 +101,7 @@ impl Supervisor {
         };
         // The previous incarnation's record, if still there: its end was
         // judged to restart, which this start carries out.
-        self.judged_records.remove(&config.exit_record);
+        self.judged_records.remove(&name);
         let _ = std::fs::remove_file(&config.exit_record);
         if let Some(fence) = &config.fence {
             // A new incarnation is a standby until elected.

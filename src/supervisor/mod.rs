@@ -373,12 +373,14 @@ struct Supervisor {
     last_save: Option<Instant>,
     /// The bytes last written, to skip writes that would change nothing.
     saved: Vec<u8>,
-    /// Exit records judged since the last checkpoint written, with the
-    /// latest incarnation each was for: removed once a checkpoint has their
-    /// ends, so that until then a supervisor resuming after a crash still
-    /// finds them (and does not start again a replica that had ended). One
-    /// entry per replica however long the checkpoint cannot be written.
-    judged_records: HashMap<std::path::PathBuf, u64>,
+    /// Replicas whose end was judged since the last checkpoint written, with
+    /// the incarnation that ended: their records (the exit record, and the
+    /// running record a killed shim leaves) are removed once a checkpoint
+    /// has the end, so that until then a supervisor resuming after a crash
+    /// still finds them (and does not start again a replica that had
+    /// ended). One entry per replica however long the checkpoint cannot be
+    /// written.
+    judged_records: HashMap<String, u64>,
     /// Forks the shims; started with the first replica.
     zygote: Option<Zygote>,
     /// The open-files limit we started with, which the zygote restores.

@@ -85,6 +85,10 @@ impl Supervisor {
     /// Adopts replica `id` if it still runs, or records how it ended.
     fn recover(&mut self, id: &ReplicaId, memo: ReplicaMemo, found: &mut Found) {
         let name = id.to_string();
+        // Records of an end the checkpoint has (the crash came between its
+        // write and their removal; a killed shim's running record) go.
+        let ended = self.replicas[id].ended;
+        self.remove_records(&name, ended);
         let running: Option<RunningRecord> = read_record(&self.dir.running_record(&name)).ok();
         let exited: Option<ExitRecord> = read_record(&self.dir.exit_record(&name)).ok();
         let held = self.dir.instance_holder(&name);
@@ -120,24 +124,18 @@ impl Supervisor {
             found.unknown += 1;
             return;
         }
+        let live_generation = running.as_ref().map(|r| r.generation);
         let was_live = running.is_some()
             || held.is_some()
             || matches!(self.replicas[id].phase, Phase::Starting { .. });
         let replica = self.replica_mut(id);
         match exited {
-            // Its end is on the checkpoint already: the crash came between
-            // the checkpoint's write and the record's removal.
-            Some(record) if record.generation <= replica.ended => {
-                let _ = std::fs::remove_file(self.dir.exit_record(&name));
-            }
             // Newer than the checkpoint is fine: it may lag by one batch.
             Some(record) if record.generation >= replica.generation => {
                 catch_up(replica, record.generation);
                 replica.ended = record.generation;
                 // Kept until a checkpoint has the end, as in `on_shim_exit`.
-                self.judged_records
-                    .insert(self.dir.exit_record(&name), record.generation);
-                let _ = std::fs::remove_file(self.dir.running_record(&name));
+                self.judged_records.insert(name, record.generation);
                 found.exited += 1;
                 let outcome = Ending::of_record(&record);
                 self.exited_while_down(id, outcome, record.at);
@@ -150,7 +148,10 @@ impl Supervisor {
                 {
                     cgroup::kill_and_remove(&leaf, cgroup::LEFTOVER_WAIT);
                 }
-                let _ = std::fs::remove_file(self.dir.running_record(&name));
+                let replica = self.replica_mut(id);
+                replica.ended = replica.generation.max(live_generation.unwrap_or(0));
+                let ended = replica.ended;
+                self.judged_records.insert(name, ended);
                 found.unknown += 1;
                 self.exited_while_down(id, Ending::Unknown, SystemTime::now());
             }

@@ -864,7 +864,9 @@ command = ["sh", "-c", "echo run >> runs; if [ ! -e failed ]; then touch failed;
 restart = { policy = "on-failure", delay = "0s" }
 "#,
     );
-    first.expect("restarted", "job.0");
+    let restarted = first.expect("restarted", "job.0");
+    let (_, second) = first.expect_spawned_after(&restarted, "job.0");
+    let (_, shim) = proc_stat(second).unwrap();
     let state_dir = first.state_dir();
     // The checkpoint has the second incarnation.
     let checkpoint = state_dir.join("checkpoint.json");
@@ -880,8 +882,9 @@ restart = { policy = "on-failure", delay = "0s" }
     );
     first.kill9();
     std::fs::write(first.dir().join("go"), "").unwrap();
-    let record = state_dir.join("run/job.0.exit");
-    assert!(wait_until(SOON, || record.exists()), "no exit record");
+    // Gone means its shim too, with the exit on record.
+    assert!(wait_until(SOON, || !is_alive(second) && !is_alive(shim)));
+    assert!(state_dir.join("run/job.0.exit").exists(), "no exit record");
 
     let mut next = resume(&first);
     next.expect_said(
@@ -971,6 +974,38 @@ command = ["sleep", "1000"]
 
     let mut next = resume(&first);
     assert!(!record.exists(), "{}", next.transcript());
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+}
+
+/// A shim killed outside the supervisor leaves its running record behind;
+/// once its end (here: failed, under `never`) is on the checkpoint, the
+/// record goes, and a later `up` starts the replica instead of judging that
+/// record as another end of unknown status.
+#[test]
+fn a_killed_shims_running_record_does_not_fail_the_replica_at_the_next_up() {
+    let mut first = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { policy = "never" }
+"#,
+    );
+    let pid = first.expect_spawned("web.0");
+    let (_, shim) = proc_stat(pid).unwrap();
+    kill9(shim);
+    first.expect("failed", "web.0");
+    let running = first.state_dir().join("run/web.0.running");
+    assert!(
+        wait_until(SOON, || !running.exists()),
+        "the killed shim's running record stayed\n{}",
+        first.transcript()
+    );
+    first.signal(Signal::SIGINT);
+    first.expect_exit(SOON);
+
+    let mut next = first.another().start();
+    next.expect_spawned("web.0");
     next.signal(Signal::SIGINT);
     assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
 }
