@@ -227,8 +227,16 @@ impl Events {
         let mut text = String::new();
         let mut file = &self.0;
         let _ = file.rewind();
-        // Unreadable: assume the worst, so a stop is never judged done early.
-        file.read_to_string(&mut text).is_err() || populated_in(&text)
+        match file.read_to_string(&mut text) {
+            Ok(_) => populated_in(&text),
+            // The cgroup was removed, which the kernel allows only once it
+            // is empty (a supervisor sweeping a replica it no longer has).
+            // Reading as populated, a shim would wait (and poll, woken at
+            // once) forever.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => false,
+            // Otherwise assume the worst, so a stop is never judged done early.
+            Err(_) => true,
+        }
     }
 
     fn poll_fd(&self) -> PollFd<'_> {

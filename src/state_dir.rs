@@ -150,22 +150,35 @@ impl StateDir {
         }
     }
 
-    /// Removes the exit records of replicas `keep` does not name (replicas
-    /// scaled away or removed from the spec before a crash), which would
-    /// otherwise be taken one day for the end of a new replica of that name.
-    pub fn remove_exit_records_except(&self, keep: impl Fn(&str) -> bool) {
-        for entry in std::fs::read_dir(self.run())
+    /// The replicas that have an instance lock file (held or not).
+    pub fn locked_replicas(&self) -> Vec<String> {
+        self.run_files_ending(".lock")
+    }
+
+    /// Removes the exit and running records of replicas `keep` does not
+    /// name (replicas scaled away or removed from the spec before a crash),
+    /// which would otherwise be taken one day for a new replica of that name.
+    pub fn remove_records_except(&self, keep: impl Fn(&str) -> bool) {
+        for suffix in [".exit", ".running"] {
+            for replica in self.run_files_ending(suffix) {
+                if !keep(&replica) {
+                    let _ = std::fs::remove_file(self.run().join(format!("{replica}{suffix}")));
+                }
+            }
+        }
+    }
+
+    /// The names of the files in `run/` ending in `suffix`, without it.
+    fn run_files_ending(&self, suffix: &str) -> Vec<String> {
+        std::fs::read_dir(self.run())
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let name = entry.file_name();
-            if let Some(replica) = name.to_str().and_then(|n| n.strip_suffix(".exit"))
-                && !keep(replica)
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                name.to_str()?.strip_suffix(suffix).map(str::to_string)
+            })
+            .collect()
     }
 
     /// Creates the directories (mode 0700: logs and records are private),

@@ -541,3 +541,36 @@ command = ["sleep", "1000"]
     second.signal(nix::sys::signal::Signal::SIGINT);
     assert_eq!(second.expect_exit(SOON), 0, "{}", second.transcript());
 }
+
+/// A leaf removed from under its shim (emptied and `rmdir`ed by someone
+/// else): the replica has ended, and is restarted as any other end. Before,
+/// the shim read the removed leaf's `cgroup.events` as populated and waited
+/// on it forever, spinning, as poll wakes at once on a removed file.
+#[test]
+fn a_replica_whose_leaf_is_removed_from_under_its_shim_is_restarted() {
+    needs_cgroups!();
+    let mut sup = Supervise::start(
+        r#"
+[services.web]
+command = ["sleep", "1000"]
+restart = { delay = "50ms" }
+"#,
+    );
+    let replica = sup.expect_spawned("web.0");
+    let (_, shim) = proc_stat(replica).unwrap();
+    let leaf = cgroup_of(replica).expect("the replica's cgroup");
+    // The shim held still, so that the leaf is gone before it looks.
+    let held = nix::unistd::Pid::from_raw(shim);
+    nix::sys::signal::kill(held, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::fs::write(leaf.join("cgroup.kill"), "1").unwrap();
+    let removed = wait_until(SOON, || std::fs::remove_dir(&leaf).is_ok());
+    nix::sys::signal::kill(held, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert!(removed, "{} could not be removed", leaf.display());
+    sup.expect_restart("web.0", replica);
+    assert!(
+        wait_until(SOON, || !is_alive(shim)),
+        "the shim {shim} of the removed leaf lives on"
+    );
+    sup.signal(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(sup.expect_exit(SOON), 0, "{}", sup.transcript());
+}

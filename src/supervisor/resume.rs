@@ -60,13 +60,14 @@ impl Supervisor {
             self.recover(&id, memo.cloned().unwrap_or_default(), &mut found);
         }
         // Processes of this state dir that no adopted shim accounts for
-        // (their shim was killed while we were down) must not live on.
-        found.swept = self.sweep_strays();
+        // (their shim was killed while we were down, or their replica is
+        // gone from the spec) must not live on.
+        found.swept = self.kill_stray_shims() + self.sweep_strays();
         self.dir.remove_leftover_temp_files();
         let replicas: std::collections::HashSet<String> =
             self.replicas.keys().map(ToString::to_string).collect();
         self.dir
-            .remove_exit_records_except(|name| replicas.contains(name));
+            .remove_records_except(|name| replicas.contains(name));
         if checkpoint.is_some() || found.adopted + found.exited + found.unknown > 0 {
             self.display.event(&format!(
                 "resumed: {} adopted, {} exited while down, {} unknown{}",
@@ -303,6 +304,33 @@ impl Supervisor {
             .unwrap_or_default();
         replica.last_exit = Some((outcome.clone(), at));
         self.apply_policy(id, outcome, uptime, Instant::now());
+    }
+
+    /// SIGKILLs the shims of replicas this supervisor does not have (removed
+    /// from the spec, or scaled away, while no supervisor ran), as
+    /// [`Self::sweep_strays`] then does their processes. Left alive, such a
+    /// shim would hold the replica's instance lock (a replica of that name
+    /// could never start again) and outlive every supervisor.
+    fn kill_stray_shims(&self) -> usize {
+        let mut killed = 0;
+        for name in self.dir.locked_replicas() {
+            if self.replicas.keys().any(|id| id.to_string() == name) {
+                continue;
+            }
+            // The kernel's word (the file's pid may be stale), asked again
+            // once a pidfd pins the process, so a recycled pid is never hit.
+            let Some(shim) = self.dir.instance_holder_per_kernel(&name) else {
+                continue;
+            };
+            if let Ok(pidfd) = procfs::pidfd_open(shim)
+                && self.dir.instance_holder_per_kernel(&name) == Some(shim)
+                && procfs::pidfd_signal(&pidfd, Signal::SIGKILL).is_ok()
+            {
+                tracing::debug!(replica = %name, shim, "killed the shim of a replica no longer here");
+                killed += 1;
+            }
+        }
+        killed
     }
 
     /// Kills what is in a leaf whose replica has no adopted shim; without

@@ -12,6 +12,7 @@ pub struct Builder {
     dir: Option<Arc<tempfile::TempDir>>,
     inherited: Option<(i32, std::fs::File)>,
     open_files: Option<u64>,
+    envs: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -32,6 +33,12 @@ impl Builder {
     /// which it cannot raise.
     pub fn open_files(mut self, limit: u64) -> Builder {
         self.open_files = Some(limit);
+        self
+    }
+
+    /// The supervisor starts with `key=value` in its environment.
+    pub fn env(mut self, key: &str, value: &str) -> Builder {
+        self.envs.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -63,6 +70,7 @@ impl Builder {
             .env_remove("SUPERVISE_STATE_DIR")
             .env_remove("SUPERVISE_LOG")
             .env_remove("NO_COLOR")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -150,6 +158,7 @@ impl Supervise {
             dir: None,
             inherited: None,
             open_files: None,
+            envs: Vec::new(),
         }
     }
 
@@ -166,6 +175,7 @@ impl Supervise {
             dir: Some(Arc::clone(&self.dir)),
             inherited: None,
             open_files: None,
+            envs: Vec::new(),
         }
     }
 

@@ -1009,3 +1009,53 @@ restart = { policy = "never" }
     next.signal(Signal::SIGINT);
     assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
 }
+
+/// A service removed from the spec while no supervisor ran: the next one
+/// kills its shim with its processes (before, the shim lived on, holding
+/// the replica's lock and, without cgroups, starting its command again
+/// unsupervised), so the service can be added back and start. With and
+/// without cgroups.
+#[test]
+fn the_shim_of_a_service_removed_while_down_is_killed_and_the_service_can_come_back() {
+    service_removed_while_down(&[]);
+    service_removed_while_down(&[(supervise::cgroup::SWITCH, "off")]);
+}
+
+fn service_removed_while_down(env: &[(&str, &str)]) {
+    let both = r#"
+[services.web]
+command = ["sleep", "1000"]
+[services.job]
+command = ["sleep", "1001"]
+restart = { delay = "0s" }
+"#;
+    let with_env = |mut builder: Builder| {
+        for (key, value) in env {
+            builder = builder.env(key, value);
+        }
+        builder
+    };
+    let mut first = with_env(Supervise::builder(both)).start();
+    let job = first.expect_spawned("job.0");
+    first.expect_spawned("web.0");
+    let (_, shim) = proc_stat(job).unwrap();
+    first.kill9();
+    std::fs::write(
+        first.spec_path(),
+        "[services.web]\ncommand = [\"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+
+    let mut next = with_env(first.another()).start();
+    next.expect_said(r"^resumed: ", SOON);
+    assert!(
+        wait_until(SOON, || !is_alive(shim) && !is_alive(job)),
+        "{env:?}: the removed service's shim {shim} or command {job} lives on\n{}",
+        next.transcript()
+    );
+    std::fs::write(first.spec_path(), both).unwrap();
+    next.signal(Signal::SIGHUP);
+    next.expect_spawned("job.0");
+    next.signal(Signal::SIGINT);
+    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+}
