@@ -13,6 +13,7 @@
 //! killed too, nothing: an exit with unknown status); either way its restart
 //! policy decides what follows, with its counters and backoff carried over.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,12 +63,17 @@ impl Supervisor {
         // Processes of this state dir that no adopted shim accounts for
         // (their shim was killed while we were down, or their replica is
         // gone from the spec) must not live on.
-        found.swept = self.kill_stray_shims() + self.sweep_strays();
+        // Each replica's shim, if it has one, by name (looked up once per
+        // lock, leaf or marked process: thousands of them at scale).
+        let shims: HashMap<String, Option<Pid>> = self
+            .replicas
+            .values()
+            .map(|r| (r.id.to_string(), r.phase.shim()))
+            .collect();
+        found.swept = self.kill_stray_shims(&shims) + self.sweep_strays(&shims);
         self.dir.remove_leftover_temp_files();
-        let replicas: std::collections::HashSet<String> =
-            self.replicas.keys().map(ToString::to_string).collect();
         self.dir
-            .remove_records_except(|name| replicas.contains(name));
+            .remove_records_except(|name| shims.contains_key(name));
         if checkpoint.is_some() || found.adopted + found.exited + found.unknown > 0 {
             self.display.event(&format!(
                 "resumed: {} adopted, {} exited while down, {} unknown{}",
@@ -311,10 +317,10 @@ impl Supervisor {
     /// [`Self::sweep_strays`] then does their processes. Left alive, such a
     /// shim would hold the replica's instance lock (a replica of that name
     /// could never start again) and outlive every supervisor.
-    fn kill_stray_shims(&self) -> usize {
+    fn kill_stray_shims(&self, shims: &HashMap<String, Option<Pid>>) -> usize {
         let mut killed = 0;
         for name in self.dir.locked_replicas() {
-            if self.replicas.keys().any(|id| id.to_string() == name) {
+            if shims.contains_key(&name) {
                 continue;
             }
             // The kernel's word (the file's pid may be stale), asked again
@@ -336,16 +342,11 @@ impl Supervisor {
     /// Kills what is in a leaf whose replica has no adopted shim; without
     /// cgroups, marked processes of this state dir whose replica has no
     /// adopted shim, or that are not in that shim's tree.
-    fn sweep_strays(&self) -> usize {
+    fn sweep_strays(&self, shims: &HashMap<String, Option<Pid>>) -> usize {
         if let Some(dir) = &self.cgroup {
             return cgroup::leaves(dir)
                 .into_iter()
-                .filter(|(name, _)| {
-                    !self
-                        .replicas
-                        .values()
-                        .any(|r| r.id.to_string() == *name && r.phase.shim().is_some())
-                })
+                .filter(|(name, _)| !shims.get(name).is_some_and(Option::is_some))
                 .map(|(_, leaf)| cgroup::kill_and_remove(&leaf, cgroup::LEFTOVER_WAIT))
                 .sum();
         }
@@ -355,11 +356,7 @@ impl Supervisor {
         // the map (unless it has exited), wherever it forked from.
         let parents = procfs::Parents::scan();
         for (pid, replica) in marked {
-            let owner = self
-                .replicas
-                .values()
-                .find(|r| r.id.to_string() == replica)
-                .and_then(|r| r.phase.shim());
+            let owner = shims.get(&replica).copied().flatten();
             let owned = owner.is_some_and(|shim| parents.is_within(pid, shim));
             if !owned && pid != Pid::this() {
                 let _ = kill(pid, Signal::SIGKILL);
