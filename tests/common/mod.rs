@@ -439,14 +439,20 @@ notify = true
     )
 }
 
-/// `$NOTIFY_SOCKET` as process `pid` has it.
+/// `$NOTIFY_SOCKET` as process `pid` has it. Read until found: a process
+/// in the middle of an exec (a `python3` that is a wrapper script execing
+/// the real one) reads as having no environment at all.
 pub fn notify_socket_of(pid: i32) -> String {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    environ
-        .split(|&b| b == 0)
-        .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("NOTIFY_SOCKET="))
-        .expect("NOTIFY_SOCKET in the replica's environment")
-        .to_string()
+    let mut socket = None;
+    wait_until(SOON, || {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        socket = environ
+            .split(|&b| b == 0)
+            .find_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("NOTIFY_SOCKET="))
+            .map(str::to_string);
+        socket.is_some()
+    });
+    socket.expect("NOTIFY_SOCKET in the replica's environment")
 }
 
 /// Sends `message` to a `$NOTIFY_SOCKET` (`@name`: an abstract socket).
