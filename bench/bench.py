@@ -873,6 +873,16 @@ def measure_raw_cold(stamps, n):
     return (max(seen.values()) - t0) / 1e9 if len(seen) == n else None
 
 
+def cold_start(tool, stamps, base, n):
+    """One cold start of n children in a fresh `base`, then everything
+    killed and `base` deleted; the seconds, or None."""
+    os.sync()  # the previous tool's writeback is not this one's cost
+    s = start_and_wait(tool, stamps, base, n)
+    kill_everything(f"after cold start of {tool.name}")
+    shutil.rmtree(base, ignore_errors=True)
+    return s
+
+
 def measure_build_pairs(builds, stamps, fsdir, n, rounds):
     """Cold start of n, the builds of supervise only, `rounds` interleaved
     rounds with the order reversed every other round: a few rounds among
@@ -880,10 +890,7 @@ def measure_build_pairs(builds, stamps, fsdir, n, rounds):
     res = {t.name: [] for t in builds}
     for rep in range(rounds):
         for t in (builds if rep % 2 == 0 else builds[::-1]):
-            os.sync()
-            s = start_and_wait(t, stamps, fsdir / t.name, n)
-            kill_everything(f"after paired cold start of {t.name}")
-            shutil.rmtree(fsdir / t.name, ignore_errors=True)
+            s = cold_start(t, stamps, fsdir / t.name, n)
             if s is not None:
                 res[t.name].append(s)
     return res
@@ -1424,10 +1431,7 @@ def main():
             for rep in range(reps):
                 for n in cold_ns:
                     for t in tools:
-                        os.sync()  # the previous tool's writeback is not this one's cost
-                        s = start_and_wait(t, stamps, root / "cold" / t.name, n)
-                        kill_everything(f"after cold start of {t.name}")
-                        shutil.rmtree(root / "cold" / t.name, ignore_errors=True)
+                        s = cold_start(t, stamps, root / "cold" / t.name, n)
                         if s is not None:
                             cold[t.name][str(n)].append(s)
                             log(f"   {t.name} N={n}: {s * 1000:.0f} ms")

@@ -133,19 +133,11 @@ impl StateDir {
     /// Removes the temp files in `run/` of replicas whose shim is gone (a
     /// writer killed mid-write leaves one); a live shim's are its own.
     pub fn remove_leftover_temp_files(&self) {
-        for entry in std::fs::read_dir(self.run())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = entry.file_name();
-            let Some(record) = name.to_str().and_then(|n| n.strip_suffix(".tmp")) else {
-                continue;
-            };
+        for record in self.run_files_ending(".tmp") {
             // `web.0.running.tmp`, `web.0.exit.tmp`: the replica is `web.0`.
-            let replica = record.rsplit_once('.').map_or(record, |(r, _)| r);
+            let replica = record.rsplit_once('.').map_or(record.as_str(), |(r, _)| r);
             if self.instance_holder(replica).is_none() {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = std::fs::remove_file(self.run().join(format!("{record}.tmp")));
             }
         }
     }

@@ -92,12 +92,15 @@ impl Supervisor {
     /// Adopts replica `id` if it still runs, or records how it ended.
     fn recover(&mut self, id: &ReplicaId, memo: ReplicaMemo, found: &mut Found) {
         let name = id.to_string();
-        // Records of an end the checkpoint has (the crash came between its
-        // write and their removal; a killed shim's running record) go.
         let ended = self.replicas[id].ended;
-        self.remove_records(&name, ended);
-        let running: Option<RunningRecord> = read_record(&self.dir.running_record(&name)).ok();
-        let exited: Option<ExitRecord> = read_record(&self.dir.exit_record(&name)).ok();
+        let running = unjudged(
+            &self.dir.running_record(&name),
+            ended,
+            |r: &RunningRecord| r.generation,
+        );
+        let exited = unjudged(&self.dir.exit_record(&name), ended, |r: &ExitRecord| {
+            r.generation
+        });
         let held = self.dir.instance_holder(&name);
         if let (Some(shim), Some(record)) = (held, &running)
             && let Some(pidfd) = verified(shim, record)
@@ -403,6 +406,23 @@ fn wall_of(t: Instant) -> SystemTime {
     } else {
         SystemTime::now() - (now - t)
     }
+}
+
+/// The record at `path`, unless it is of an end the checkpoint has judged
+/// (`ended`: the crash came between the checkpoint's write and the record's
+/// removal, or the shim was killed and left its running record), which is
+/// removed instead.
+fn unjudged<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    ended: u64,
+    generation: fn(&T) -> u64,
+) -> Option<T> {
+    let record: T = read_record(path).ok()?;
+    if generation(&record) <= ended {
+        let _ = std::fs::remove_file(path);
+        return None;
+    }
+    Some(record)
 }
 
 /// A shim's record may be newer than the checkpoint (written in batches):

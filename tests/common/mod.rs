@@ -372,6 +372,16 @@ pub fn pid_of(replicas: &[(u64, Option<i64>, String)], index: u64) -> i64 {
         .unwrap_or_else(|| panic!("no pid for replica {index} in {replicas:?}"))
 }
 
+/// The state dir's `checkpoint.json` as JSON; `Null` while there is none
+/// that parses (not written yet, or mid-replacement never: it is renamed
+/// into place).
+pub fn checkpoint_in(state_dir: &Path) -> serde_json::Value {
+    std::fs::read(state_dir.join("checkpoint.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// `status` over the raw control socket, as JSON (the `result` object):
 /// cheap enough to sample every few milliseconds.
 pub fn socket_status(state_dir: &Path) -> Option<serde_json::Value> {

@@ -221,14 +221,10 @@ command = ["sleep", "1000"]
     unrecorded(&ran);
 
     std::fs::remove_file(filler).unwrap();
-    let checkpoint = state_dir.join("checkpoint.json");
     let mut desired = serde_json::Value::Null;
     assert!(
         wait_until(SOON, || {
-            desired = std::fs::read(&checkpoint)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .map_or(serde_json::Value::Null, |c| c["desired"].clone());
+            desired = checkpoint_in(&state_dir)["desired"].clone();
             desired["scaled"]["web"]["replicas"] == 2
                 && desired["stopped"] == serde_json::json!(["web.1"])
         }),

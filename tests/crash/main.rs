@@ -754,30 +754,23 @@ command = ["sleep", "1000"]
     assert!(second.marked().is_empty());
 }
 
-/// A replica that ended is not run again by the supervisor that resumes
-/// after a `kill -9`, however far the checkpoint lagged behind the end: its
-/// shim's exit record stays until a checkpoint that has the end is on disk.
-/// (Here the checkpoint cannot be written at all, so the end is only in the
-/// exit record.)
-#[test]
-fn a_job_that_ended_is_not_run_again_after_a_kill_9_before_the_checkpoint_has_it() {
-    let mut first = Supervise::start(
-        r#"
-[services.job]
-command = ["sh", "-c", "echo run >> runs; while [ ! -e go ]; do sleep 0.02; done; exit 0"]
-restart = { policy = "on-failure" }
-"#,
-    );
+/// Starts `spec`, whose `job.0` ends once `go` exists, and makes it end
+/// while the checkpoint cannot be written (see `block_checkpoint`, whose
+/// blocker is returned): its end is then only in its exit record.
+fn end_job_with_the_checkpoint_blocked(spec: &str) -> (Supervise, std::path::PathBuf) {
+    let first = Supervise::start(spec);
     first.expect_spawned("job.0");
-    let state_dir = first.state_dir();
-    let blocker = block_checkpoint(&state_dir);
+    let blocker = block_checkpoint(&first.state_dir());
     std::fs::write(first.dir().join("go"), "").unwrap();
     first.expect("exited", "job.0");
-    first.kill9();
-    std::fs::remove_dir(&blocker).unwrap();
+    (first, blocker)
+}
 
-    let mut next = resume(&first);
-    // Judged from the record the first supervisor left for that reason.
+/// Resumes after `first` and checks that `job.0` ended while no supervisor
+/// ran, judged by the record its shim left, and that it ran as `runs` (one
+/// line per run) says: a run more would have added a line before its exit.
+fn resume_finds_the_job_exited_after(first: &Supervise, runs: &str) {
+    let mut next = resume(first);
     next.expect_said(
         r"^resumed: 0 adopted, 1 exited while down, 0 unknown$",
         SOON,
@@ -788,11 +781,30 @@ restart = { policy = "on-failure" }
         "{}",
         next.transcript()
     );
-    // A second run would append a line before its exit.
-    let runs = std::fs::read_to_string(first.dir().join("runs")).unwrap();
-    assert_eq!(runs, "run\n", "the job ran again\n{}", next.transcript());
+    let ran = std::fs::read_to_string(first.dir().join("runs")).unwrap();
+    assert_eq!(ran, runs, "the job ran again\n{}", next.transcript());
     next.signal(Signal::SIGINT);
     assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+}
+
+/// A replica that ended is not run again by the supervisor that resumes
+/// after a `kill -9`, however far the checkpoint lagged behind the end: its
+/// shim's exit record stays until a checkpoint that has the end is on disk.
+/// (Here the checkpoint cannot be written at all, so the end is only in the
+/// exit record.)
+#[test]
+fn a_job_that_ended_is_not_run_again_after_a_kill_9_before_the_checkpoint_has_it() {
+    let (mut first, blocker) = end_job_with_the_checkpoint_blocked(
+        r#"
+[services.job]
+command = ["sh", "-c", "echo run >> runs; while [ ! -e go ]; do sleep 0.02; done; exit 0"]
+restart = { policy = "on-failure" }
+"#,
+    );
+    first.kill9();
+    std::fs::remove_dir(&blocker).unwrap();
+
+    resume_finds_the_job_exited_after(&first, "run\n");
 }
 
 /// The other side of the same window: a crash after the checkpoint with the
@@ -800,18 +812,14 @@ restart = { policy = "on-failure" }
 /// not judged again (another failure, which would move the backoff).
 #[test]
 fn an_exit_record_the_checkpoint_has_judged_is_not_judged_again_after_a_kill_9() {
-    let mut first = Supervise::start(
+    let (mut first, blocker) = end_job_with_the_checkpoint_blocked(
         r#"
 [services.job]
 command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done; exit 3"]
 restart = { delay = "1h" }
 "#,
     );
-    first.expect_spawned("job.0");
     let state_dir = first.state_dir();
-    let blocker = block_checkpoint(&state_dir);
-    std::fs::write(first.dir().join("go"), "").unwrap();
-    first.expect("exited", "job.0");
     // Kept until a checkpoint has the end...
     let record = state_dir.join("run/job.0.exit");
     let kept = std::fs::read(&record).expect("the exit record is kept");
@@ -869,14 +877,11 @@ restart = { policy = "on-failure", delay = "0s" }
     let (_, shim) = proc_stat(second).unwrap();
     let state_dir = first.state_dir();
     // The checkpoint has the second incarnation.
-    let checkpoint = state_dir.join("checkpoint.json");
     assert!(
-        wait_until(SOON, || {
-            std::fs::read(&checkpoint)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .is_some_and(|c| c["replicas"]["job.0"]["generation"] == 2)
-        }),
+        wait_until(
+            SOON,
+            || checkpoint_in(&state_dir)["replicas"]["job.0"]["generation"] == 2
+        ),
         "{}",
         first.transcript()
     );
@@ -886,21 +891,7 @@ restart = { policy = "on-failure", delay = "0s" }
     assert!(wait_until(SOON, || !is_alive(second) && !is_alive(shim)));
     assert!(state_dir.join("run/job.0.exit").exists(), "no exit record");
 
-    let mut next = resume(&first);
-    next.expect_said(
-        r"^resumed: 0 adopted, 1 exited while down, 0 unknown$",
-        SOON,
-    );
-    assert_eq!(
-        next.replica("job", 0)["state"],
-        "exited",
-        "{}",
-        next.transcript()
-    );
-    let runs = std::fs::read_to_string(first.dir().join("runs")).unwrap();
-    assert_eq!(runs, "run\nrun\n", "{}", next.transcript());
-    next.signal(Signal::SIGINT);
-    assert_eq!(next.expect_exit(SOON), 0, "{}", next.transcript());
+    resume_finds_the_job_exited_after(&first, "run\nrun\n");
 }
 
 /// A replica stopped by request whose end is not on the checkpoint yet when
@@ -948,7 +939,7 @@ restart = { policy = "never" }
 /// a new replica of the same name to be judged by one day.
 #[test]
 fn the_exit_record_of_a_replica_no_longer_in_the_spec_is_removed_on_resume() {
-    let mut first = Supervise::start(
+    let (mut first, blocker) = end_job_with_the_checkpoint_blocked(
         r#"
 [services.job]
 command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.02; done; exit 0"]
@@ -957,12 +948,7 @@ restart = { policy = "on-failure" }
 command = ["sleep", "1000"]
 "#,
     );
-    first.expect_spawned("job.0");
-    let state_dir = first.state_dir();
-    let blocker = block_checkpoint(&state_dir);
-    std::fs::write(first.dir().join("go"), "").unwrap();
-    first.expect("exited", "job.0");
-    let record = state_dir.join("run/job.0.exit");
+    let record = first.state_dir().join("run/job.0.exit");
     assert!(record.exists(), "the exit record is kept");
     first.kill9();
     std::fs::remove_dir(&blocker).unwrap();
